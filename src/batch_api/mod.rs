@@ -1,0 +1,244 @@
+//! Client for the Azure OpenAI Batch REST API (azure-openai-batch.md), both the dated and the v1 surface.
+//!
+//! [`BatchClient`] is concrete: a shared `reqwest::Client`, the endpoint, the key and the surface. Every call returns a
+//! [`BatchError`] that classifies what the caller should do (retry soon, back off, give up) from the status, the
+//! error code and the retry headers; the wire types live in [`model`].
+
+mod error;
+pub mod model;
+
+use std::time::Duration;
+
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use reqwest::Method;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
+use url::Url;
+
+pub use error::{BatchError, ErrorKind};
+pub use model::{Batch, BatchList, BatchStatus, RequestCounts};
+
+/// How long one call may take before it counts as a transient failure.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Which REST surface to call (`OPENAI_API_VERSION`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiSurface {
+    /// `/openai/batches?api-version=<version>`.
+    Dated(String),
+    /// `/openai/v1/batches`, no api-version.
+    V1,
+}
+
+impl ApiSurface {
+    /// `v1` (any case) selects the v1 surface; anything else is a dated version.
+    pub fn parse(s: &str) -> Self {
+        if s.trim().eq_ignore_ascii_case("v1") {
+            ApiSurface::V1
+        } else {
+            ApiSurface::Dated(s.trim().to_string())
+        }
+    }
+}
+
+/// The blob-mode create request (azure-openai-batch.md §3). `metadata` is deliberately absent: blob mode rejects it.
+#[derive(Debug, Serialize)]
+pub struct CreateBatch<'a> {
+    /// Sent as an explicit `null`, as both documented samples do.
+    pub input_file_id: Option<&'a str>,
+    pub endpoint: &'a str,
+    pub completion_window: &'a str,
+    pub input_blob: &'a str,
+    pub output_folder: OutputFolder<'a>,
+}
+
+/// Where the service writes `results.jsonl` and `errors.jsonl`.
+#[derive(Debug, Serialize)]
+pub struct OutputFolder<'a> {
+    pub url: &'a str,
+}
+
+/// A client for one Azure OpenAI resource.
+#[derive(Clone)]
+pub struct BatchClient {
+    http: reqwest::Client,
+    endpoint: Url,
+    api_key: SecretString,
+    surface: ApiSurface,
+}
+
+impl std::fmt::Debug for BatchClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchClient")
+            .field("endpoint", &self.endpoint.as_str())
+            .field("api_key", &"[redacted]")
+            .field("surface", &self.surface)
+            .finish()
+    }
+}
+
+impl BatchClient {
+    /// `endpoint` is the resource root, e.g. `https://res.openai.azure.com` (a trailing `/` or `/openai` is tolerated).
+    pub fn new(
+        http: reqwest::Client,
+        endpoint: Url,
+        api_key: SecretString,
+        surface: ApiSurface,
+    ) -> Self {
+        BatchClient {
+            http,
+            endpoint,
+            api_key,
+            surface,
+        }
+    }
+
+    /// `{endpoint}/openai[/v1]/batches[/segments…][?api-version=…]`, each segment percent-encoded.
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.endpoint.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty();
+            path.push("openai");
+            if self.surface == ApiSurface::V1 {
+                path.push("v1");
+            }
+            path.push("batches");
+            path.extend(segments);
+        }
+        if let ApiSurface::Dated(version) = &self.surface {
+            url.query_pairs_mut().append_pair("api-version", version);
+        }
+        url
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        method: Method,
+        url: Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<T, BatchError> {
+        let mut headers = HeaderMap::new();
+        let mut key = HeaderValue::from_str(self.api_key.expose_secret()).map_err(|_| {
+            BatchError::transport("OPENAI_API_KEY cannot be sent as a header value")
+        })?;
+        key.set_sensitive(true);
+        headers.insert("api-key", key);
+        let mut request = self
+            .http
+            .request(method, url)
+            .headers(headers)
+            .timeout(REQUEST_TIMEOUT);
+        if let Some(body) = body {
+            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        }
+        let response = request.send().await.map_err(BatchError::from_reqwest)?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.bytes().await.map_err(BatchError::from_reqwest)?;
+        if !status.is_success() {
+            return Err(BatchError::from_response(status, &headers, &bytes));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| BatchError::malformed(status, &e.to_string()))
+    }
+
+    /// Creates a batch job.
+    pub async fn create(&self, request: &CreateBatch<'_>) -> Result<Batch, BatchError> {
+        let body =
+            serde_json::to_vec(request).map_err(|e| BatchError::transport(&e.to_string()))?;
+        self.call(Method::POST, self.url(&[]), Some(body)).await
+    }
+
+    /// Retrieves a batch job. `id` is percent-encoded into the path; callers validate it first anyway.
+    pub async fn retrieve(&self, id: &str) -> Result<Batch, BatchError> {
+        self.call(Method::GET, self.url(&[id]), None).await
+    }
+
+    /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
+    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<BatchList, BatchError> {
+        let mut url = self.url(&[]);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("limit", &limit.to_string());
+            if let Some(after) = after {
+                q.append_pair("after", after);
+            }
+        }
+        self.call(Method::GET, url, None).await
+    }
+
+    /// Requests cancellation of a batch job.
+    pub async fn cancel(&self, id: &str) -> Result<Batch, BatchError> {
+        self.call(
+            Method::POST,
+            self.url(&[id, "cancel"]),
+            Some(b"{}".to_vec()),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(endpoint: &str, surface: ApiSurface) -> BatchClient {
+        BatchClient::new(
+            reqwest::Client::new(),
+            Url::parse(endpoint).expect("url"),
+            SecretString::from("k"),
+            surface,
+        )
+    }
+
+    #[test]
+    fn urls_for_both_surfaces() {
+        let dated = client(
+            "https://res.openai.azure.com/",
+            ApiSurface::parse("2025-04-01-preview"),
+        );
+        assert_eq!(
+            dated.url(&["batch_1"]).as_str(),
+            "https://res.openai.azure.com/openai/batches/batch_1?api-version=2025-04-01-preview"
+        );
+        let v1 = client("https://res.openai.azure.com", ApiSurface::parse("V1"));
+        assert_eq!(
+            v1.url(&["b", "cancel"]).as_str(),
+            "https://res.openai.azure.com/openai/v1/batches/b/cancel"
+        );
+        assert_eq!(
+            v1.url(&[]).as_str(),
+            "https://res.openai.azure.com/openai/v1/batches"
+        );
+        // Belt and braces: even an unvalidated id cannot leave its path segment.
+        assert_eq!(
+            v1.url(&["../x?y#z"]).as_str(),
+            "https://res.openai.azure.com/openai/v1/batches/..%2Fx%3Fy%23z"
+        );
+    }
+
+    #[test]
+    fn debug_hides_the_key() {
+        let c = client("https://res.openai.azure.com", ApiSurface::V1);
+        assert!(!format!("{c:?}").contains("\"k\""));
+    }
+
+    #[test]
+    fn create_body_is_the_documented_blob_mode_shape() {
+        let body = serde_json::to_value(CreateBatch {
+            input_file_id: None,
+            endpoint: "/chat/completions",
+            completion_window: "24h",
+            input_blob: "https://a.blob.core.windows.net/batch-input/x.jsonl",
+            output_folder: OutputFolder {
+                url: "https://a.blob.core.windows.net/batch-output",
+            },
+        })
+        .expect("serializes");
+        assert_eq!(
+            body,
+            serde_json::json!({"input_file_id": null, "endpoint": "/chat/completions", "completion_window": "24h",
+                "input_blob": "https://a.blob.core.windows.net/batch-input/x.jsonl",
+                "output_folder": {"url": "https://a.blob.core.windows.net/batch-output"}})
+        );
+    }
+}

@@ -1,0 +1,235 @@
+//! Typed, validated settings, parsed once at start-up (style habit 7).
+//!
+//! Every app setting the handler reads is here, with its default; a missing or invalid value stops start-up with a
+//! [`ConfigError`] naming the setting. Secrets are `SecretString`s and never reach `Debug` output. The queue message
+//! encoding comes from host.json, as the Functions host reads it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use url::Url;
+
+use crate::batch_api::ApiSurface;
+use crate::storage::{MessageEncoding, StorageAccount};
+
+/// The dated API surface the original app used.
+pub const DEFAULT_API_VERSION: &str = "2025-04-01-preview";
+/// `BATCH_RETRY_DELAY` default, in seconds.
+pub const DEFAULT_RETRY_DELAY_SECS: u64 = 30;
+/// Put Message refuses visibility timeouts over 7 days.
+const MAX_DELAY_SECS: u64 = 604_800;
+
+/// The handler's settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// `OPENAI_ENDPOINT`: the Azure OpenAI resource root, without `/openai`.
+    pub openai_endpoint: Url,
+    /// `OPENAI_API_KEY`.
+    pub openai_api_key: SecretString,
+    /// `OPENAI_API_VERSION`: a dated version, or `v1`.
+    pub api_surface: ApiSurface,
+    /// `BATCH_OUTPUT_CONTAINER`: where the service writes results, in the input blob's account.
+    pub output_container: String,
+    /// `BATCH_RETRY_DELAY`: time between status checks of a running job.
+    pub retry_delay: Duration,
+    /// `BATCH_BACKOFF_CAP`: the longest delay exponential back-off may reach.
+    pub backoff_cap: Duration,
+    /// `BATCH_MAX_CHECK_FAILURES`: consecutive failed status checks before a job is dead-lettered.
+    pub max_check_failures: u32,
+    /// `BlobStorageConnection`: the account of the trigger, the monitor queue and the records.
+    pub storage: StorageAccount,
+    /// `extensions.queues.messageEncoding` from host.json.
+    pub message_encoding: MessageEncoding,
+}
+
+/// A setting that stops start-up. The message names the setting and never shows a secret value.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("setting `{setting}` {problem}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        problem: problem.into(),
+    }
+}
+
+impl Config {
+    /// Reads the settings from the process environment and host.json under `FUNCTIONS_APP_ROOT_PATH`
+    /// (or the working directory).
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let root = std::env::var_os("FUNCTIONS_APP_ROOT_PATH").map(std::path::PathBuf::from);
+        let encoding = match &root {
+            Some(root) => message_encoding_from_host_json(&root.join("host.json"), true)?,
+            None => message_encoding_from_host_json(Path::new("host.json"), false)?,
+        };
+        Self::from_lookup(|k| std::env::var(k).ok(), encoding)
+    }
+
+    /// Builds a config from any key → value lookup (tests pass a map).
+    pub fn from_lookup(
+        get: impl Fn(&str) -> Option<String>,
+        message_encoding: MessageEncoding,
+    ) -> Result<Self, ConfigError> {
+        let required = |k: &'static str| {
+            get(k)
+                .filter(|v| !v.trim().is_empty())
+                .ok_or_else(|| bad(k, "is missing (set it in the app settings)"))
+        };
+        let openai_endpoint = parse_endpoint(&required("OPENAI_ENDPOINT")?)?;
+        let openai_api_key = SecretString::from(required("OPENAI_API_KEY")?.trim().to_string());
+        let api_surface = ApiSurface::parse(
+            &get("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()),
+        );
+        if let ApiSurface::Dated(v) = &api_surface {
+            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+                return Err(bad(
+                    "OPENAI_API_VERSION",
+                    format!("`{v}` is not an api-version such as {DEFAULT_API_VERSION} or v1"),
+                ));
+            }
+        }
+        let output_container = required("BATCH_OUTPUT_CONTAINER")?.trim().to_string();
+        if !is_container_name(&output_container) {
+            return Err(bad(
+                "BATCH_OUTPUT_CONTAINER",
+                format!("`{output_container}` is not a container name (3-63 lowercase letters, digits and single hyphens)"),
+            ));
+        }
+        let seconds = |k: &'static str, default: u64, min: u64| -> Result<Duration, ConfigError> {
+            match get(k).filter(|v| !v.trim().is_empty()) {
+                None => Ok(Duration::from_secs(default)),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(s) if (min..=MAX_DELAY_SECS).contains(&s) => Ok(Duration::from_secs(s)),
+                    _ => Err(bad(k, format!("must be a whole number of seconds from {min} to {MAX_DELAY_SECS}, not `{v}`"))),
+                },
+            }
+        };
+        let retry_delay = seconds("BATCH_RETRY_DELAY", DEFAULT_RETRY_DELAY_SECS, 1)?;
+        let backoff_cap = seconds("BATCH_BACKOFF_CAP", 3600, 1)?.max(retry_delay);
+        let max_check_failures =
+            match get("BATCH_MAX_CHECK_FAILURES").filter(|v| !v.trim().is_empty()) {
+                None => 30,
+                Some(v) => v
+                    .trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| {
+                        bad(
+                            "BATCH_MAX_CHECK_FAILURES",
+                            format!("must be a whole number of at least 1, not `{v}`"),
+                        )
+                    })?,
+            };
+        let storage = StorageAccount::parse(&required("BlobStorageConnection")?).map_err(|e| {
+            bad(
+                "BlobStorageConnection",
+                format!("is not a usable connection string: {e}"),
+            )
+        })?;
+        Ok(Config {
+            openai_endpoint,
+            openai_api_key,
+            api_surface,
+            output_container,
+            retry_delay,
+            backoff_cap,
+            max_check_failures,
+            storage,
+            message_encoding,
+        })
+    }
+}
+
+/// The resource root: http(s), and plain http only to a loopback address, since the key travels in a header.
+fn parse_endpoint(raw: &str) -> Result<Url, ConfigError> {
+    let k = "OPENAI_ENDPOINT";
+    let mut url = Url::parse(raw.trim()).map_err(|e| bad(k, format!("is not a URL ({e})")))?;
+    let host = url
+        .host_str()
+        .ok_or_else(|| bad(k, "has no host"))?
+        .to_string();
+    match url.scheme() {
+        "https" => {}
+        "http" if is_loopback(&host) => {}
+        "http" => {
+            return Err(bad(
+                k,
+                "must use https (plain http is allowed only for a local emulator on loopback)",
+            ))
+        }
+        other => return Err(bad(k, format!("must be an https URL, not {other}"))),
+    }
+    if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
+        return Err(bad(
+            k,
+            "must be the resource root, without a query or credentials",
+        ));
+    }
+    // Accept the forms people paste: `https://res.openai.azure.com/`, `.../openai`, `.../openai/v1/`.
+    let path = url.path().trim_end_matches('/').to_string();
+    let root = path
+        .strip_suffix("/openai/v1")
+        .or_else(|| path.strip_suffix("/openai"))
+        .unwrap_or(&path)
+        .to_string();
+    url.set_path(&root);
+    Ok(url)
+}
+
+/// Whether a host is a loopback address or `localhost`.
+pub fn is_loopback(host: &str) -> bool {
+    let h = host.trim_start_matches('[').trim_end_matches(']');
+    h.eq_ignore_ascii_case("localhost")
+        || h.parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Blob container naming rules.
+pub fn is_container_name(s: &str) -> bool {
+    (3..=63).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && !s.contains("--")
+}
+
+/// Reads `extensions.queues.messageEncoding` from host.json. A missing file is an error only when `required`
+/// (the host set `FUNCTIONS_APP_ROOT_PATH`); a missing setting means the host's default, base64.
+pub fn message_encoding_from_host_json(
+    path: &Path,
+    required: bool,
+) -> Result<MessageEncoding, ConfigError> {
+    let k = "host.json";
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(MessageEncoding::default())
+        }
+        Err(e) => return Err(bad(k, format!("cannot be read at {}: {e}", path.display()))),
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| bad(k, format!("at {} is not valid JSON: {e}", path.display())))?;
+    match json.pointer("/extensions/queues/messageEncoding") {
+        None | Some(serde_json::Value::Null) => Ok(MessageEncoding::default()),
+        Some(serde_json::Value::String(s)) => MessageEncoding::parse(s).ok_or_else(|| {
+            bad(
+                k,
+                format!("extensions.queues.messageEncoding must be `base64` or `none`, not `{s}`"),
+            )
+        }),
+        Some(other) => Err(bad(
+            k,
+            format!("extensions.queues.messageEncoding must be a string, not {other}"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests;

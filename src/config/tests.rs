@@ -1,0 +1,142 @@
+//! Settings validation: every refusal names its setting and hides secrets.
+
+use std::collections::HashMap;
+
+use super::*;
+
+fn settings(overrides: &[(&str, &str)]) -> HashMap<String, String> {
+    let mut m: HashMap<String, String> = [
+        ("OPENAI_ENDPOINT", "https://res.openai.azure.com/"),
+        ("OPENAI_API_KEY", "super-secret-key"),
+        ("BATCH_OUTPUT_CONTAINER", "batch-output"),
+        ("BlobStorageConnection", "UseDevelopmentStorage=true"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    for (k, v) in overrides {
+        if v.is_empty() {
+            m.remove(*k);
+        } else {
+            m.insert(k.to_string(), v.to_string());
+        }
+    }
+    m
+}
+
+fn load(overrides: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let m = settings(overrides);
+    Config::from_lookup(|k| m.get(k).cloned(), MessageEncoding::Base64)
+}
+
+fn refused(overrides: &[(&str, &str)]) -> ConfigError {
+    load(overrides).expect_err("should be refused")
+}
+
+#[test]
+fn defaults() {
+    let c = load(&[]).expect("valid");
+    assert_eq!(c.openai_endpoint.as_str(), "https://res.openai.azure.com/");
+    assert_eq!(c.api_surface, ApiSurface::Dated(DEFAULT_API_VERSION.into()));
+    assert_eq!(c.retry_delay, Duration::from_secs(30));
+    assert_eq!(c.output_container, "batch-output");
+    assert!(
+        !format!("{c:?}").contains("super-secret-key"),
+        "Debug must redact the key"
+    );
+}
+
+#[test]
+fn endpoint_forms_people_paste() {
+    for raw in [
+        "https://res.openai.azure.com/openai/v1/",
+        "https://res.openai.azure.com/openai",
+        "https://res.openai.azure.com",
+    ] {
+        let c = load(&[("OPENAI_ENDPOINT", raw)]).expect("valid");
+        assert_eq!(
+            c.openai_endpoint.as_str(),
+            "https://res.openai.azure.com/",
+            "{raw}"
+        );
+    }
+    assert!(load(&[("OPENAI_ENDPOINT", "http://127.0.0.1:8080")]).is_ok());
+    assert!(load(&[("OPENAI_ENDPOINT", "http://localhost:8080/")]).is_ok());
+}
+
+#[test]
+fn each_bad_setting_is_named() {
+    let cases: &[(&str, &str)] = &[
+        ("OPENAI_ENDPOINT", ""),
+        ("OPENAI_ENDPOINT", "not a url"),
+        ("OPENAI_ENDPOINT", "http://res.openai.azure.com"),
+        ("OPENAI_ENDPOINT", "ftp://res"),
+        ("OPENAI_API_KEY", ""),
+        ("OPENAI_API_VERSION", "2025/04"),
+        ("BATCH_OUTPUT_CONTAINER", "Batch_Output"),
+        ("BATCH_OUTPUT_CONTAINER", ""),
+        ("BATCH_RETRY_DELAY", "0"),
+        ("BATCH_RETRY_DELAY", "abc"),
+        ("BATCH_RETRY_DELAY", "604801"),
+        ("BATCH_MAX_CHECK_FAILURES", "0"),
+        ("BlobStorageConnection", "AccountName=x"),
+        ("BlobStorageConnection", ""),
+    ];
+    for (setting, value) in cases {
+        let e = refused(&[(setting, value)]);
+        assert_eq!(e.setting, *setting, "{setting}={value:?} gave {e}");
+        assert!(
+            e.to_string().starts_with(&format!("setting `{setting}`")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn v1_surface_and_custom_delay() {
+    let c = load(&[("OPENAI_API_VERSION", "v1"), ("BATCH_RETRY_DELAY", " 5 ")]).expect("valid");
+    assert_eq!(c.api_surface, ApiSurface::V1);
+    assert_eq!(c.retry_delay, Duration::from_secs(5));
+}
+
+#[test]
+fn host_json_encoding() {
+    let dir = std::env::temp_dir().join(format!("bbm-hostjson-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let write = |s: &str| {
+        let p = dir.join("host.json");
+        std::fs::write(&p, s).expect("write");
+        p
+    };
+    let p = write(r#"{"version":"2.0","extensions":{"queues":{"messageEncoding":"none"}}}"#);
+    assert_eq!(
+        message_encoding_from_host_json(&p, true),
+        Ok(MessageEncoding::None)
+    );
+    let p = write(r#"{"version":"2.0"}"#);
+    assert_eq!(
+        message_encoding_from_host_json(&p, true),
+        Ok(MessageEncoding::Base64)
+    );
+    let p = write(r#"{"extensions":{"queues":{"messageEncoding":"utf8"}}}"#);
+    assert_eq!(
+        message_encoding_from_host_json(&p, true).map_err(|e| e.setting),
+        Err("host.json")
+    );
+    let missing = dir.join("nope.json");
+    assert_eq!(
+        message_encoding_from_host_json(&missing, false),
+        Ok(MessageEncoding::Base64)
+    );
+    assert!(message_encoding_from_host_json(&missing, true).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_repository_host_json_states_base64() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json");
+    assert_eq!(
+        message_encoding_from_host_json(&p, true),
+        Ok(MessageEncoding::Base64)
+    );
+}

@@ -1,0 +1,88 @@
+//! # blob-batch-monitor
+//!
+//! An Azure Functions custom handler: a JSONL blob dropped into `batch-input` becomes an Azure OpenAI batch job in
+//! blob-storage mode, checked through delayed queue messages until it reaches a terminal status.
+//!
+//! ## Layout
+//! - [`functions`]: one module per function (`POST /BlobMonitor`, `POST /QueueMonitor`) plus `GET /` for readiness.
+//! - [`protocol`]: the host's invocation envelope and response, including the streaming blob-envelope reader.
+//! - [`message`]: the monitor queue's message format and batch id validation.
+//! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
+//! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
+//! - [`storage`]: the Blob and Queue REST client (Shared Key or SAS), connection strings.
+//! - [`config`]: settings, parsed and validated once at start-up.
+//! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
+//! - [`telemetry`]: tracing to stdout, as the host scrapes it.
+//!
+//! `main.rs` only reads the port, builds [`AppState`] and calls [`run`]; tests call [`app`] or [`run`] on port 0.
+
+#![forbid(unsafe_code)]
+
+pub mod batch_api;
+pub mod config;
+pub mod dead_letter;
+pub mod error;
+pub mod functions;
+pub mod message;
+pub mod protocol;
+pub mod storage;
+pub mod telemetry;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+
+use batch_api::BatchClient;
+use config::Config;
+use storage::StorageClient;
+
+/// Everything an invocation needs, shared by all of them.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub batch: BatchClient,
+    pub storage: StorageClient,
+}
+
+impl AppState {
+    /// Builds the clients. One `reqwest::Client` serves both APIs, so connections are pooled per process.
+    pub fn new(config: Config) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tcp_nodelay(true)
+            .user_agent(concat!("blob-batch-monitor/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let batch = BatchClient::new(
+            http.clone(),
+            config.openai_endpoint.clone(),
+            config.openai_api_key.clone(),
+            config.api_surface.clone(),
+        );
+        let storage = StorageClient::new(http, config.storage.clone());
+        Ok(AppState {
+            config: Arc::new(config),
+            batch,
+            storage,
+        })
+    }
+}
+
+/// The handler's router: the two functions and the readiness probe.
+pub fn app(state: AppState) -> Router {
+    functions::router(state)
+}
+
+/// Serves [`app`] on an already bound listener until `shutdown` resolves, then lets in-flight invocations finish.
+pub async fn run(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,170 @@
+//! The monitor queue's messages: their JSON shape, the plain-id form the original app used, and batch id validation.
+//!
+//! A message is `{"batchId": …, "blob": …, "attempt": n}` (plus `failures` while status checks keep failing). Field
+//! names avoid the envelope metadata keys the host would let a message field overwrite (`Id`, `DequeueCount`, …,
+//! functions-protocol.md §2.2). Nothing from a message goes into a URL before [`validate_batch_id`] accepts it.
+
+use serde::{Deserialize, Serialize};
+
+/// The queue QueueMonitor is triggered by; fixed by `QueueMonitor/function.json`.
+pub const MONITOR_QUEUE: &str = "monitorjobs";
+/// Where messages that can never succeed go, with the reason (the host's own poison queue for `monitorjobs`).
+pub const POISON_QUEUE: &str = "monitorjobs-poison";
+/// Longest batch id accepted. Real ids are about 40 characters.
+pub const MAX_BATCH_ID: usize = 128;
+
+/// A request to check one batch job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MonitorMessage {
+    pub batch_id: String,
+    /// The input blob as `container/name`, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blob: Option<String>,
+    /// Status checks done so far.
+    #[serde(default)]
+    pub attempt: u32,
+    /// Consecutive status checks that failed (0 after any successful check).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl MonitorMessage {
+    /// The first check of a newly created job.
+    pub fn new(batch_id: String, blob: Option<String>) -> Self {
+        MonitorMessage {
+            batch_id,
+            blob,
+            attempt: 0,
+            failures: 0,
+        }
+    }
+
+    /// The JSON text put on the queue.
+    pub fn to_json(&self) -> String {
+        // Serializing a struct of strings and integers cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The blob for logs, or `-`.
+    pub fn blob_or_dash(&self) -> &str {
+        self.blob.as_deref().unwrap_or("-")
+    }
+}
+
+/// Parses a message text: our JSON form, or a bare batch id (the original app's form). The id is validated.
+pub fn parse_monitor_message(text: &str) -> Result<MonitorMessage, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("the message is empty".into());
+    }
+    let message = if trimmed.starts_with('{') {
+        serde_json::from_str::<MonitorMessage>(trimmed)
+            .map_err(|e| format!("the message is not a monitor message: {e}"))?
+    } else {
+        MonitorMessage::new(trimmed.to_string(), None)
+    };
+    validate_batch_id(&message.batch_id)?;
+    Ok(message)
+}
+
+/// Batch ids are opaque, but they go into a URL path: refuse anything that could leave its segment or is absurd.
+pub fn validate_batch_id(id: &str) -> Result<(), String> {
+    let shown: String = id
+        .chars()
+        .take(64)
+        .collect::<String>()
+        .escape_debug()
+        .to_string();
+    if id.is_empty() {
+        return Err("the batch id is empty".into());
+    }
+    if id.len() > MAX_BATCH_ID {
+        return Err(format!(
+            "the batch id is {} bytes long (at most {MAX_BATCH_ID}): \"{shown}…\"",
+            id.len()
+        ));
+    }
+    if id.contains("..") {
+        return Err(format!("the batch id \"{shown}\" contains `..`"));
+    }
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+    {
+        return Err(format!(
+            "the batch id \"{shown}\" contains {c:?}, which is not allowed in a batch id"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_json_and_plain_ids() {
+        let m = parse_monitor_message(
+            "{\n  \"batchId\": \"batch_72a2792ef7d24ba7b82c7fe4a37e379f\",\n  \"blob\": \"batch-input/job1.jsonl\",\n  \"attempt\": 1\n}",
+        )
+        .expect("indented JSON from an output binding");
+        assert_eq!(m.batch_id, "batch_72a2792ef7d24ba7b82c7fe4a37e379f");
+        assert_eq!(m.attempt, 1);
+        assert_eq!(m.failures, 0);
+        let plain = parse_monitor_message(" batch_fe3f047a-de39-4068-9008-346795bfc1db\n")
+            .expect("plain id");
+        assert_eq!(
+            plain,
+            MonitorMessage::new("batch_fe3f047a-de39-4068-9008-346795bfc1db".into(), None)
+        );
+    }
+
+    #[test]
+    fn round_trip_omits_zero_failures() {
+        let m = MonitorMessage::new("b1".into(), Some("batch-input/x".into()));
+        assert_eq!(
+            m.to_json(),
+            r#"{"batchId":"b1","blob":"batch-input/x","attempt":0}"#
+        );
+        assert_eq!(parse_monitor_message(&m.to_json()), Ok(m));
+    }
+
+    #[test]
+    fn hostile_ids_are_refused() {
+        for bad in [
+            "",
+            "a/b",
+            "a?b",
+            "a#b",
+            "..",
+            "a..b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "%2e%2e",
+            "ä",
+            &"x".repeat(129),
+        ] {
+            assert!(validate_batch_id(bad).is_err(), "{bad:?} should be refused");
+            assert!(
+                parse_monitor_message(&format!("{{\"batchId\":{}}}", serde_json::json!(bad)))
+                    .is_err()
+            );
+        }
+        assert!(parse_monitor_message("{\"batchId\": 5}").is_err());
+        assert!(parse_monitor_message("{not json").is_err());
+        assert!(parse_monitor_message("   ").is_err());
+        for good in [
+            "batch_72a2792ef7d24ba7b82c7fe4a37e379f",
+            "batch_fe3f047a-de39-4068-9008-346795bfc1db",
+            "a.b:c",
+        ] {
+            assert_eq!(validate_batch_id(good), Ok(()), "{good}");
+        }
+    }
+}

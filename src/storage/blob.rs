@@ -1,0 +1,392 @@
+//! Blob operations: containers, put/get/head/delete with ETag conditions, listing, metadata and leases.
+//!
+//! The handler keeps its submission records with these (create-only puts, `If-Match` updates); the host emulator
+//! scans containers and keeps trigger receipts; the batch emulator reads inputs and writes results.
+
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED,
+};
+use reqwest::{Method, StatusCode};
+use serde::Deserialize;
+
+use super::{body_bytes, StorageClient, StorageError};
+
+/// A precondition on a blob write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Write whatever is there.
+    None,
+    /// Create only: fails with 409 `BlobAlreadyExists` if the blob exists.
+    IfNotExists,
+    /// Replace only this version: fails with 412 if the ETag changed.
+    IfMatch(String),
+}
+
+/// A blob's content and version.
+#[derive(Clone, Debug)]
+pub struct Blob {
+    pub content: Bytes,
+    /// The ETag as the service sends it in headers (quoted).
+    pub etag: String,
+}
+
+/// One entry of a container listing.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct BlobItem {
+    pub name: String,
+    pub properties: BlobItemProperties,
+    #[serde(default)]
+    pub metadata: Option<std::collections::HashMap<String, String>>,
+}
+
+/// The listed properties this code uses.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BlobItemProperties {
+    /// Unquoted in list XML.
+    #[serde(rename = "Etag")]
+    pub etag: String,
+    #[serde(rename = "Last-Modified")]
+    pub last_modified: String,
+    #[serde(rename = "Content-Length", default)]
+    pub content_length: u64,
+}
+
+/// One page of a listing and the marker for the next (`None` when it was the last).
+#[derive(Clone, Debug)]
+pub struct BlobPage {
+    pub items: Vec<BlobItem>,
+    pub next_marker: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct EnumerationResults {
+    #[serde(rename = "Blobs", default)]
+    blobs: BlobsXml,
+    #[serde(rename = "NextMarker", default)]
+    next_marker: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct BlobsXml {
+    #[serde(rename = "Blob", default)]
+    items: Vec<BlobItem>,
+}
+
+/// Strips the quotes the service puts around ETags in headers, so header and listing ETags compare equal.
+pub fn unquote_etag(etag: &str) -> &str {
+    etag.trim().trim_matches('"')
+}
+
+impl StorageClient {
+    fn blob_url(&self, path: &str) -> url::Url {
+        Self::url(&self.account.blob_endpoint, path)
+    }
+
+    /// Creates a container; an existing one is fine.
+    pub async fn create_container(&self, container: &str) -> Result<(), StorageError> {
+        let mut url = self.blob_url(container);
+        url.query_pairs_mut().append_pair("restype", "container");
+        match self
+            .send(Method::PUT, url, HeaderMap::new(), Bytes::new())
+            .await
+        {
+            Err(StorageError::Status {
+                status: StatusCode::CONFLICT,
+                ..
+            }) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Writes a block blob under `condition`; returns the new ETag (quoted, as sent).
+    pub async fn put_blob(
+        &self,
+        container: &str,
+        name: &str,
+        content: Bytes,
+        content_type: &str,
+        condition: Condition,
+        metadata: &[(&str, &str)],
+    ) -> Result<String, StorageError> {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-blob-type", HeaderValue::from_static("BlockBlob"));
+        headers.insert(CONTENT_TYPE, header_value(content_type)?);
+        match &condition {
+            Condition::None => {}
+            Condition::IfNotExists => {
+                headers.insert(IF_NONE_MATCH, HeaderValue::from_static("*"));
+            }
+            Condition::IfMatch(etag) => {
+                headers.insert(IF_MATCH, header_value(etag)?);
+            }
+        }
+        for (k, v) in metadata {
+            headers.insert(meta_name(k)?, header_value(v)?);
+        }
+        let response = self
+            .send(
+                Method::PUT,
+                self.blob_url(&format!("{container}/{name}")),
+                headers,
+                content,
+            )
+            .await?;
+        Ok(etag_of(response.headers()))
+    }
+
+    /// Reads a blob; `None` if it does not exist.
+    pub async fn get_blob(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<Blob>, StorageError> {
+        let url = self.blob_url(&format!("{container}/{name}"));
+        match self
+            .send(Method::GET, url, HeaderMap::new(), Bytes::new())
+            .await
+        {
+            Ok(response) => {
+                let etag = etag_of(response.headers());
+                Ok(Some(Blob {
+                    content: body_bytes(response).await?,
+                    etag,
+                }))
+            }
+            Err(StorageError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a blob given its full URL, which must lie under this account's blob endpoint.
+    pub async fn get_blob_by_url(&self, url: &str) -> Result<Option<Blob>, StorageError> {
+        let (container, name) = self.split_blob_url(url).ok_or_else(|| {
+            StorageError::Parse(format!("{url} is not a blob of this storage account"))
+        })?;
+        self.get_blob(&container, &name).await
+    }
+
+    /// Splits a blob URL of this account into (container, blob name), percent-decoded.
+    pub fn split_blob_url(&self, url: &str) -> Option<(String, String)> {
+        let root = self.account.blob_endpoint.as_str().trim_end_matches('/');
+        let rest = url.strip_prefix(root)?.strip_prefix('/')?;
+        let rest = rest.split(['?', '#']).next()?;
+        let decoded = percent_encoding::percent_decode_str(rest)
+            .decode_utf8()
+            .ok()?;
+        let (container, name) = decoded.split_once('/')?;
+        (!container.is_empty() && !name.is_empty())
+            .then(|| (container.to_string(), name.to_string()))
+    }
+
+    /// The ETag and `Last-Modified` of a blob; `None` if it does not exist.
+    pub async fn head_blob(
+        &self,
+        container: &str,
+        name: &str,
+    ) -> Result<Option<(String, String)>, StorageError> {
+        let url = self.blob_url(&format!("{container}/{name}"));
+        match self
+            .send(Method::HEAD, url, HeaderMap::new(), Bytes::new())
+            .await
+        {
+            Ok(r) => {
+                let modified = r
+                    .headers()
+                    .get(LAST_MODIFIED)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                Ok(Some((etag_of(r.headers()), modified.to_string())))
+            }
+            Err(StorageError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Deletes a blob; a missing one is fine.
+    pub async fn delete_blob(&self, container: &str, name: &str) -> Result<(), StorageError> {
+        let url = self.blob_url(&format!("{container}/{name}"));
+        match self
+            .send(Method::DELETE, url, HeaderMap::new(), Bytes::new())
+            .await
+        {
+            Err(StorageError::Status {
+                status: StatusCode::NOT_FOUND,
+                ..
+            }) => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    /// Lists one page of blobs under `prefix`, with metadata. An empty `<NextMarker/>` ends the listing.
+    pub async fn list_blobs(
+        &self,
+        container: &str,
+        prefix: Option<&str>,
+        marker: Option<&str>,
+    ) -> Result<BlobPage, StorageError> {
+        let mut url = self.blob_url(container);
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("restype", "container")
+                .append_pair("comp", "list")
+                .append_pair("include", "metadata");
+            if let Some(p) = prefix {
+                q.append_pair("prefix", p);
+            }
+            if let Some(m) = marker {
+                q.append_pair("marker", m);
+            }
+        }
+        let response = self
+            .send(Method::GET, url, HeaderMap::new(), Bytes::new())
+            .await?;
+        let xml = body_bytes(response).await?;
+        let xml = std::str::from_utf8(&xml).map_err(|e| StorageError::Parse(e.to_string()))?;
+        let parsed: EnumerationResults =
+            quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
+        Ok(BlobPage {
+            items: parsed.blobs.items,
+            next_marker: parsed.next_marker.filter(|m| !m.is_empty()),
+        })
+    }
+
+    /// Lists every blob under `prefix`, following markers.
+    pub async fn list_all_blobs(
+        &self,
+        container: &str,
+        prefix: Option<&str>,
+    ) -> Result<Vec<BlobItem>, StorageError> {
+        let mut all = Vec::new();
+        let mut marker: Option<String> = None;
+        loop {
+            let page = self
+                .list_blobs(container, prefix, marker.as_deref())
+                .await?;
+            all.extend(page.items);
+            match page.next_marker {
+                Some(m) => marker = Some(m),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// Replaces a blob's metadata (pass the lease id when the blob is leased).
+    pub async fn set_metadata(
+        &self,
+        container: &str,
+        name: &str,
+        metadata: &[(&str, &str)],
+        lease_id: Option<&str>,
+    ) -> Result<(), StorageError> {
+        let mut url = self.blob_url(&format!("{container}/{name}"));
+        url.query_pairs_mut().append_pair("comp", "metadata");
+        let mut headers = HeaderMap::new();
+        for (k, v) in metadata {
+            headers.insert(meta_name(k)?, header_value(v)?);
+        }
+        if let Some(id) = lease_id {
+            headers.insert("x-ms-lease-id", header_value(id)?);
+        }
+        self.send(Method::PUT, url, headers, Bytes::new()).await?;
+        Ok(())
+    }
+
+    /// Acquires a lease of `seconds` (15–60) and returns its id.
+    pub async fn acquire_lease(
+        &self,
+        container: &str,
+        name: &str,
+        seconds: u32,
+    ) -> Result<String, StorageError> {
+        let mut url = self.blob_url(&format!("{container}/{name}"));
+        url.query_pairs_mut().append_pair("comp", "lease");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-lease-action", HeaderValue::from_static("acquire"));
+        headers.insert(
+            "x-ms-lease-duration",
+            HeaderValue::from(seconds.clamp(15, 60)),
+        );
+        let r = self.send(Method::PUT, url, headers, Bytes::new()).await?;
+        r.headers()
+            .get("x-ms-lease-id")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Parse("lease answered without x-ms-lease-id".into()))
+    }
+
+    /// Releases a lease.
+    pub async fn release_lease(
+        &self,
+        container: &str,
+        name: &str,
+        lease_id: &str,
+    ) -> Result<(), StorageError> {
+        let mut url = self.blob_url(&format!("{container}/{name}"));
+        url.query_pairs_mut().append_pair("comp", "lease");
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-lease-action", HeaderValue::from_static("release"));
+        headers.insert("x-ms-lease-id", header_value(lease_id)?);
+        self.send(Method::PUT, url, headers, Bytes::new()).await?;
+        Ok(())
+    }
+}
+
+fn etag_of(headers: &HeaderMap) -> String {
+    headers
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
+}
+
+fn header_value(v: &str) -> Result<HeaderValue, StorageError> {
+    HeaderValue::from_str(v)
+        .map_err(|_| StorageError::Parse(format!("`{v}` cannot be sent as a header value")))
+}
+
+fn meta_name(k: &str) -> Result<reqwest::header::HeaderName, StorageError> {
+    // Lowercase alphanumeric names only: other characters sort differently in Azurite and Azure (§4.3).
+    if k.is_empty()
+        || !k
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(StorageError::Parse(format!(
+            "metadata name `{k}` must be lowercase alphanumeric"
+        )));
+    }
+    reqwest::header::HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes())
+        .map_err(|e| StorageError::Parse(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_listing_with_metadata_and_empty_marker() {
+        let xml = r#"<?xml version="1.0" encoding="utf-8"?><EnumerationResults ServiceEndpoint="http://127.0.0.1:10000/devstoreaccount1" ContainerName="c"><Prefix/><MaxResults>5000</MaxResults><Blobs><Blob><Name>dir/a&amp;b.json</Name><Properties><Creation-Time>Sat, 28 Nov 2026 10:27:12 GMT</Creation-Time><Last-Modified>Sat, 28 Nov 2026 10:27:12 GMT</Last-Modified><Etag>0x8D1DC6E70A277EF</Etag><Content-Length>141</Content-Length><BlobType>BlockBlob</BlobType></Properties><Metadata><incomplete>true</incomplete></Metadata></Blob><Blob><Name>b</Name><Properties><Last-Modified>Sat, 28 Nov 2026 10:27:13 GMT</Last-Modified><Etag>0x1</Etag></Properties><Metadata/></Blob></Blobs><NextMarker/></EnumerationResults>"#;
+        let parsed: EnumerationResults = quick_xml::de::from_str(xml).expect("parses");
+        assert_eq!(parsed.blobs.items.len(), 2);
+        assert_eq!(parsed.blobs.items[0].name, "dir/a&b.json");
+        assert_eq!(parsed.blobs.items[0].properties.etag, "0x8D1DC6E70A277EF");
+        assert_eq!(parsed.blobs.items[0].properties.content_length, 141);
+        let meta = parsed.blobs.items[0].metadata.as_ref().expect("metadata");
+        assert_eq!(meta.get("incomplete").map(String::as_str), Some("true"));
+        assert_eq!(parsed.next_marker.filter(|m| !m.is_empty()), None);
+    }
+
+    #[test]
+    fn etags_compare_without_quotes() {
+        assert_eq!(unquote_etag("\"0x2144AC56BF9DAE0\""), "0x2144AC56BF9DAE0");
+        assert_eq!(unquote_etag("0x2144AC56BF9DAE0"), "0x2144AC56BF9DAE0");
+    }
+}

@@ -1,0 +1,147 @@
+//! A small Blob and Queue Storage REST client on reqwest (azure-storage-rest.md §10 explains why it is hand-written).
+//!
+//! [`StorageClient`] owns one `reqwest::Client` and one [`StorageAccount`]; `queue.rs` and `blob.rs` add the operations.
+//! Every request carries a pinned `x-ms-version` and is signed last, from its final headers ([`shared_key`]), or gets
+//! the SAS token appended. Errors never carry the request URL, which may hold a SAS signature.
+
+pub mod blob;
+pub mod connection;
+pub mod queue;
+pub mod shared_key;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+pub use connection::{ConnectionStringError, Credential, StorageAccount};
+pub use queue::{MessageEncoding, QueueMessage};
+
+/// The newest service version Azurite 3.35 accepts; Azure accepts it too (azure-storage-rest.md §2).
+pub const API_VERSION: &str = "2025-11-05";
+
+/// Upper bound on one storage call, so a hung connection cannot hold an invocation until `functionTimeout`.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A failed storage call.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The service answered with an error status; `code` is `x-ms-error-code` (e.g. `QueueNotFound`).
+    #[error("storage answered {status} {code}")]
+    Status { status: StatusCode, code: String },
+    /// No usable answer: connection refused, timeout, reset. Always worth retrying.
+    #[error("storage request failed: {0}")]
+    Transport(reqwest::Error),
+    /// The answer could not be read.
+    #[error("storage response could not be parsed: {0}")]
+    Parse(String),
+}
+
+impl StorageError {
+    /// The `x-ms-error-code`, if the service sent one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            StorageError::Status { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, if the service answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            StorageError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A client for one storage account's Blob and Queue services.
+#[derive(Clone, Debug)]
+pub struct StorageClient {
+    http: reqwest::Client,
+    account: StorageAccount,
+}
+
+impl StorageClient {
+    /// Wraps a shared `reqwest::Client` (connection pools are per client, so share one per process).
+    pub fn new(http: reqwest::Client, account: StorageAccount) -> Self {
+        StorageClient { http, account }
+    }
+
+    /// The account this client talks to.
+    pub fn account(&self) -> &StorageAccount {
+        &self.account
+    }
+
+    /// `endpoint` + `/`-separated `path` (each segment percent-encoded, `/` kept as the separator).
+    pub(crate) fn url(endpoint: &Url, path: &str) -> Url {
+        let mut url = endpoint.clone();
+        if let Ok(mut segs) = url.path_segments_mut() {
+            segs.pop_if_empty().extend(path.split('/'));
+        }
+        url
+    }
+
+    /// Sends one request: adds the version and date headers and the credential, then maps error statuses.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        mut url: Url,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<Response, StorageError> {
+        if let Some(sas) = self.account.credential.sas_query() {
+            let query = match url.query() {
+                Some(q) if !q.is_empty() => format!("{q}&{sas}"),
+                _ => sas.to_string(),
+            };
+            url.set_query(Some(&query));
+        }
+        headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
+        let date = httpdate::fmt_http_date(std::time::SystemTime::now());
+        headers.insert(
+            "x-ms-date",
+            HeaderValue::from_str(&date).map_err(|e| StorageError::Parse(e.to_string()))?,
+        );
+        headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        if let Credential::SharedKey { account, key } = &self.account.credential {
+            let sts =
+                shared_key::string_to_sign(method.as_str(), &url, &headers, body.len(), account);
+            let auth = format!("SharedKey {account}:{}", shared_key::sign(key, &sts));
+            headers.insert(
+                AUTHORIZATION,
+                HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?,
+            );
+        }
+        let response = self
+            .http
+            .request(method, url)
+            .headers(headers)
+            .body(body)
+            .timeout(REQUEST_TIMEOUT)
+            .send()
+            .await
+            .map_err(|e| StorageError::Transport(e.without_url()))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let code = response
+            .headers()
+            .get("x-ms-error-code")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        Err(StorageError::Status { status, code })
+    }
+}
+
+/// Reads a successful response's body, mapping transport failures.
+pub(crate) async fn body_bytes(response: Response) -> Result<Bytes, StorageError> {
+    response
+        .bytes()
+        .await
+        .map_err(|e| StorageError::Transport(e.without_url()))
+}
