@@ -1,1 +1,16 @@
-//! placeholder
+//! # devstack
+//!
+//! The local development stack for blob-batch-monitor, used by `devstack up`, by people, and by the end-to-end tests.
+//! None of it is deployed.
+//!
+//! - [`azurite`]: installs and starts a real Azurite on free ports.
+//! - [`batch_emulator`]: a stateful Azure OpenAI Batch API emulator that really reads inputs from and writes results
+//!   to storage.
+//! - [`host_emulator`]: a generic Functions host for custom handlers: reads host.json and function.json, runs the
+//!   handler, fires blob and queue triggers, applies queue outputs, as the real host does.
+
+#![forbid(unsafe_code)]
+
+pub mod azurite;
+pub mod batch_emulator;
+pub mod host_emulator;

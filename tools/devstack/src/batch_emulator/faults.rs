@@ -1,0 +1,111 @@
+//! Fault injection for tests: a share of 429s (with `retry-after-ms`), 500/503s, slow answers. Off by default.
+//!
+//! Decisions come from a seeded xorshift generator, so a run with the same seed and request order fails the same way.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// What to inject into API answers (not into `/_emulator` control calls).
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Percentage (0–100) of API calls answered 429.
+    pub throttle_percent: u8,
+    /// The `retry-after-ms` sent with a 429.
+    pub retry_after_ms: u64,
+    /// Percentage (0–100) of API calls answered 500 or 503.
+    pub unavailable_percent: u8,
+    /// Delay before every API answer.
+    pub delay_ms: u64,
+}
+
+/// The injected answer, if any.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Injected {
+    Throttle(Duration),
+    Unavailable(u16),
+}
+
+impl Faults {
+    /// Rolls the dice for one request.
+    pub fn decide(&self, rng: &XorShift) -> Option<Injected> {
+        let roll = (rng.next() % 100) as u8;
+        if roll < self.throttle_percent {
+            return Some(Injected::Throttle(Duration::from_millis(
+                self.retry_after_ms,
+            )));
+        }
+        if roll
+            < self
+                .throttle_percent
+                .saturating_add(self.unavailable_percent)
+        {
+            return Some(Injected::Unavailable(if rng.next() % 2 == 0 {
+                500
+            } else {
+                503
+            }));
+        }
+        None
+    }
+}
+
+/// A tiny thread-safe xorshift64* generator.
+#[derive(Debug)]
+pub struct XorShift(AtomicU64);
+
+impl XorShift {
+    pub fn new(seed: u64) -> Self {
+        XorShift(AtomicU64::new(seed | 1))
+    }
+
+    pub fn next(&self) -> u64 {
+        let mut x = self.0.load(Ordering::Relaxed);
+        loop {
+            let mut y = x;
+            y ^= y >> 12;
+            y ^= y << 25;
+            y ^= y >> 27;
+            match self
+                .0
+                .compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return y.wrapping_mul(0x2545F4914F6CDD1D),
+                Err(current) => x = current,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_are_respected() {
+        let rng = XorShift::new(42);
+        let f = Faults {
+            throttle_percent: 30,
+            unavailable_percent: 20,
+            retry_after_ms: 5,
+            delay_ms: 0,
+        };
+        let (mut t, mut u) = (0, 0);
+        for _ in 0..10_000 {
+            match f.decide(&rng) {
+                Some(Injected::Throttle(d)) => {
+                    assert_eq!(d, Duration::from_millis(5));
+                    t += 1
+                }
+                Some(Injected::Unavailable(s)) => {
+                    assert!(s == 500 || s == 503);
+                    u += 1
+                }
+                None => {}
+            }
+        }
+        assert!((2700..3300).contains(&t), "{t}");
+        assert!((1700..2300).contains(&u), "{u}");
+        assert_eq!(Faults::default().decide(&rng), None);
+    }
+}

@@ -1,0 +1,304 @@
+//! A stateful emulator of the Azure OpenAI Batch API in blob mode, for local runs and tests.
+//!
+//! It serves both surfaces (`/openai/batches?api-version=…` and `/openai/v1/batches`): create, retrieve, list,
+//! cancel; checks `api-key`; answers errors in each surface's documented shape. Jobs really read `input_blob` from
+//! storage (with the handler's own storage client), are validated as Azure does ([`validate`]), move through
+//! `validating → in_progress → finalizing → completed` on a configurable clock ([`runner`]) and write
+//! `results.jsonl` / `errors.jsonl` under `output_folder`. Faults can be injected ([`faults`]).
+//!
+//! The [`World`] is shared with the test that started the emulator, so tests inspect jobs and requests directly.
+
+pub mod faults;
+mod routes;
+mod runner;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use blob_batch_monitor::storage::{StorageAccount, StorageClient};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+pub use faults::Faults;
+
+/// How long each phase of a job lasts.
+#[derive(Clone, Copy, Debug)]
+pub struct Timings {
+    pub validating: Duration,
+    pub in_progress: Duration,
+    pub finalizing: Duration,
+    pub cancelling: Duration,
+}
+
+impl Timings {
+    /// Every phase lasts `d`.
+    pub fn uniform(d: Duration) -> Self {
+        Timings {
+            validating: d,
+            in_progress: d,
+            finalizing: d,
+            cancelling: d,
+        }
+    }
+}
+
+/// Emulator settings.
+#[derive(Clone, Debug)]
+pub struct EmulatorConfig {
+    /// The key clients must send in `api-key`.
+    pub api_key: String,
+    pub timings: Timings,
+    /// Storage accounts the emulated service can read inputs from and write outputs to.
+    pub accounts: Vec<StorageAccount>,
+    /// Azure's limit is 100,000 requests per file.
+    pub max_tasks: usize,
+    pub faults: Faults,
+}
+
+impl EmulatorConfig {
+    /// Settings with Azure's limits, no faults, and `timings`.
+    pub fn new(api_key: &str, accounts: Vec<StorageAccount>, timings: Timings) -> Self {
+        EmulatorConfig {
+            api_key: api_key.to_string(),
+            timings,
+            accounts,
+            max_tasks: 100_000,
+            faults: Faults::default(),
+        }
+    }
+}
+
+/// One emulated job. Rendered to the Batch object by [`Job::to_json`].
+#[derive(Clone, Debug)]
+pub struct Job {
+    pub id: String,
+    pub status: String,
+    pub input_blob: String,
+    pub output_folder: String,
+    pub endpoint: String,
+    pub created_at: u64,
+    pub timestamps: BTreeMap<&'static str, u64>,
+    pub total: u64,
+    pub completed: u64,
+    pub failed: u64,
+    pub errors: Vec<Value>,
+    pub output_blob: String,
+    pub error_blob: String,
+    pub cancel_requested: bool,
+}
+
+impl Job {
+    /// The Batch object as the service returns it (azure-openai-batch.md §4).
+    pub fn to_json(&self) -> Value {
+        let ts = |k: &str| {
+            self.timestamps
+                .get(k)
+                .copied()
+                .map_or(Value::Null, Value::from)
+        };
+        json!({
+            "id": self.id, "object": "batch", "endpoint": self.endpoint,
+            "errors": if self.errors.is_empty() { Value::Null } else { json!({"object": "list", "data": self.errors}) },
+            "input_file_id": null, "completion_window": "24h", "status": self.status,
+            "output_file_id": null, "error_file_id": null,
+            "created_at": self.created_at, "in_progress_at": ts("in_progress_at"), "expires_at": self.created_at + 86_400,
+            "finalizing_at": ts("finalizing_at"), "completed_at": ts("completed_at"), "failed_at": ts("failed_at"),
+            "expired_at": ts("expired_at"), "cancelling_at": ts("cancelling_at"), "cancelled_at": ts("cancelled_at"),
+            "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
+            "metadata": null, "input_blob": self.input_blob, "output_blob": self.output_blob, "error_blob": self.error_blob,
+        })
+    }
+
+    /// Whether the job has ended.
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self.status.as_str(),
+            "completed" | "failed" | "expired" | "cancelled"
+        )
+    }
+
+    pub(crate) fn set_status(&mut self, status: &str) {
+        self.status = status.to_string();
+        let key = match status {
+            "in_progress" => "in_progress_at",
+            "finalizing" => "finalizing_at",
+            "completed" => "completed_at",
+            "failed" => "failed_at",
+            "expired" => "expired_at",
+            "cancelling" => "cancelling_at",
+            "cancelled" => "cancelled_at",
+            _ => return,
+        };
+        self.timestamps.insert(key, unix_now());
+    }
+}
+
+/// A request the emulator received: method, path (without query) and the status it answered.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+}
+
+/// The emulator's shared state.
+#[derive(Debug)]
+pub struct World {
+    pub config: Mutex<EmulatorConfig>,
+    jobs: Mutex<BTreeMap<String, Job>>,
+    order: Mutex<Vec<String>>,
+    requests: Mutex<Vec<Recorded>>,
+    counter: AtomicU64,
+    pub(crate) storage: Vec<StorageClient>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder leaves consistent data here (plain maps); keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl World {
+    /// A snapshot of every job, in creation order.
+    pub fn jobs(&self) -> Vec<Job> {
+        let jobs = lock(&self.jobs);
+        lock(&self.order)
+            .iter()
+            .filter_map(|id| jobs.get(id).cloned())
+            .collect()
+    }
+
+    /// A snapshot of one job.
+    pub fn job(&self, id: &str) -> Option<Job> {
+        lock(&self.jobs).get(id).cloned()
+    }
+
+    /// Every API request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        lock(&self.requests).clone()
+    }
+
+    /// How many requests matched `method` and a path containing `path_part`.
+    pub fn count(&self, method: &str, path_part: &str) -> usize {
+        lock(&self.requests)
+            .iter()
+            .filter(|r| r.method == method && r.path.contains(path_part))
+            .count()
+    }
+
+    /// Replaces the fault settings.
+    pub fn set_faults(&self, faults: Faults) {
+        lock(&self.config).faults = faults;
+    }
+
+    /// Forces a job into `status` (e.g. `expired`), as the service might on its own.
+    pub fn force_status(&self, id: &str, status: &str) -> bool {
+        match lock(&self.jobs).get_mut(id) {
+            Some(job) => {
+                job.set_status(status);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn update<R>(&self, id: &str, f: impl FnOnce(&mut Job) -> R) -> Option<R> {
+        lock(&self.jobs).get_mut(id).map(f)
+    }
+
+    pub(crate) fn insert(&self, job: Job) {
+        lock(&self.order).push(job.id.clone());
+        lock(&self.jobs).insert(job.id.clone(), job);
+    }
+
+    pub(crate) fn record(&self, r: Recorded) {
+        lock(&self.requests).push(r);
+    }
+
+    pub(crate) fn order(&self) -> Vec<String> {
+        lock(&self.order).clone()
+    }
+
+    /// A fresh job id in the documented shape (`batch_` + a GUID).
+    pub(crate) fn next_id(&self) -> String {
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let seed = validate::fnv(
+            format!(
+                "{n}-{:?}-{}",
+                std::time::SystemTime::now(),
+                std::process::id()
+            )
+            .as_bytes(),
+        );
+        let r = faults::XorShift::new(seed);
+        let (a, b) = (r.next(), r.next());
+        format!(
+            "batch_{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            0x8000 | (b >> 48) & 0x3fff,
+            b & 0xffff_ffff_ffff
+        )
+    }
+
+    /// The storage client for a blob URL, if the URL belongs to a known account.
+    pub(crate) fn storage_for(&self, url: &str) -> Option<(&StorageClient, String, String)> {
+        self.storage
+            .iter()
+            .find_map(|s| s.split_blob_url(url).map(|(c, n)| (s, c, n)))
+    }
+}
+
+/// A running emulator.
+pub struct BatchEmulator {
+    pub world: Arc<World>,
+    addr: std::net::SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl BatchEmulator {
+    /// Serves the emulator on `listener` (bind port 0 in tests).
+    pub fn start(listener: TcpListener, config: EmulatorConfig) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder().build()?;
+        let storage = config
+            .accounts
+            .iter()
+            .map(|a| StorageClient::new(http.clone(), a.clone()))
+            .collect();
+        let world = Arc::new(World {
+            config: Mutex::new(config),
+            jobs: Mutex::default(),
+            order: Mutex::default(),
+            requests: Mutex::default(),
+            counter: AtomicU64::new(0),
+            storage,
+        });
+        let addr = listener.local_addr()?;
+        let app = routes::router(world.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(BatchEmulator { world, addr, task })
+    }
+
+    /// The endpoint to configure as `OPENAI_ENDPOINT`.
+    pub fn uri(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for BatchEmulator {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

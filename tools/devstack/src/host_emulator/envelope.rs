@@ -1,0 +1,310 @@
+//! Invocation envelopes exactly as the host builds them (functions-protocol.md §2), and the request headers.
+//!
+//! Strings in `Metadata` are JSON-quoted inside a JSON string, integers travel as their text, dates as ISO strings,
+//! objects as objects; the blob is base64 in `Data`; queue text is JSON-serialized once more, and the fields of a
+//! JSON message are copied into `Metadata` (overwriting same-named keys).
+
+use base64::Engine;
+use serde_json::{json, Map, Value};
+
+/// The host version the emulator claims in headers.
+pub const HOST_VERSION: &str = "4.1037.0.0";
+
+/// A string metadata value, quoted the way the host quotes it.
+pub fn quoted(s: &str) -> Value {
+    Value::String(Value::String(s.to_string()).to_string())
+}
+
+fn sys(method: &str) -> Value {
+    json!({"MethodName": method, "UtcNow": iso_now(true), "RandGuid": guid()})
+}
+
+/// What the blob trigger knows of the blob.
+#[derive(Clone, Debug)]
+pub struct BlobInfo<'a> {
+    pub url: &'a str,
+    pub name: &'a str,
+    pub etag: &'a str,
+    pub last_modified: &'a str,
+    pub content_type: &'a str,
+}
+
+/// The BlobMonitor-style envelope: the whole blob, base64, under `Data.<binding>`.
+pub fn blob_envelope(
+    function: &str,
+    binding: &str,
+    content: &[u8],
+    blob: &BlobInfo<'_>,
+) -> Vec<u8> {
+    let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+    let body = json!({
+        "Data": {binding: b64},
+        "Metadata": {
+            "Uri": quoted(blob.url),
+            "Properties": {
+                "LastModified": blob.last_modified, "ContentLength": content.len(), "ContentType": blob.content_type,
+                "ETag": blob.etag, "BlobType": 0, "LeaseState": 0, "LeaseStatus": 1, "Metadata": {}
+            },
+            "Metadata": {},
+            "name": quoted(blob.name),
+            "sys": sys(function),
+        }
+    });
+    body.to_string().into_bytes()
+}
+
+/// What the queue trigger knows of the message.
+#[derive(Clone, Debug)]
+pub struct QueueInfo<'a> {
+    pub id: &'a str,
+    pub pop_receipt: &'a str,
+    pub dequeue_count: u32,
+    pub insertion_time: &'a str,
+    pub expiration_time: &'a str,
+    pub next_visible_time: &'a str,
+}
+
+/// The QueueMonitor-style envelope for message `text` (already decoded from the storage encoding).
+pub fn queue_envelope(
+    function: &str,
+    binding: &str,
+    text: &[u8],
+    binary: bool,
+    msg: &QueueInfo<'_>,
+) -> Vec<u8> {
+    let text_str = String::from_utf8_lossy(text);
+    let data = if binary {
+        Value::String(base64::engine::general_purpose::STANDARD.encode(text))
+    } else {
+        // Serialized once more: `hello` travels as "\"hello\"".
+        Value::String(Value::String(text_str.to_string()).to_string())
+    };
+    let mut metadata = Map::new();
+    metadata.insert(
+        "DequeueCount".into(),
+        Value::String(msg.dequeue_count.to_string()),
+    );
+    metadata.insert(
+        "ExpirationTime".into(),
+        Value::String(msg.expiration_time.into()),
+    );
+    metadata.insert("Id".into(), quoted(msg.id));
+    metadata.insert(
+        "InsertionTime".into(),
+        Value::String(msg.insertion_time.into()),
+    );
+    metadata.insert(
+        "NextVisibleTime".into(),
+        Value::String(msg.next_visible_time.into()),
+    );
+    metadata.insert("PopReceipt".into(), quoted(msg.pop_receipt));
+    metadata.insert("sys".into(), sys(function));
+    let trimmed = text_str.trim();
+    if !binary && trimmed.starts_with('{') && trimmed.ends_with('}') {
+        if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(trimmed) {
+            for (k, v) in fields {
+                match v {
+                    Value::Array(_) => {}
+                    obj @ Value::Object(_) => {
+                        metadata.insert(k, obj);
+                    }
+                    Value::String(s) => {
+                        metadata.insert(k, quoted(&s));
+                    }
+                    other => {
+                        metadata.insert(k, quoted(&other.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    json!({"Data": {binding: data}, "Metadata": metadata})
+        .to_string()
+        .into_bytes()
+}
+
+/// RFC 3339 UTC time, with or without 7 fractional digits (the host's `UtcNow` has them, binding dates do not).
+pub fn iso_now(fraction: bool) -> String {
+    iso(std::time::SystemTime::now(), fraction)
+}
+
+/// Formats a time as `YYYY-MM-DDTHH:MM:SS[.fffffff]Z` (or `+00:00` without fraction, as binding dates are sent).
+pub fn iso(t: std::time::SystemTime, fraction: bool) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, day) = civil_from_days(days as i64);
+    let base = format!(
+        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    );
+    if fraction {
+        format!("{base}.{:07}Z", d.subsec_nanos() / 100)
+    } else {
+        format!("{base}+00:00")
+    }
+}
+
+/// Converts an RFC 1123 date (as storage sends) to the host's ISO form; unparseable input is passed through.
+pub fn iso_from_http_date(s: &str) -> String {
+    httpdate_parse(s).map_or_else(|| s.to_string(), |t| iso(t, false))
+}
+
+fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
+    // Avoid another dependency: storage dates are always `Sat, 28 Nov 2026 10:27:12 GMT`.
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let [_, d, mon, y, hms, _] = parts.as_slice() else {
+        return None;
+    };
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == mon)? as u32
+        + 1;
+    let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
+    let days = days_from_civil(y.parse().ok()?, month, d.parse().ok()?);
+    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + mi * 60 + se;
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+}
+
+/// Howard Hinnant's days-from-civil algorithm.
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (i64::from(m) + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A random-looking GUID for invocation ids and `RandGuid`.
+pub fn guid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    let a = h.finish();
+    h.write_u64(a);
+    let b = h.finish();
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blob_batch_monitor::protocol::InvokeRequest;
+
+    #[test]
+    fn queue_envelope_matches_the_documented_example() {
+        let text = br#"{"batchId":"batch_72a2792ef7d24ba7b82c7fe4a37e379f","blob":"batch-input/job1.jsonl","attempt":1}"#;
+        let info = QueueInfo {
+            id: "6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f",
+            pop_receipt: "AgAAAAMAAAAAAAAAAgtnj8x+1QE=",
+            dequeue_count: 1,
+            insertion_time: "2025-01-01T00:00:00+00:00",
+            expiration_time: "2025-01-08T00:00:00+00:00",
+            next_visible_time: "2025-01-01T00:15:00+00:00",
+        };
+        let v: Value =
+            serde_json::from_slice(&queue_envelope("QueueMonitor", "job", text, false, &info))
+                .expect("json");
+        assert_eq!(v["Data"]["job"], "\"{\\\"batchId\\\":\\\"batch_72a2792ef7d24ba7b82c7fe4a37e379f\\\",\\\"blob\\\":\\\"batch-input/job1.jsonl\\\",\\\"attempt\\\":1}\"");
+        assert_eq!(v["Metadata"]["DequeueCount"], "1");
+        assert_eq!(
+            v["Metadata"]["Id"],
+            "\"6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f\""
+        );
+        assert_eq!(v["Metadata"]["attempt"], "\"1\"");
+        assert_eq!(
+            v["Metadata"]["batchId"],
+            "\"batch_72a2792ef7d24ba7b82c7fe4a37e379f\""
+        );
+        // And the handler's decoder reads it back.
+        let req = InvokeRequest::from_slice(v.to_string().as_bytes()).expect("parses");
+        assert_eq!(req.queue_text("job").expect("text").as_bytes(), text);
+    }
+
+    #[test]
+    fn message_fields_overwrite_metadata_keys() {
+        let info = QueueInfo {
+            id: "real",
+            pop_receipt: "p",
+            dequeue_count: 2,
+            insertion_time: "",
+            expiration_time: "",
+            next_visible_time: "",
+        };
+        let v: Value = serde_json::from_slice(&queue_envelope(
+            "Q",
+            "job",
+            br#"{"Id":"fake","n":{"a":1},"l":[1]}"#,
+            false,
+            &info,
+        ))
+        .expect("json");
+        assert_eq!(v["Metadata"]["Id"], "\"fake\"");
+        assert_eq!(v["Metadata"]["n"], json!({"a": 1}));
+        assert!(v["Metadata"].get("l").is_none());
+    }
+
+    #[test]
+    fn blob_envelope_is_base64_and_quoted() {
+        let info = BlobInfo {
+            url: "http://127.0.0.1:1/acct/batch-input/a b.jsonl",
+            name: "a b.jsonl",
+            etag: "\"0x1\"",
+            last_modified: "2025-01-01T00:00:00+00:00",
+            content_type: "application/octet-stream",
+        };
+        let v: Value =
+            serde_json::from_slice(&blob_envelope("BlobMonitor", "inputBlob", b"hi\n", &info))
+                .expect("json");
+        assert_eq!(v["Data"]["inputBlob"], "aGkK");
+        assert_eq!(
+            v["Metadata"]["Uri"],
+            "\"http://127.0.0.1:1/acct/batch-input/a b.jsonl\""
+        );
+        assert_eq!(v["Metadata"]["name"], "\"a b.jsonl\"");
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(
+            iso_from_http_date("Sat, 28 Nov 2026 10:27:12 GMT"),
+            "2026-11-28T10:27:12+00:00"
+        );
+        assert_eq!(
+            iso(std::time::UNIX_EPOCH, true),
+            "1970-01-01T00:00:00.0000000Z"
+        );
+        assert_eq!(iso_from_http_date("garbage"), "garbage");
+    }
+}
