@@ -1,1 +1,5 @@
-//! Integration tests: one binary (style habit 13).
+//! Integration tests: one binary (style habit 13). Storage is a real Azurite, the batch API the stateful emulator.
+
+mod blob_monitor;
+mod helpers;
+mod queue_monitor;

@@ -58,36 +58,9 @@ impl Azurite {
     pub async fn start(project_root: &Path, options: &AzuriteOptions) -> anyhow::Result<Self> {
         let bin = ensure_installed(project_root).await?;
         let mut cmd = Command::new(&bin);
-        cmd.args(["--silent", "--disableTelemetry", "--skipApiVersionCheck"])
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--queueHost",
-                "127.0.0.1",
-                "--tableHost",
-                "127.0.0.1",
-            ])
-            .args([
-                "--blobPort",
-                &options.ports.0.to_string(),
-                "--queuePort",
-                &options.ports.1.to_string(),
-            ])
-            .args(["--tablePort", "0"]);
-        match &options.persistence {
-            Persistence::InMemory => {
-                cmd.arg("--inMemoryPersistence");
-            }
-            Persistence::Folder(dir) => {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
-                cmd.arg("--location").arg(dir);
-            }
-        }
-        if !options.accounts.is_empty() {
-            let mut all = vec![format!("{DEVSTORE_ACCOUNT}:{DEVSTORE_KEY}")];
-            all.extend(options.accounts.iter().map(|(n, k)| format!("{n}:{k}")));
-            cmd.env("AZURITE_ACCOUNTS", all.join(";"));
+        cmd.args(arguments(options)?);
+        if let Some(accounts) = accounts_env(options) {
+            cmd.env("AZURITE_ACCOUNTS", accounts);
         }
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -173,6 +146,74 @@ impl Azurite {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// Azurite's command-line arguments for `options` (loopback only, telemetry off).
+pub fn arguments(options: &AzuriteOptions) -> anyhow::Result<Vec<String>> {
+    let mut args: Vec<String> = [
+        "--silent",
+        "--disableTelemetry",
+        "--blobHost",
+        "127.0.0.1",
+        "--queueHost",
+        "127.0.0.1",
+        "--tableHost",
+        "127.0.0.1",
+        "--tablePort",
+        "0",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.extend([
+        "--blobPort".into(),
+        options.ports.0.to_string(),
+        "--queuePort".into(),
+        options.ports.1.to_string(),
+    ]);
+    match &options.persistence {
+        Persistence::InMemory => args.push("--inMemoryPersistence".into()),
+        Persistence::Folder(dir) => {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            args.push("--location".into());
+            args.push(dir.display().to_string());
+        }
+    }
+    Ok(args)
+}
+
+/// The `AZURITE_ACCOUNTS` value for extra accounts (the default account is kept).
+pub fn accounts_env(options: &AzuriteOptions) -> Option<String> {
+    if options.accounts.is_empty() {
+        return None;
+    }
+    let mut all = vec![format!("{DEVSTORE_ACCOUNT}:{DEVSTORE_KEY}")];
+    all.extend(options.accounts.iter().map(|(n, k)| format!("{n}:{k}")));
+    Some(all.join(";"))
+}
+
+/// Reads Azurite's start-up lines (`… Blob service is successfully listening at http://127.0.0.1:45729`).
+#[derive(Default, Debug)]
+pub struct ListeningPorts {
+    blob: Option<u16>,
+    queue: Option<u16>,
+}
+
+impl ListeningPorts {
+    /// Feeds one line; returns `(blob, queue)` once both are known.
+    pub fn read(&mut self, line: &str) -> Option<(u16, u16)> {
+        let port = || {
+            line.rsplit(':')
+                .next()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+        };
+        if line.contains("Blob service is successfully listening") {
+            self.blob = port();
+        } else if line.contains("Queue service is successfully listening") {
+            self.queue = port();
+        }
+        Some((self.blob?, self.queue?))
     }
 }
 

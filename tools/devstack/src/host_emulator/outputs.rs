@@ -8,7 +8,7 @@ use serde_json::Value;
 pub fn messages(value: &Value, binary: bool) -> Result<Vec<Vec<u8>>, String> {
     Ok(match value {
         Value::Null => Vec::new(),
-        Value::Array(items) => items.iter().map(|v| element(v)).collect(),
+        Value::Array(items) => items.iter().map(element).collect(),
         obj @ Value::Object(_) => vec![indented(obj)],
         Value::String(s) => string(s, binary)?,
         other => vec![other.to_string().into_bytes()],

@@ -1,0 +1,118 @@
+//! One Azurite per test run, shared by all tests, with one storage account per test so that every test has its own
+//! `monitorjobs`, `batch-input`, … and tests run in parallel without seeing each other.
+//!
+//! Tests run on many short-lived runtimes, so Azurite is a plain child process started from a std thread, wrapped in
+//! a shell watchdog that kills it when this test process exits (statics are never dropped).
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use blob_batch_monitor::storage::connection::DEVSTORE_KEY;
+use blob_batch_monitor::storage::StorageAccount;
+use devstack::azurite::{accounts_env, arguments, AzuriteOptions, ListeningPorts};
+
+/// Accounts created up front; each test takes the next one.
+const ACCOUNTS: usize = 96;
+
+/// The shared Azurite's ports.
+pub struct SharedAzurite {
+    pub blob_port: u16,
+    pub queue_port: u16,
+    next: AtomicUsize,
+}
+
+static AZURITE: OnceLock<SharedAzurite> = OnceLock::new();
+
+fn account_name(i: usize) -> String {
+    format!("acct{i:03}")
+}
+
+/// The shared instance, started on first use.
+pub fn shared() -> &'static SharedAzurite {
+    AZURITE.get_or_init(|| start().unwrap_or_else(|e| panic!("cannot start Azurite: {e:#}")))
+}
+
+fn start() -> anyhow::Result<SharedAzurite> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let bin = root.join("node_modules/.bin/azurite");
+    if !bin.exists() {
+        let ok = Command::new("npm")
+            .args(["install", "--no-audit", "--no-fund", "--loglevel=error"])
+            .current_dir(root)
+            .status()?
+            .success();
+        anyhow::ensure!(ok && bin.exists(), "npm install did not install Azurite");
+    }
+    let options = AzuriteOptions {
+        accounts: (0..ACCOUNTS)
+            .map(|i| (account_name(i), DEVSTORE_KEY.to_string()))
+            .collect(),
+        ..AzuriteOptions::default()
+    };
+    // The watchdog: run Azurite in the background, kill it when this test process is gone.
+    let script = r#"bin="$1"; watched="$2"; shift 2; "$bin" "$@" & child=$!
+while kill -0 "$watched" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done
+kill "$child" 2>/dev/null; wait "$child" 2>/dev/null"#;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg(script)
+        .arg("azurite-watchdog")
+        .arg(&bin)
+        .arg(std::process::id().to_string())
+        .args(arguments(&options)?);
+    if let Some(accounts) = accounts_env(&options) {
+        cmd.env("AZURITE_ACCOUNTS", accounts);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .stdin(Stdio::null())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ports = ListeningPorts::default();
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent {
+                if let Some(p) = ports.read(&line) {
+                    let _ = tx.send(p);
+                    sent = true;
+                }
+            }
+        }
+    });
+    let (blob_port, queue_port) = rx
+        .recv_timeout(std::time::Duration::from_secs(90))
+        .map_err(|_| anyhow::anyhow!("Azurite did not start listening"))?;
+    Ok(SharedAzurite {
+        blob_port,
+        queue_port,
+        next: AtomicUsize::new(0),
+    })
+}
+
+impl SharedAzurite {
+    /// A storage account no other test uses: `(name, connection string)`.
+    pub fn fresh_account(&self) -> (String, String) {
+        let i = self.next.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            i < ACCOUNTS,
+            "more than {ACCOUNTS} tests want an account: raise ACCOUNTS"
+        );
+        let name = account_name(i);
+        let conn = StorageAccount::shared_key_connection_string(
+            &name,
+            DEVSTORE_KEY,
+            &format!("http://127.0.0.1:{}/{name}", self.blob_port),
+            &format!("http://127.0.0.1:{}/{name}", self.queue_port),
+        );
+        (name, conn)
+    }
+}

@@ -1,0 +1,299 @@
+//! The test harness: `spawn_app()` gives each test its own storage account on the shared Azurite, its own batch API
+//! emulator, and the handler's router served on port 0, plus typed helpers to invoke it as the host would.
+
+pub mod azurite;
+
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use blob_batch_monitor::config::Config;
+use blob_batch_monitor::message::MonitorMessage;
+use blob_batch_monitor::storage::blob::Condition;
+use blob_batch_monitor::storage::{MessageEncoding, StorageAccount, StorageClient};
+use blob_batch_monitor::AppState;
+use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
+use devstack::host_emulator::envelope::{blob_envelope, queue_envelope, BlobInfo, QueueInfo};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+/// Every test body is bounded by this.
+pub const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// The API key the emulator expects and the handler sends.
+pub const API_KEY: &str = "test-key-5f2c";
+
+static TRACING: LazyLock<()> = LazyLock::new(|| {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("info")
+            .with_test_writer()
+            .try_init();
+    }
+});
+
+/// Runs a test body under [`TEST_TIMEOUT`].
+pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    LazyLock::force(&TRACING);
+    tokio::time::timeout(TEST_TIMEOUT, f)
+        .await
+        .expect("test exceeded TEST_TIMEOUT")
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `limit` naming `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Knobs of one test app.
+pub struct TestOptions {
+    pub retry_delay_secs: u64,
+    pub timings: Timings,
+    /// The key the handler sends (defaults to the one the emulator expects).
+    pub handler_key: String,
+    pub max_check_failures: u32,
+}
+
+impl Default for TestOptions {
+    fn default() -> Self {
+        TestOptions {
+            retry_delay_secs: 2,
+            // Long phases: jobs stay running unless a test forces a status.
+            timings: Timings::uniform(Duration::from_secs(600)),
+            handler_key: API_KEY.into(),
+            max_check_failures: 30,
+        }
+    }
+}
+
+/// One test's world.
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub storage: StorageClient,
+    pub account: StorageAccount,
+    pub emulator: BatchEmulator,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.server.abort();
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(TestOptions::default()).await
+}
+
+pub async fn spawn_app_with(options: TestOptions) -> TestApp {
+    let (_, conn) = azurite::shared().fresh_account();
+    let account = StorageAccount::parse(&conn).expect("connection string");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let emulator = BatchEmulator::start(
+        listener,
+        EmulatorConfig::new(API_KEY, vec![account.clone()], options.timings),
+    )
+    .expect("emulator");
+    let settings = [
+        ("OPENAI_ENDPOINT", emulator.uri()),
+        ("OPENAI_API_KEY", options.handler_key.clone()),
+        ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
+        ("BATCH_RETRY_DELAY", options.retry_delay_secs.to_string()),
+        (
+            "BATCH_MAX_CHECK_FAILURES",
+            options.max_check_failures.to_string(),
+        ),
+        ("BlobStorageConnection", conn),
+    ];
+    let config = Config::from_lookup(
+        |k| {
+            settings
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.clone())
+        },
+        MessageEncoding::Base64,
+    )
+    .expect("config");
+    let state = AppState::new(config).expect("state");
+    let storage = state.storage.clone();
+    storage
+        .create_container("batch-input")
+        .await
+        .expect("container");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        let _ = blob_batch_monitor::run(listener, state, std::future::pending()).await;
+    });
+    TestApp {
+        addr,
+        http: reqwest::Client::new(),
+        storage,
+        account,
+        emulator,
+        server,
+    }
+}
+
+/// A handler answer.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The `Logs` of the answer, joined.
+    pub fn logs(&self) -> String {
+        self.body["Logs"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default()
+    }
+}
+
+impl TestApp {
+    /// POSTs raw bytes to `/<function>` with the host's headers.
+    pub async fn post(&self, function: &str, body: impl Into<reqwest::Body>) -> Answer {
+        let r = self
+            .http
+            .post(format!("http://{}/{function}", self.addr))
+            .header("content-type", "application/json; charset=utf-8")
+            .header(
+                "x-azure-functions-invocationid",
+                "00000000-0000-4000-8000-000000000001",
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("handler answers");
+        let status = r.status();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let bytes = r.bytes().await.expect("body");
+        Answer {
+            status,
+            content_type,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        }
+    }
+
+    /// The URL of `batch-input/<name>` in this test's account.
+    pub fn blob_url(&self, name: &str) -> String {
+        format!(
+            "{}/batch-input/{name}",
+            self.account.blob_endpoint.as_str().trim_end_matches('/')
+        )
+    }
+
+    /// Uploads `content` to `batch-input/<name>`.
+    pub async fn upload(&self, name: &str, content: &[u8]) -> String {
+        self.storage
+            .put_blob(
+                "batch-input",
+                name,
+                bytes::Bytes::copy_from_slice(content),
+                "application/jsonl",
+                Condition::None,
+                &[],
+            )
+            .await
+            .expect("upload")
+    }
+
+    /// Uploads a blob and invokes BlobMonitor for it with the host's envelope.
+    pub async fn invoke_blob(&self, name: &str, content: &[u8]) -> Answer {
+        let etag = self.upload(name, content).await;
+        let url = self.blob_url(name);
+        let info = BlobInfo {
+            url: &url,
+            name,
+            etag: &etag,
+            last_modified: "2026-11-28T10:00:00+00:00",
+            content_type: "application/jsonl",
+        };
+        self.post(
+            "BlobMonitor",
+            blob_envelope("BlobMonitor", "inputBlob", content, &info),
+        )
+        .await
+    }
+
+    /// Invokes QueueMonitor with message `text` as the host would deliver it.
+    pub async fn invoke_queue(&self, text: &str, dequeue_count: u32) -> Answer {
+        let info = QueueInfo {
+            id: "6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f",
+            pop_receipt: "AgAAAAMAAAAAAAAAAgtnj8x+1QE=",
+            dequeue_count,
+            insertion_time: "2026-11-28T10:00:00+00:00",
+            expiration_time: "2026-12-05T10:00:00+00:00",
+            next_visible_time: "2026-11-28T10:10:00+00:00",
+        };
+        self.post(
+            "QueueMonitor",
+            queue_envelope("QueueMonitor", "job", text.as_bytes(), false, &info),
+        )
+        .await
+    }
+
+    /// Creates a job through BlobMonitor and returns the monitor message it output.
+    pub async fn create_job(&self, name: &str) -> MonitorMessage {
+        let answer = self.invoke_blob(name, sample_jsonl(2).as_bytes()).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("monitor message")
+    }
+
+    /// The decoded texts of the visible messages of `queue` (up to 32).
+    pub async fn peek(&self, queue: &str) -> Vec<String> {
+        match self.storage.peek_messages(queue, 32).await {
+            Ok(ms) => ms
+                .iter()
+                .map(|m| {
+                    String::from_utf8(
+                        MessageEncoding::Base64
+                            .decode(&m.message_text)
+                            .expect("base64 message"),
+                    )
+                    .expect("utf-8")
+                })
+                .collect(),
+            Err(e) if e.code() == Some("QueueNotFound") => Vec::new(),
+            Err(e) => panic!("peek {queue}: {e}"),
+        }
+    }
+}
+
+/// A valid input file with `n` chat requests.
+pub fn sample_jsonl(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"custom_id\":\"task-{i}\",\"method\":\"POST\",\"url\":\"/chat/completions\",\"body\":{{\"model\":\"gpt-4o-batch\",\"messages\":[{{\"role\":\"user\",\"content\":\"Question {i}\"}}]}}}}\n"))
+        .collect()
+}
