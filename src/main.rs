@@ -59,9 +59,9 @@ fn port_from_env() -> Result<u16, String> {
     }
 }
 
+/// One line on stderr (the host logs stderr at Error level), then a non-zero exit.
 fn fail(message: &str) -> ExitCode {
-    tracing::error!("{message}");
-    eprintln!("handler: {message}");
+    eprintln!("handler: error: {message}");
     ExitCode::FAILURE
 }
 
