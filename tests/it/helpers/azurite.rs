@@ -4,7 +4,6 @@
 //! Tests run on many short-lived runtimes, so Azurite is a plain child process started from a std thread, wrapped in
 //! a shell watchdog that kills it when this test process exits (statics are never dropped).
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -52,45 +51,29 @@ fn start() -> anyhow::Result<SharedAzurite> {
             .collect(),
         ..AzuriteOptions::default()
     };
-    // The watchdog: run Azurite in the background, kill it when this test process is gone.
-    let script = r#"bin="$1"; watched="$2"; shift 2; "$bin" "$@" & child=$!
+    // The watchdog: run Azurite in the background with its output in a log file (a pipe would break when this
+    // process exits first), and kill it once this test process is gone.
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-{}.log", std::process::id()));
+    let script = r#"bin="$1"; watched="$2"; log="$3"; shift 3; "$bin" "$@" >"$log" 2>&1 & child=$!
 while kill -0 "$watched" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done
-kill "$child" 2>/dev/null; wait "$child" 2>/dev/null"#;
+kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; rm -f "$log""#;
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg("azurite-watchdog")
-        .arg(&bin)
-        .arg(std::process::id().to_string())
-        .args(arguments(&options)?);
+    cmd.arg("-c").arg(script).arg("azurite-watchdog").arg(&bin).arg(std::process::id().to_string()).arg(&log);
+    cmd.args(arguments(&options)?);
     if let Some(accounts) = accounts_env(&options) {
         cmd.env("AZURITE_ACCOUNTS", accounts);
     }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .stdin(Stdio::null())
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).stdin(Stdio::null()).spawn()?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let (blob_port, queue_port) = loop {
         let mut ports = ListeningPorts::default();
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent {
-                if let Some(p) = ports.read(&line) {
-                    let _ = tx.send(p);
-                    sent = true;
-                }
-            }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(p) = text.lines().find_map(|l| ports.read(l)) {
+            break p;
         }
-    });
-    let (blob_port, queue_port) = rx
-        .recv_timeout(std::time::Duration::from_secs(90))
-        .map_err(|_| anyhow::anyhow!("Azurite did not start listening"))?;
+        anyhow::ensure!(std::time::Instant::now() < deadline, "Azurite did not start listening; its log: {text}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
     Ok(SharedAzurite {
         blob_port,
         queue_port,
