@@ -2,6 +2,7 @@
 //! emulator, and the handler's router served on port 0, plus typed helpers to invoke it as the host would.
 
 pub mod azurite;
+pub mod stack;
 
 use std::net::SocketAddr;
 use std::sync::LazyLock;

@@ -22,12 +22,22 @@ enum Interrupted {
 
 /// Sleeps `d` unless the job is cancelled or reaches a terminal status meanwhile.
 async fn phase(world: &World, id: &str, d: Duration) -> Result<(), Interrupted> {
+    wait(world, id, d, true).await
+}
+
+/// Sleeps `d` unless the job reaches a terminal status (or, with `stop_on_cancel`, is cancelled) meanwhile.
+async fn wait(
+    world: &World,
+    id: &str,
+    d: Duration,
+    stop_on_cancel: bool,
+) -> Result<(), Interrupted> {
     let until = tokio::time::Instant::now() + d;
     loop {
         match world.job(id) {
             None => return Err(Interrupted::Ended),
             Some(j) if j.is_terminal() => return Err(Interrupted::Ended),
-            Some(j) if j.cancel_requested => return Err(Interrupted::Cancel),
+            Some(j) if stop_on_cancel && j.cancel_requested => return Err(Interrupted::Cancel),
             Some(_) => {}
         }
         let now = tokio::time::Instant::now();
@@ -47,7 +57,7 @@ pub(super) async fn run(world: Arc<World>, id: String, bad_window: bool) {
     match lifecycle(&world, &id, bad_window, timings).await {
         Ok(()) | Err(Interrupted::Ended) => {}
         Err(Interrupted::Cancel) => {
-            if phase(&world, &id, timings.cancelling).await.is_ok() {
+            if wait(&world, &id, timings.cancelling, false).await.is_ok() {
                 world.update(&id, |j| {
                     if !j.is_terminal() {
                         j.set_status("cancelled")

@@ -1,0 +1,251 @@
+//! End to end: blobs dropped into Azurite, the real handler under the host emulator, the batch emulator doing the
+//! work. Each test waits for conditions with time limits; none relies on a fixed sleep to pass.
+
+use std::time::Duration;
+
+use devstack::batch_emulator::{Faults, Timings};
+
+use crate::helpers::stack::{Stack, StackOptions};
+use crate::helpers::{bounded, sample_jsonl, wait_for};
+
+const POISON_QUEUES: [&str; 2] = ["monitorjobs-poison", "webjobs-blobtrigger-poison"];
+
+/// Waits until `n` final reports were logged and returns them.
+async fn reports(stack: &Stack, n: usize, limit: Duration) -> Vec<String> {
+    wait_for(&format!("{n} final reports"), limit, || async {
+        let r = stack.final_reports();
+        (r.len() >= n).then_some(r)
+    })
+    .await
+}
+
+async fn assert_no_poison(stack: &Stack) {
+    for q in POISON_QUEUES {
+        assert!(
+            stack.peek(q).await.is_empty(),
+            "{q} should be empty: {:?}",
+            stack.peek(q).await
+        );
+    }
+}
+
+#[tokio::test]
+async fn every_dropped_blob_becomes_one_job_followed_to_completion() {
+    bounded(async {
+        let stack = Stack::start(StackOptions::default()).await;
+        for i in 0..5 {
+            stack
+                .drop_blob(&format!("in/job{i}.jsonl"), sample_jsonl(i + 1).as_bytes())
+                .await;
+        }
+        let reports = reports(&stack, 5, Duration::from_secs(60)).await;
+        assert!(
+            reports.iter().all(|r| r.contains("ended completed")),
+            "{reports:#?}"
+        );
+        let jobs = stack.emulator.world.jobs();
+        assert_eq!(jobs.len(), 5, "exactly one job per blob");
+        let mut inputs: Vec<_> = jobs
+            .iter()
+            .map(|j| {
+                j.input_blob
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        inputs.sort();
+        assert_eq!(
+            inputs,
+            [
+                "job0.jsonl",
+                "job1.jsonl",
+                "job2.jsonl",
+                "job3.jsonl",
+                "job4.jsonl"
+            ]
+        );
+        let results = stack.blobs("batch-output").await;
+        assert_eq!(
+            results
+                .iter()
+                .filter(|b| b.ends_with("/results.jsonl"))
+                .count(),
+            5,
+            "{results:?}"
+        );
+        for j in &jobs {
+            assert!(reports
+                .iter()
+                .any(|r| r.contains(&j.id) && r.contains(&j.output_blob)));
+        }
+        // The monitor queue drains: no check after the final one.
+        let checks = stack.host.invocations().len();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            stack.host.invocations().len(),
+            checks,
+            "no invocation after every job ended"
+        );
+        assert!(stack.peek("monitorjobs").await.is_empty());
+        assert_no_poison(&stack).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_input_with_invalid_lines_ends_failed_with_the_error_code_in_the_final_line() {
+    bounded(async {
+        let stack = Stack::start(StackOptions::default()).await;
+        let bad = format!("{}{{\"custom_id\": oops}}\n", sample_jsonl(1));
+        stack.drop_blob("bad.jsonl", bad.as_bytes()).await;
+        let reports = reports(&stack, 1, Duration::from_secs(30)).await;
+        assert!(
+            reports[0].contains("ended failed") && reports[0].contains("invalid_json_line"),
+            "{}",
+            reports[0]
+        );
+        assert!(reports[0].contains("(line 2)"), "{}", reports[0]);
+        assert_no_poison(&stack).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancelled_and_expired_jobs_stop_being_checked() {
+    bounded(async {
+        let timings = Timings {
+            validating: Duration::from_millis(200),
+            in_progress: Duration::from_secs(600),
+            finalizing: Duration::from_millis(200),
+            cancelling: Duration::from_millis(500),
+        };
+        let stack = Stack::start(StackOptions {
+            timings,
+            ..Default::default()
+        })
+        .await;
+        stack
+            .drop_blob("to-cancel.jsonl", sample_jsonl(2).as_bytes())
+            .await;
+        stack
+            .drop_blob("to-expire.jsonl", sample_jsonl(2).as_bytes())
+            .await;
+        let jobs = wait_for("two running jobs", Duration::from_secs(30), || async {
+            let jobs = stack.emulator.world.jobs();
+            (jobs.len() == 2 && jobs.iter().all(|j| j.status == "in_progress")).then_some(jobs)
+        })
+        .await;
+        let (cancel, expire) = if jobs[0].input_blob.ends_with("to-cancel.jsonl") {
+            (&jobs[0], &jobs[1])
+        } else {
+            (&jobs[1], &jobs[0])
+        };
+        // Cancel through the API, as a user would; expire through the emulator's control.
+        let r = reqwest::Client::new()
+            .post(format!(
+                "{}/openai/v1/batches/{}/cancel",
+                stack.emulator.uri(),
+                cancel.id
+            ))
+            .header("api-key", crate::helpers::API_KEY)
+            .send()
+            .await
+            .expect("cancel");
+        assert!(r.status().is_success());
+        assert!(stack.emulator.world.force_status(&expire.id, "expired"));
+        let reports = reports(&stack, 2, Duration::from_secs(30)).await;
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.contains(&cancel.id) && r.contains("ended cancelled")),
+            "{reports:#?}"
+        );
+        assert!(
+            reports
+                .iter()
+                .any(|r| r.contains(&expire.id) && r.contains("ended expired")),
+            "{reports:#?}"
+        );
+        let before = (stack.checks_of(&cancel.id), stack.checks_of(&expire.id));
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(
+            (stack.checks_of(&cancel.id), stack.checks_of(&expire.id)),
+            before,
+            "checked after the end"
+        );
+        assert_no_poison(&stack).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_burst_of_429s_and_503s_delays_but_loses_no_job() {
+    bounded(async {
+        let stack = Stack::start(StackOptions::default()).await;
+        stack.emulator.world.set_faults(Faults {
+            throttle_percent: 30,
+            retry_after_ms: 300,
+            unavailable_percent: 30,
+            delay_ms: 0,
+        });
+        for i in 0..4 {
+            stack
+                .drop_blob(&format!("burst{i}.jsonl"), sample_jsonl(2).as_bytes())
+                .await;
+        }
+        let reports = reports(&stack, 4, Duration::from_secs(75)).await;
+        assert!(
+            reports.iter().all(|r| r.contains("ended completed")),
+            "{reports:#?}"
+        );
+        let requests = stack.emulator.world.requests();
+        assert!(
+            requests.iter().any(|r| r.status == 429) && requests.iter().any(|r| r.status >= 500),
+            "faults were injected"
+        );
+        assert_eq!(
+            stack.emulator.world.jobs().len(),
+            4,
+            "no job lost, none duplicated"
+        );
+        assert_no_poison(&stack).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_handler_killed_mid_run_is_restarted_and_every_job_still_completes_once() {
+    bounded(async {
+        let stack = Stack::start(StackOptions {
+            timings: Timings::uniform(Duration::from_millis(700)),
+            ..Default::default()
+        })
+        .await;
+        for i in 0..4 {
+            stack
+                .drop_blob(&format!("kill{i}.jsonl"), sample_jsonl(2).as_bytes())
+                .await;
+        }
+        wait_for("the first job", Duration::from_secs(30), || async {
+            (!stack.emulator.world.jobs().is_empty()).then_some(())
+        })
+        .await;
+        let worker = stack.host.worker();
+        let starts = worker.starts.load(std::sync::atomic::Ordering::SeqCst);
+        worker.kill_handler();
+        wait_for("a restart", Duration::from_secs(30), || async {
+            (worker.starts.load(std::sync::atomic::Ordering::SeqCst) > starts).then_some(())
+        })
+        .await;
+        let reports = reports(&stack, 4, Duration::from_secs(60)).await;
+        assert!(
+            reports.iter().all(|r| r.contains("ended completed")),
+            "{reports:#?}"
+        );
+        assert_eq!(stack.emulator.world.jobs().len(), 4, "none duplicated");
+        assert_no_poison(&stack).await;
+    })
+    .await;
+}
