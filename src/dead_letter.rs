@@ -39,28 +39,13 @@ const MAX_MESSAGE_KEPT: usize = 32 * 1024;
 pub async fn dead_letter(state: &AppState, mut record: DeadLetter<'_>) -> Result<(), StorageError> {
     if let Some(m) = record.message {
         if m.len() > MAX_MESSAGE_KEPT {
-            let cut = (0..=MAX_MESSAGE_KEPT)
-                .rev()
-                .find(|i| m.is_char_boundary(*i))
-                .unwrap_or(0);
+            let cut = (0..=MAX_MESSAGE_KEPT).rev().find(|i| m.is_char_boundary(*i)).unwrap_or(0);
             record.message = Some(&m[..cut]);
         }
     }
     let json = serde_json::to_vec(&record).map_err(|e| StorageError::Parse(e.to_string()))?;
-    state
-        .storage
-        .put_message(
-            POISON_QUEUE,
-            &json,
-            state.config.message_encoding,
-            Duration::ZERO,
-        )
-        .await?;
-    tracing::warn!(
-        queue = POISON_QUEUE,
-        reason = record.reason,
-        "dead-lettered"
-    );
+    state.storage.put_message(POISON_QUEUE, &json, state.config.message_encoding, Duration::ZERO).await?;
+    tracing::warn!(queue = POISON_QUEUE, reason = record.reason, "dead-lettered");
     Ok(())
 }
 

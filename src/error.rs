@@ -21,18 +21,12 @@ impl FunctionError {
     /// The request itself could not be understood (400). The host retries it like any failure and eventually
     /// dead-letters the trigger (poison queue), which is what should happen to an envelope we cannot read.
     pub fn bad_envelope(error: impl Into<anyhow::Error>) -> Self {
-        FunctionError {
-            status: StatusCode::BAD_REQUEST,
-            error: error.into(),
-        }
+        FunctionError { status: StatusCode::BAD_REQUEST, error: error.into() }
     }
 
     /// A dependency failed in a way that may pass (503).
     pub fn unavailable(error: impl Into<anyhow::Error>) -> Self {
-        FunctionError {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            error: error.into(),
-        }
+        FunctionError { status: StatusCode::SERVICE_UNAVAILABLE, error: error.into() }
     }
 
     /// The HTTP status sent to the host.
@@ -43,10 +37,7 @@ impl FunctionError {
 
 impl<E: Into<anyhow::Error>> From<E> for FunctionError {
     fn from(error: E) -> Self {
-        FunctionError {
-            status: StatusCode::INTERNAL_SERVER_ERROR,
-            error: error.into(),
-        }
+        FunctionError { status: StatusCode::INTERNAL_SERVER_ERROR, error: error.into() }
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`functions`]: one module per function (`POST /BlobMonitor`, `POST /QueueMonitor`) plus `GET /` for readiness.
 //! - [`protocol`]: the host's invocation envelope and response, including the streaming blob-envelope reader.
 //! - [`message`]: the monitor queue's message format and batch id validation.
+//! - [`submission`]: creating a job exactly once per blob version, with deferral and recovery.
+//! - [`records`]: the job record per blob version: the submission lock and the job's visible status.
 //! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
 //! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
 //! - [`storage`]: the Blob and Queue REST client (Shared Key or SAS), connection strings.
@@ -25,7 +27,9 @@ pub mod error;
 pub mod functions;
 pub mod message;
 pub mod protocol;
+pub mod records;
 pub mod storage;
+pub mod submission;
 pub mod telemetry;
 
 use std::future::Future;
@@ -37,6 +41,7 @@ use tokio::net::TcpListener;
 
 use batch_api::BatchClient;
 use config::Config;
+use records::RecordStore;
 use storage::StorageClient;
 
 /// Everything an invocation needs, shared by all of them.
@@ -45,6 +50,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub batch: BatchClient,
     pub storage: StorageClient,
+    pub records: RecordStore,
 }
 
 impl AppState {
@@ -63,11 +69,8 @@ impl AppState {
             config.api_surface.clone(),
         );
         let storage = StorageClient::new(http, config.storage.clone());
-        Ok(AppState {
-            config: Arc::new(config),
-            batch,
-            storage,
-        })
+        let records = RecordStore::new(storage.clone(), config.records_container.clone());
+        Ok(AppState { config: Arc::new(config), batch, storage, records })
     }
 }
 
@@ -82,7 +85,5 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
 }

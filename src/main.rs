@@ -16,10 +16,7 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
@@ -53,9 +50,7 @@ fn port_from_env() -> Result<u16, String> {
         .ok_or("FUNCTIONS_CUSTOMHANDLER_PORT is not set (the Functions host sets it; set it by hand to run the handler alone)")?;
     match value.trim().parse::<u16>() {
         Ok(p) if p > 0 => Ok(p),
-        _ => Err(format!(
-            "{name} must be a TCP port from 1 to 65535, not `{value}`"
-        )),
+        _ => Err(format!("{name} must be a TCP port from 1 to 65535, not `{value}`")),
     }
 }
 

@@ -1,8 +1,13 @@
 //! The monitor queue's messages: their JSON shape, the plain-id form the original app used, and batch id validation.
 //!
-//! A message is `{"batchId": …, "blob": …, "attempt": n}` (plus `failures` while status checks keep failing). Field
-//! names avoid the envelope metadata keys the host would let a message field overwrite (`Id`, `DequeueCount`, …,
-//! functions-protocol.md §2.2). Nothing from a message goes into a URL before [`validate_batch_id`] accepts it.
+//! Two kinds of work travel on `monitorjobs`:
+//! - a check, `{"batchId": …, "blob": …, "etag": …, "attempt": n}` (plus `failures` while checks keep failing), or a
+//!   bare batch id as the original app wrote it;
+//! - a deferred submission, `{"submit": <blob URL>, "blob": …, "etag": …, "attempt": n}`, when creating the job had
+//!   to wait (quota full, throttled, service down).
+//!
+//! Field names avoid the envelope metadata keys the host would let a message field overwrite (`Id`, `DequeueCount`,
+//! …, functions-protocol.md §2.2). Nothing from a message goes into a URL before it is validated here.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,10 +23,13 @@ pub const MAX_BATCH_ID: usize = 128;
 #[serde(rename_all = "camelCase")]
 pub struct MonitorMessage {
     pub batch_id: String,
-    /// The input blob as `container/name`, for logs.
+    /// The input blob as `container/name`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blob: Option<String>,
-    /// Status checks done so far.
+    /// The input blob's ETag: with `blob`, it names the job record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    /// Follow-up messages put so far for this job (0 for the first check).
     #[serde(default)]
     pub attempt: u32,
     /// Consecutive status checks that failed (0 after any successful check).
@@ -36,12 +44,12 @@ fn is_zero(n: &u32) -> bool {
 impl MonitorMessage {
     /// The first check of a newly created job.
     pub fn new(batch_id: String, blob: Option<String>) -> Self {
-        MonitorMessage {
-            batch_id,
-            blob,
-            attempt: 0,
-            failures: 0,
-        }
+        MonitorMessage { batch_id, blob, etag: None, attempt: 0, failures: 0 }
+    }
+
+    /// The job record's key, when the message names one.
+    pub fn record_key(&self) -> Option<String> {
+        Some(crate::records::RecordStore::key(self.blob.as_deref()?, self.etag.as_deref()?))
     }
 
     /// The JSON text put on the queue.
@@ -56,7 +64,65 @@ impl MonitorMessage {
     }
 }
 
-/// Parses a message text: our JSON form, or a bare batch id (the original app's form). The id is validated.
+/// A deferred job creation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SubmitMessage {
+    /// The input blob's URL.
+    pub submit: String,
+    /// `container/name`.
+    pub blob: String,
+    pub etag: String,
+    /// Deferrals so far.
+    #[serde(default)]
+    pub attempt: u32,
+}
+
+impl SubmitMessage {
+    /// The JSON text put on the queue.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+/// Work for QueueMonitor.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    Check(MonitorMessage),
+    Submit(SubmitMessage),
+}
+
+/// Parses a queue message. A submission's blob URL must lie under `blob_endpoint` (the app's own account): a
+/// message must not be able to make the service read arbitrary URLs.
+pub fn parse_work(text: &str, blob_endpoint: &str) -> Result<Work, String> {
+    let trimmed = text.trim();
+    let is_submit = trimmed.starts_with('{')
+        && serde_json::from_str::<serde_json::Value>(trimmed).is_ok_and(|v| v.get("submit").is_some());
+    if !is_submit {
+        return parse_monitor_message(text).map(Work::Check);
+    }
+    let m: SubmitMessage =
+        serde_json::from_str(trimmed).map_err(|e| format!("the message is not a submission: {e}"))?;
+    let root = format!("{}/", blob_endpoint.trim_end_matches('/'));
+    if !m.submit.starts_with(&root) || m.submit.contains(['?', '#']) {
+        return Err(format!("the submission's blob URL is not in this app's storage account ({root})"));
+    }
+    validate_etag(&m.etag)?;
+    if m.blob.is_empty() || m.blob.len() > 1100 || m.blob.contains(['?', '#']) {
+        return Err("the submission's blob name is not usable".into());
+    }
+    Ok(Work::Submit(m))
+}
+
+fn validate_etag(etag: &str) -> Result<(), String> {
+    let e = etag.trim_matches('"');
+    if e.is_empty() || e.len() > 64 || !e.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(format!("the ETag \"{}\" is not usable", etag.escape_debug()));
+    }
+    Ok(())
+}
+
+/// Parses a check: our JSON form, or a bare batch id (the original app's form). The id and ETag are validated.
 pub fn parse_monitor_message(text: &str) -> Result<MonitorMessage, String> {
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -69,36 +135,26 @@ pub fn parse_monitor_message(text: &str) -> Result<MonitorMessage, String> {
         MonitorMessage::new(trimmed.to_string(), None)
     };
     validate_batch_id(&message.batch_id)?;
+    if let Some(etag) = &message.etag {
+        validate_etag(etag)?;
+    }
     Ok(message)
 }
 
 /// Batch ids are opaque, but they go into a URL path: refuse anything that could leave its segment or is absurd.
 pub fn validate_batch_id(id: &str) -> Result<(), String> {
-    let shown: String = id
-        .chars()
-        .take(64)
-        .collect::<String>()
-        .escape_debug()
-        .to_string();
+    let shown: String = id.chars().take(64).collect::<String>().escape_debug().to_string();
     if id.is_empty() {
         return Err("the batch id is empty".into());
     }
     if id.len() > MAX_BATCH_ID {
-        return Err(format!(
-            "the batch id is {} bytes long (at most {MAX_BATCH_ID}): \"{shown}…\"",
-            id.len()
-        ));
+        return Err(format!("the batch id is {} bytes long (at most {MAX_BATCH_ID}): \"{shown}…\"", id.len()));
     }
     if id.contains("..") {
         return Err(format!("the batch id \"{shown}\" contains `..`"));
     }
-    if let Some(c) = id
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
-    {
-        return Err(format!(
-            "the batch id \"{shown}\" contains {c:?}, which is not allowed in a batch id"
-        ));
+    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))) {
+        return Err(format!("the batch id \"{shown}\" contains {c:?}, which is not allowed in a batch id"));
     }
     Ok(())
 }
@@ -116,54 +172,27 @@ mod tests {
         assert_eq!(m.batch_id, "batch_72a2792ef7d24ba7b82c7fe4a37e379f");
         assert_eq!(m.attempt, 1);
         assert_eq!(m.failures, 0);
-        let plain = parse_monitor_message(" batch_fe3f047a-de39-4068-9008-346795bfc1db\n")
-            .expect("plain id");
-        assert_eq!(
-            plain,
-            MonitorMessage::new("batch_fe3f047a-de39-4068-9008-346795bfc1db".into(), None)
-        );
+        let plain = parse_monitor_message(" batch_fe3f047a-de39-4068-9008-346795bfc1db\n").expect("plain id");
+        assert_eq!(plain, MonitorMessage::new("batch_fe3f047a-de39-4068-9008-346795bfc1db".into(), None));
     }
 
     #[test]
     fn round_trip_omits_zero_failures() {
         let m = MonitorMessage::new("b1".into(), Some("batch-input/x".into()));
-        assert_eq!(
-            m.to_json(),
-            r#"{"batchId":"b1","blob":"batch-input/x","attempt":0}"#
-        );
+        assert_eq!(m.to_json(), r#"{"batchId":"b1","blob":"batch-input/x","attempt":0}"#);
         assert_eq!(parse_monitor_message(&m.to_json()), Ok(m));
     }
 
     #[test]
     fn hostile_ids_are_refused() {
-        for bad in [
-            "",
-            "a/b",
-            "a?b",
-            "a#b",
-            "..",
-            "a..b",
-            "a b",
-            "a\tb",
-            "a\nb",
-            "%2e%2e",
-            "ä",
-            &"x".repeat(129),
-        ] {
+        for bad in ["", "a/b", "a?b", "a#b", "..", "a..b", "a b", "a\tb", "a\nb", "%2e%2e", "ä", &"x".repeat(129)] {
             assert!(validate_batch_id(bad).is_err(), "{bad:?} should be refused");
-            assert!(
-                parse_monitor_message(&format!("{{\"batchId\":{}}}", serde_json::json!(bad)))
-                    .is_err()
-            );
+            assert!(parse_monitor_message(&format!("{{\"batchId\":{}}}", serde_json::json!(bad))).is_err());
         }
         assert!(parse_monitor_message("{\"batchId\": 5}").is_err());
         assert!(parse_monitor_message("{not json").is_err());
         assert!(parse_monitor_message("   ").is_err());
-        for good in [
-            "batch_72a2792ef7d24ba7b82c7fe4a37e379f",
-            "batch_fe3f047a-de39-4068-9008-346795bfc1db",
-            "a.b:c",
-        ] {
+        for good in ["batch_72a2792ef7d24ba7b82c7fe4a37e379f", "batch_fe3f047a-de39-4068-9008-346795bfc1db", "a.b:c"] {
             assert_eq!(validate_batch_id(good), Ok(()), "{good}");
         }
     }

@@ -45,12 +45,7 @@ const MAX_MESSAGE: usize = 1000;
 
 impl BatchError {
     pub(crate) fn transport(message: &str) -> Self {
-        BatchError {
-            status: None,
-            code: None,
-            message: bounded(message),
-            retry_after: None,
-        }
+        BatchError { status: None, code: None, message: bounded(message), retry_after: None }
     }
 
     pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
@@ -69,9 +64,7 @@ impl BatchError {
         BatchError {
             status: Some(status),
             code: Some("unreadable_response".into()),
-            message: bounded(&format!(
-                "the batch API answered {status} with a body that is not a batch: {detail}"
-            )),
+            message: bounded(&format!("the batch API answered {status} with a body that is not a batch: {detail}")),
             retry_after: None,
         }
     }
@@ -86,8 +79,7 @@ impl BatchError {
                 _ => None,
             })
         };
-        let message =
-            field("message").unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
+        let message = field("message").unwrap_or_else(|| String::from_utf8_lossy(body).into_owned());
         BatchError {
             status: Some(status),
             code: field("code"),
@@ -98,8 +90,8 @@ impl BatchError {
 
     /// Classifies the failure.
     pub fn kind(&self) -> ErrorKind {
-        let mentions_token_limit = self.code.as_deref() == Some("token_limit_exceeded")
-            || self.message.contains("token_limit_exceeded");
+        let mentions_token_limit =
+            self.code.as_deref() == Some("token_limit_exceeded") || self.message.contains("token_limit_exceeded");
         match self.status {
             None => ErrorKind::Transient,
             Some(_) if mentions_token_limit => ErrorKind::TokenLimit,
@@ -141,10 +133,7 @@ fn bounded(s: &str) -> String {
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let get = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).map(str::trim);
     for name in ["retry-after-ms", "x-ms-retry-after-ms"] {
-        if let Some(ms) = get(name)
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|v| v.is_finite() && *v >= 0.0)
-        {
+        if let Some(ms) = get(name).and_then(|v| v.parse::<f64>().ok()).filter(|v| v.is_finite() && *v >= 0.0) {
             return Some(Duration::from_millis(ms.min(u64::MAX as f64 / 2.0) as u64));
         }
     }
@@ -162,11 +151,7 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     fn err(status: u16, body: &str) -> BatchError {
-        BatchError::from_response(
-            StatusCode::from_u16(status).expect("status"),
-            &HeaderMap::new(),
-            body.as_bytes(),
-        )
+        BatchError::from_response(StatusCode::from_u16(status).expect("status"), &HeaderMap::new(), body.as_bytes())
     }
 
     #[test]
@@ -174,32 +159,15 @@ mod tests {
         assert_eq!(err(500, "").kind(), ErrorKind::Transient);
         assert_eq!(err(503, "").kind(), ErrorKind::Transient);
         assert_eq!(
-            err(
-                429,
-                r#"{"error":{"code":"429","message":"retry after 86400 seconds"}}"#
-            )
-            .kind(),
+            err(429, r#"{"error":{"code":"429","message":"retry after 86400 seconds"}}"#).kind(),
             ErrorKind::Throttled
         );
         assert_eq!(err(401, "").kind(), ErrorKind::Unauthorized);
         assert_eq!(err(403, "").kind(), ErrorKind::Unauthorized);
-        assert_eq!(
-            err(404, r#"{"error":{"code":"DeploymentNotFound"}}"#).kind(),
-            ErrorKind::NotFound
-        );
-        assert_eq!(
-            err(
-                400,
-                r#"{"error":{"code":"invalidPayload","message":"bad"}}"#
-            )
-            .kind(),
-            ErrorKind::Permanent
-        );
+        assert_eq!(err(404, r#"{"error":{"code":"DeploymentNotFound"}}"#).kind(), ErrorKind::NotFound);
+        assert_eq!(err(400, r#"{"error":{"code":"invalidPayload","message":"bad"}}"#).kind(), ErrorKind::Permanent);
         assert_eq!(err(409, "").kind(), ErrorKind::Permanent);
-        let token = err(
-            400,
-            r#"{"error":{"code":"invalid_request","message":"... token_limit_exceeded ..."}}"#,
-        );
+        let token = err(400, r#"{"error":{"code":"invalid_request","message":"... token_limit_exceeded ..."}}"#);
         assert_eq!(token.kind(), ErrorKind::TokenLimit);
         assert_eq!(BatchError::transport("reset").kind(), ErrorKind::Transient);
     }
@@ -211,14 +179,8 @@ mod tests {
             r#"{"error": {"message": "Invalid Value", "type": "invalid_request_error", "param": "p", "code": "invalid_value"}}"#,
         );
         assert_eq!(v1.code.as_deref(), Some("invalid_value"));
-        assert_eq!(
-            v1.to_string(),
-            "batch API answered 400 [invalid_value]: Invalid Value"
-        );
-        let dated = err(
-            429,
-            r#"{"error": {"code": 429, "message": "Please retry"}}"#,
-        );
+        assert_eq!(v1.to_string(), "batch API answered 400 [invalid_value]: Invalid Value");
+        let dated = err(429, r#"{"error": {"code": 429, "message": "Please retry"}}"#);
         assert_eq!(dated.code.as_deref(), Some("429"));
         let raw = err(502, "<html>bad gateway</html>");
         assert_eq!(raw.code, None);
@@ -236,10 +198,7 @@ mod tests {
         h.insert("retry-after-ms", HeaderValue::from_static("250"));
         assert_eq!(retry_after(&h), Some(Duration::from_millis(250)));
         let mut d = HeaderMap::new();
-        d.insert(
-            "retry-after",
-            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
-        );
+        d.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert_eq!(retry_after(&d), Some(Duration::ZERO));
         assert_eq!(retry_after(&HeaderMap::new()), None);
     }

@@ -20,6 +20,8 @@ pub use model::{Batch, BatchList, BatchStatus, RequestCounts};
 
 /// How long one call may take before it counts as a transient failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// A create must end well within the submitter's record lease ([`crate::records::SUBMIT_LEASE_SECS`]).
+pub const CREATE_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// Which REST surface to call (`OPENAI_API_VERSION`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,18 +81,8 @@ impl std::fmt::Debug for BatchClient {
 
 impl BatchClient {
     /// `endpoint` is the resource root, e.g. `https://res.openai.azure.com` (a trailing `/` or `/openai` is tolerated).
-    pub fn new(
-        http: reqwest::Client,
-        endpoint: Url,
-        api_key: SecretString,
-        surface: ApiSurface,
-    ) -> Self {
-        BatchClient {
-            http,
-            endpoint,
-            api_key,
-            surface,
-        }
+    pub fn new(http: reqwest::Client, endpoint: Url, api_key: SecretString, surface: ApiSurface) -> Self {
+        BatchClient { http, endpoint, api_key, surface }
     }
 
     /// `{endpoint}/openai[/v1]/batches[/segments…][?api-version=…]`, each segment percent-encoded.
@@ -116,18 +108,14 @@ impl BatchClient {
         method: Method,
         url: Url,
         body: Option<Vec<u8>>,
+        timeout: Duration,
     ) -> Result<T, BatchError> {
         let mut headers = HeaderMap::new();
-        let mut key = HeaderValue::from_str(self.api_key.expose_secret()).map_err(|_| {
-            BatchError::transport("OPENAI_API_KEY cannot be sent as a header value")
-        })?;
+        let mut key = HeaderValue::from_str(self.api_key.expose_secret())
+            .map_err(|_| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
         key.set_sensitive(true);
         headers.insert("api-key", key);
-        let mut request = self
-            .http
-            .request(method, url)
-            .headers(headers)
-            .timeout(REQUEST_TIMEOUT);
+        let mut request = self.http.request(method, url).headers(headers).timeout(timeout);
         if let Some(body) = body {
             request = request.header(CONTENT_TYPE, "application/json").body(body);
         }
@@ -143,14 +131,13 @@ impl BatchClient {
 
     /// Creates a batch job.
     pub async fn create(&self, request: &CreateBatch<'_>) -> Result<Batch, BatchError> {
-        let body =
-            serde_json::to_vec(request).map_err(|e| BatchError::transport(&e.to_string()))?;
-        self.call(Method::POST, self.url(&[]), Some(body)).await
+        let body = serde_json::to_vec(request).map_err(|e| BatchError::transport(&e.to_string()))?;
+        self.call(Method::POST, self.url(&[]), Some(body), CREATE_TIMEOUT).await
     }
 
     /// Retrieves a batch job. `id` is percent-encoded into the path; callers validate it first anyway.
     pub async fn retrieve(&self, id: &str) -> Result<Batch, BatchError> {
-        self.call(Method::GET, self.url(&[id]), None).await
+        self.call(Method::GET, self.url(&[id]), None, REQUEST_TIMEOUT).await
     }
 
     /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
@@ -163,17 +150,12 @@ impl BatchClient {
                 q.append_pair("after", after);
             }
         }
-        self.call(Method::GET, url, None).await
+        self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
     }
 
     /// Requests cancellation of a batch job.
     pub async fn cancel(&self, id: &str) -> Result<Batch, BatchError> {
-        self.call(
-            Method::POST,
-            self.url(&[id, "cancel"]),
-            Some(b"{}".to_vec()),
-        )
-        .await
+        self.call(Method::POST, self.url(&[id, "cancel"]), Some(b"{}".to_vec()), REQUEST_TIMEOUT).await
     }
 }
 
@@ -182,38 +164,21 @@ mod tests {
     use super::*;
 
     fn client(endpoint: &str, surface: ApiSurface) -> BatchClient {
-        BatchClient::new(
-            reqwest::Client::new(),
-            Url::parse(endpoint).expect("url"),
-            SecretString::from("k"),
-            surface,
-        )
+        BatchClient::new(reqwest::Client::new(), Url::parse(endpoint).expect("url"), SecretString::from("k"), surface)
     }
 
     #[test]
     fn urls_for_both_surfaces() {
-        let dated = client(
-            "https://res.openai.azure.com/",
-            ApiSurface::parse("2025-04-01-preview"),
-        );
+        let dated = client("https://res.openai.azure.com/", ApiSurface::parse("2025-04-01-preview"));
         assert_eq!(
             dated.url(&["batch_1"]).as_str(),
             "https://res.openai.azure.com/openai/batches/batch_1?api-version=2025-04-01-preview"
         );
         let v1 = client("https://res.openai.azure.com", ApiSurface::parse("V1"));
-        assert_eq!(
-            v1.url(&["b", "cancel"]).as_str(),
-            "https://res.openai.azure.com/openai/v1/batches/b/cancel"
-        );
-        assert_eq!(
-            v1.url(&[]).as_str(),
-            "https://res.openai.azure.com/openai/v1/batches"
-        );
+        assert_eq!(v1.url(&["b", "cancel"]).as_str(), "https://res.openai.azure.com/openai/v1/batches/b/cancel");
+        assert_eq!(v1.url(&[]).as_str(), "https://res.openai.azure.com/openai/v1/batches");
         // Belt and braces: even an unvalidated id cannot leave its path segment.
-        assert_eq!(
-            v1.url(&["../x?y#z"]).as_str(),
-            "https://res.openai.azure.com/openai/v1/batches/..%2Fx%3Fy%23z"
-        );
+        assert_eq!(v1.url(&["../x?y#z"]).as_str(), "https://res.openai.azure.com/openai/v1/batches/..%2Fx%3Fy%23z");
     }
 
     #[test]
@@ -229,9 +194,7 @@ mod tests {
             endpoint: "/chat/completions",
             completion_window: "24h",
             input_blob: "https://a.blob.core.windows.net/batch-input/x.jsonl",
-            output_folder: OutputFolder {
-                url: "https://a.blob.core.windows.net/batch-output",
-            },
+            output_folder: OutputFolder { url: "https://a.blob.core.windows.net/batch-output" },
         })
         .expect("serializes");
         assert_eq!(

@@ -40,13 +40,7 @@ impl BatchStatus {
     /// Exactly `completed`, `failed`, `expired` and `cancelled` end a job (§5). `canceled` is not a status the API
     /// sends; an unknown status keeps being checked rather than ending monitoring on a guess.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self,
-            BatchStatus::Completed
-                | BatchStatus::Failed
-                | BatchStatus::Expired
-                | BatchStatus::Cancelled
-        )
+        matches!(self, BatchStatus::Completed | BatchStatus::Failed | BatchStatus::Expired | BatchStatus::Cancelled)
     }
 
     /// The canonical lowercase name.
@@ -97,13 +91,7 @@ pub struct RequestCounts {
 impl fmt::Display for RequestCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
-        write!(
-            f,
-            "total={} completed={} failed={}",
-            n(self.total),
-            n(self.completed),
-            n(self.failed)
-        )
+        write!(f, "total={} completed={} failed={}", n(self.total), n(self.completed), n(self.failed))
     }
 }
 
@@ -123,12 +111,7 @@ pub struct BatchErrorItem {
 
 impl fmt::Display for BatchErrorItem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}",
-            self.code.as_deref().unwrap_or("?"),
-            self.message.as_deref().unwrap_or("")
-        )?;
+        write!(f, "{}: {}", self.code.as_deref().unwrap_or("?"), self.message.as_deref().unwrap_or(""))?;
         if let Some(line) = &self.line {
             write!(f, " (line {line})")?;
         }
@@ -190,10 +173,7 @@ fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
 fn error_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<BatchErrorItem>, D::Error> {
     let items = |v: Value| -> Vec<BatchErrorItem> {
         match v {
-            Value::Array(a) => a
-                .into_iter()
-                .filter_map(|x| serde_json::from_value(x).ok())
-                .collect(),
+            Value::Array(a) => a.into_iter().filter_map(|x| serde_json::from_value(x).ok()).collect(),
             obj @ Value::Object(_) => serde_json::from_value(obj).ok().into_iter().collect(),
             _ => Vec::new(),
         }
@@ -231,15 +211,9 @@ mod tests {
         .into_iter()
         .filter(|s| BatchStatus::parse(s).is_terminal())
         .collect();
-        assert_eq!(
-            terminal,
-            ["failed", "completed", "expired", "cancelled", "Completed"]
-        );
+        assert_eq!(terminal, ["failed", "completed", "expired", "cancelled", "Completed"]);
         assert_eq!(BatchStatus::parse("Validating"), BatchStatus::Validating);
-        assert_eq!(
-            BatchStatus::parse("weird"),
-            BatchStatus::Unknown("weird".into())
-        );
+        assert_eq!(BatchStatus::parse("weird"), BatchStatus::Unknown("weird".into()));
     }
 
     #[test]
@@ -255,33 +229,29 @@ mod tests {
         assert_eq!(created.output_blob(), None);
         assert!(created.errors.is_empty());
 
-        let failed: Batch = serde_json::from_str(r#"{"id":"b","status":"failed","failed_at":1735689630,
+        let failed: Batch = serde_json::from_str(
+            r#"{"id":"b","status":"failed","failed_at":1735689630,
  "errors": {"object": "list", "data": [{"code": "empty_file", "message": "no requests", "param": null, "line": null}]},
- "request_counts": {"total": null, "completed": null, "failed": null}}"#)
-            .expect("parses");
+ "request_counts": {"total": null, "completed": null, "failed": null}}"#,
+        )
+        .expect("parses");
         assert_eq!(failed.errors[0].code.as_deref(), Some("empty_file"));
         assert_eq!(failed.errors[0].to_string(), "empty_file: no requests");
-        assert_eq!(
-            failed.request_counts.expect("counts").to_string(),
-            "total=? completed=? failed=?"
-        );
+        assert_eq!(failed.request_counts.expect("counts").to_string(), "total=? completed=? failed=?");
     }
 
     #[test]
     fn lenient_error_shapes() {
-        let single: Batch = serde_json::from_str(
-            r#"{"id":"b","status":"Failed","errors":{"data":{"code":"x","line":"3"}}}"#,
-        )
-        .expect("ok");
+        let single: Batch =
+            serde_json::from_str(r#"{"id":"b","status":"Failed","errors":{"data":{"code":"x","line":"3"}}}"#)
+                .expect("ok");
         assert_eq!(single.errors[0].line.as_deref(), Some("3"));
-        let numeric: Batch = serde_json::from_str(
-            r#"{"id":"b","status":"failed","errors":{"data":[{"code":429,"line":7}]}}"#,
-        )
-        .expect("ok");
+        let numeric: Batch =
+            serde_json::from_str(r#"{"id":"b","status":"failed","errors":{"data":[{"code":429,"line":7}]}}"#)
+                .expect("ok");
         assert_eq!(numeric.errors[0].code.as_deref(), Some("429"));
         assert_eq!(numeric.errors[0].line.as_deref(), Some("7"));
-        let list: BatchList =
-            serde_json::from_str(r#"{"value":[{"id":"a","status":"completed"}]}"#).expect("ok");
+        let list: BatchList = serde_json::from_str(r#"{"value":[{"id":"a","status":"completed"}]}"#).expect("ok");
         assert_eq!(list.data.len(), 1);
     }
 }

@@ -39,6 +39,8 @@ pub struct Config {
     pub max_check_failures: u32,
     /// `BlobStorageConnection`: the account of the trigger, the monitor queue and the records.
     pub storage: StorageAccount,
+    /// `BATCH_RECORDS_CONTAINER`: where job records live, in the same account.
+    pub records_container: String,
     /// `extensions.queues.messageEncoding` from host.json.
     pub message_encoding: MessageEncoding,
 }
@@ -52,10 +54,7 @@ pub struct ConfigError {
 }
 
 fn bad(setting: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        setting,
-        problem: problem.into(),
-    }
+    ConfigError { setting, problem: problem.into() }
 }
 
 impl Config {
@@ -76,15 +75,11 @@ impl Config {
         message_encoding: MessageEncoding,
     ) -> Result<Self, ConfigError> {
         let required = |k: &'static str| {
-            get(k)
-                .filter(|v| !v.trim().is_empty())
-                .ok_or_else(|| bad(k, "is missing (set it in the app settings)"))
+            get(k).filter(|v| !v.trim().is_empty()).ok_or_else(|| bad(k, "is missing (set it in the app settings)"))
         };
         let openai_endpoint = parse_endpoint(&required("OPENAI_ENDPOINT")?)?;
         let openai_api_key = SecretString::from(required("OPENAI_API_KEY")?.trim().to_string());
-        let api_surface = ApiSurface::parse(
-            &get("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()),
-        );
+        let api_surface = ApiSurface::parse(&get("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()));
         if let ApiSurface::Dated(v) = &api_surface {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
                 return Err(bad(
@@ -97,7 +92,9 @@ impl Config {
         if !is_container_name(&output_container) {
             return Err(bad(
                 "BATCH_OUTPUT_CONTAINER",
-                format!("`{output_container}` is not a container name (3-63 lowercase letters, digits and single hyphens)"),
+                format!(
+                    "`{output_container}` is not a container name (3-63 lowercase letters, digits and single hyphens)"
+                ),
             ));
         }
         let seconds = |k: &'static str, default: u64, min: u64| -> Result<Duration, ConfigError> {
@@ -105,33 +102,31 @@ impl Config {
                 None => Ok(Duration::from_secs(default)),
                 Some(v) => match v.trim().parse::<u64>() {
                     Ok(s) if (min..=MAX_DELAY_SECS).contains(&s) => Ok(Duration::from_secs(s)),
-                    _ => Err(bad(k, format!("must be a whole number of seconds from {min} to {MAX_DELAY_SECS}, not `{v}`"))),
+                    _ => Err(bad(
+                        k,
+                        format!("must be a whole number of seconds from {min} to {MAX_DELAY_SECS}, not `{v}`"),
+                    )),
                 },
             }
         };
         let retry_delay = seconds("BATCH_RETRY_DELAY", DEFAULT_RETRY_DELAY_SECS, 1)?;
         let backoff_cap = seconds("BATCH_BACKOFF_CAP", 3600, 1)?.max(retry_delay);
-        let max_check_failures =
-            match get("BATCH_MAX_CHECK_FAILURES").filter(|v| !v.trim().is_empty()) {
-                None => 30,
-                Some(v) => v
-                    .trim()
-                    .parse::<u32>()
-                    .ok()
-                    .filter(|n| *n >= 1)
-                    .ok_or_else(|| {
-                        bad(
-                            "BATCH_MAX_CHECK_FAILURES",
-                            format!("must be a whole number of at least 1, not `{v}`"),
-                        )
-                    })?,
-            };
-        let storage = StorageAccount::parse(&required("BlobStorageConnection")?).map_err(|e| {
-            bad(
-                "BlobStorageConnection",
-                format!("is not a usable connection string: {e}"),
-            )
-        })?;
+        let max_check_failures = match get("BATCH_MAX_CHECK_FAILURES").filter(|v| !v.trim().is_empty()) {
+            None => 30,
+            Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+                bad("BATCH_MAX_CHECK_FAILURES", format!("must be a whole number of at least 1, not `{v}`"))
+            })?,
+        };
+        let records_container = get("BATCH_RECORDS_CONTAINER")
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| crate::records::DEFAULT_RECORDS_CONTAINER.into())
+            .trim()
+            .to_string();
+        if !is_container_name(&records_container) {
+            return Err(bad("BATCH_RECORDS_CONTAINER", format!("`{records_container}` is not a container name")));
+        }
+        let storage = StorageAccount::parse(&required("BlobStorageConnection")?)
+            .map_err(|e| bad("BlobStorageConnection", format!("is not a usable connection string: {e}")))?;
         Ok(Config {
             openai_endpoint,
             openai_api_key,
@@ -141,6 +136,7 @@ impl Config {
             backoff_cap,
             max_check_failures,
             storage,
+            records_container,
             message_encoding,
         })
     }
@@ -150,34 +146,19 @@ impl Config {
 fn parse_endpoint(raw: &str) -> Result<Url, ConfigError> {
     let k = "OPENAI_ENDPOINT";
     let mut url = Url::parse(raw.trim()).map_err(|e| bad(k, format!("is not a URL ({e})")))?;
-    let host = url
-        .host_str()
-        .ok_or_else(|| bad(k, "has no host"))?
-        .to_string();
+    let host = url.host_str().ok_or_else(|| bad(k, "has no host"))?.to_string();
     match url.scheme() {
         "https" => {}
         "http" if is_loopback(&host) => {}
-        "http" => {
-            return Err(bad(
-                k,
-                "must use https (plain http is allowed only for a local emulator on loopback)",
-            ))
-        }
+        "http" => return Err(bad(k, "must use https (plain http is allowed only for a local emulator on loopback)")),
         other => return Err(bad(k, format!("must be an https URL, not {other}"))),
     }
     if url.query().is_some() || !url.username().is_empty() || url.password().is_some() {
-        return Err(bad(
-            k,
-            "must be the resource root, without a query or credentials",
-        ));
+        return Err(bad(k, "must be the resource root, without a query or credentials"));
     }
     // Accept the forms people paste: `https://res.openai.azure.com/`, `.../openai`, `.../openai/v1/`.
     let path = url.path().trim_end_matches('/').to_string();
-    let root = path
-        .strip_suffix("/openai/v1")
-        .or_else(|| path.strip_suffix("/openai"))
-        .unwrap_or(&path)
-        .to_string();
+    let root = path.strip_suffix("/openai/v1").or_else(|| path.strip_suffix("/openai")).unwrap_or(&path).to_string();
     url.set_path(&root);
     Ok(url)
 }
@@ -185,16 +166,13 @@ fn parse_endpoint(raw: &str) -> Result<Url, ConfigError> {
 /// Whether a host is a loopback address or `localhost`.
 pub fn is_loopback(host: &str) -> bool {
     let h = host.trim_start_matches('[').trim_end_matches(']');
-    h.eq_ignore_ascii_case("localhost")
-        || h.parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    h.eq_ignore_ascii_case("localhost") || h.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// Blob container naming rules.
 pub fn is_container_name(s: &str) -> bool {
     (3..=63).contains(&s.len())
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
         && !s.contains("--")
@@ -202,32 +180,20 @@ pub fn is_container_name(s: &str) -> bool {
 
 /// Reads `extensions.queues.messageEncoding` from host.json. A missing file is an error only when `required`
 /// (the host set `FUNCTIONS_APP_ROOT_PATH`); a missing setting means the host's default, base64.
-pub fn message_encoding_from_host_json(
-    path: &Path,
-    required: bool,
-) -> Result<MessageEncoding, ConfigError> {
+pub fn message_encoding_from_host_json(path: &Path, required: bool) -> Result<MessageEncoding, ConfigError> {
     let k = "host.json";
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(MessageEncoding::default())
-        }
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => return Ok(MessageEncoding::default()),
         Err(e) => return Err(bad(k, format!("cannot be read at {}: {e}", path.display()))),
     };
-    let json: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| bad(k, format!("at {} is not valid JSON: {e}", path.display())))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| bad(k, format!("at {} is not valid JSON: {e}", path.display())))?;
     match json.pointer("/extensions/queues/messageEncoding") {
         None | Some(serde_json::Value::Null) => Ok(MessageEncoding::default()),
-        Some(serde_json::Value::String(s)) => MessageEncoding::parse(s).ok_or_else(|| {
-            bad(
-                k,
-                format!("extensions.queues.messageEncoding must be `base64` or `none`, not `{s}`"),
-            )
-        }),
-        Some(other) => Err(bad(
-            k,
-            format!("extensions.queues.messageEncoding must be a string, not {other}"),
-        )),
+        Some(serde_json::Value::String(s)) => MessageEncoding::parse(s)
+            .ok_or_else(|| bad(k, format!("extensions.queues.messageEncoding must be `base64` or `none`, not `{s}`"))),
+        Some(other) => Err(bad(k, format!("extensions.queues.messageEncoding must be a string, not {other}"))),
     }
 }
 

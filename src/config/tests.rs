@@ -40,10 +40,7 @@ fn defaults() {
     assert_eq!(c.api_surface, ApiSurface::Dated(DEFAULT_API_VERSION.into()));
     assert_eq!(c.retry_delay, Duration::from_secs(30));
     assert_eq!(c.output_container, "batch-output");
-    assert!(
-        !format!("{c:?}").contains("super-secret-key"),
-        "Debug must redact the key"
-    );
+    assert!(!format!("{c:?}").contains("super-secret-key"), "Debug must redact the key");
 }
 
 #[test]
@@ -54,11 +51,7 @@ fn endpoint_forms_people_paste() {
         "https://res.openai.azure.com",
     ] {
         let c = load(&[("OPENAI_ENDPOINT", raw)]).expect("valid");
-        assert_eq!(
-            c.openai_endpoint.as_str(),
-            "https://res.openai.azure.com/",
-            "{raw}"
-        );
+        assert_eq!(c.openai_endpoint.as_str(), "https://res.openai.azure.com/", "{raw}");
     }
     assert!(load(&[("OPENAI_ENDPOINT", "http://127.0.0.1:8080")]).is_ok());
     assert!(load(&[("OPENAI_ENDPOINT", "http://localhost:8080/")]).is_ok());
@@ -79,16 +72,14 @@ fn each_bad_setting_is_named() {
         ("BATCH_RETRY_DELAY", "abc"),
         ("BATCH_RETRY_DELAY", "604801"),
         ("BATCH_MAX_CHECK_FAILURES", "0"),
+        ("BATCH_RECORDS_CONTAINER", "UPPER"),
         ("BlobStorageConnection", "AccountName=x"),
         ("BlobStorageConnection", ""),
     ];
     for (setting, value) in cases {
         let e = refused(&[(setting, value)]);
         assert_eq!(e.setting, *setting, "{setting}={value:?} gave {e}");
-        assert!(
-            e.to_string().starts_with(&format!("setting `{setting}`")),
-            "{e}"
-        );
+        assert!(e.to_string().starts_with(&format!("setting `{setting}`")), "{e}");
     }
 }
 
@@ -109,25 +100,13 @@ fn host_json_encoding() {
         p
     };
     let p = write(r#"{"version":"2.0","extensions":{"queues":{"messageEncoding":"none"}}}"#);
-    assert_eq!(
-        message_encoding_from_host_json(&p, true),
-        Ok(MessageEncoding::None)
-    );
+    assert_eq!(message_encoding_from_host_json(&p, true), Ok(MessageEncoding::None));
     let p = write(r#"{"version":"2.0"}"#);
-    assert_eq!(
-        message_encoding_from_host_json(&p, true),
-        Ok(MessageEncoding::Base64)
-    );
+    assert_eq!(message_encoding_from_host_json(&p, true), Ok(MessageEncoding::Base64));
     let p = write(r#"{"extensions":{"queues":{"messageEncoding":"utf8"}}}"#);
-    assert_eq!(
-        message_encoding_from_host_json(&p, true).map_err(|e| e.setting),
-        Err("host.json")
-    );
+    assert_eq!(message_encoding_from_host_json(&p, true).map_err(|e| e.setting), Err("host.json"));
     let missing = dir.join("nope.json");
-    assert_eq!(
-        message_encoding_from_host_json(&missing, false),
-        Ok(MessageEncoding::Base64)
-    );
+    assert_eq!(message_encoding_from_host_json(&missing, false), Ok(MessageEncoding::Base64));
     assert!(message_encoding_from_host_json(&missing, true).is_err());
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -135,8 +114,5 @@ fn host_json_encoding() {
 #[test]
 fn the_repository_host_json_states_base64() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json");
-    assert_eq!(
-        message_encoding_from_host_json(&p, true),
-        Ok(MessageEncoding::Base64)
-    );
+    assert_eq!(message_encoding_from_host_json(&p, true), Ok(MessageEncoding::Base64));
 }

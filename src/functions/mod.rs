@@ -25,10 +25,7 @@ pub use queue_monitor::{backoff, MAX_QUEUE_ENVELOPE};
 pub fn router(state: AppState) -> Router {
     Router::new()
         // The blob route streams its body itself and enforces its own bounds.
-        .route(
-            "/BlobMonitor",
-            post(blob_monitor::invoke).layer(DefaultBodyLimit::disable()),
-        )
+        .route("/BlobMonitor", post(blob_monitor::invoke).layer(DefaultBodyLimit::disable()))
         .route("/QueueMonitor", post(queue_monitor::invoke))
         // The host polls this every 25 ms until any answer arrives; answer at once, with no work.
         .route("/", get(|| async { "ok" }))
@@ -49,15 +46,8 @@ async fn invocation_span(request: Request, next: Next) -> Response {
         .chars()
         .take(64)
         .collect::<String>();
-    let function = request
-        .uri()
-        .path()
-        .trim_start_matches('/')
-        .chars()
-        .take(64)
-        .collect::<String>();
-    let span =
-        tracing::info_span!("invocation", function = %function, invocation_id = %invocation_id);
+    let function = request.uri().path().trim_start_matches('/').chars().take(64).collect::<String>();
+    let span = tracing::info_span!("invocation", function = %function, invocation_id = %invocation_id);
     let started = Instant::now();
     async move {
         let response = next.run(request).await;

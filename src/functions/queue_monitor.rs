@@ -1,9 +1,10 @@
-//! `POST /QueueMonitor`: checks one batch job; re-checks later through a delayed message; reports the end.
+//! `POST /QueueMonitor`: checks one batch job, or runs a deferred submission.
 //!
 //! A running job is put back on `monitorjobs` with Put Message and `visibilitytimeout` (an output binding cannot
 //! delay a message, and sleeping here is the flaw this app fixes), then the invocation returns 2xx with no output:
-//! exactly one follow-up message per check. Failed checks back off exponentially through the same delayed message
-//! instead of burning the host's five delivery attempts; messages that can never succeed are dead-lettered.
+//! exactly one follow-up message per check, written before the current one is acknowledged. Failed checks back off
+//! exponentially through the same delayed message instead of burning the host's five delivery attempts. The job
+//! record is updated after every check; a check that the record shows superseded (a duplicate delivery) is dropped.
 
 use std::time::Duration;
 
@@ -15,78 +16,159 @@ use tracing::{error, info, warn};
 use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
 use crate::dead_letter::{dead_letter, now, DeadLetter};
 use crate::error::{FunctionError, Result};
-use crate::message::{parse_monitor_message, MonitorMessage, MONITOR_QUEUE};
+use crate::message::{parse_work, MonitorMessage, SubmitMessage, Work, MONITOR_QUEUE};
 use crate::protocol::{InvokeRequest, InvokeResponse};
+use crate::records::{JobRecord, RecordState};
+use crate::submission::{defer_message, submit, Submission, Submitted, UNAUTHORIZED_MIN_DELAY};
 use crate::AppState;
 
 /// The trigger binding's name in `QueueMonitor/function.json`.
 const TRIGGER_BINDING: &str = "job";
 /// Largest envelope accepted: a 64 KiB message, its JSON re-encoding and the metadata copies fit easily.
 pub const MAX_QUEUE_ENVELOPE: usize = 1 << 20;
-/// Shortest wait after a 401/403: long enough for an operator to fix a key or a role assignment.
-const UNAUTHORIZED_MIN_DELAY: Duration = Duration::from_secs(300);
 
-pub(super) async fn invoke(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<InvokeResponse> {
-    let body = to_bytes(body, MAX_QUEUE_ENVELOPE).await.map_err(|e| {
-        FunctionError::bad_envelope(anyhow::anyhow!("unreadable or oversized envelope: {e}"))
-    })?;
+fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError {
+    FunctionError::unavailable(e.into().context(what))
+}
+
+pub(super) async fn invoke(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
+    let body = to_bytes(body, MAX_QUEUE_ENVELOPE)
+        .await
+        .map_err(|e| FunctionError::bad_envelope(anyhow::anyhow!("unreadable or oversized envelope: {e}")))?;
     let request = InvokeRequest::from_slice(&body).map_err(FunctionError::bad_envelope)?;
-    let text = request
-        .queue_text(TRIGGER_BINDING)
-        .map_err(FunctionError::bad_envelope)?;
+    let text = request.queue_text(TRIGGER_BINDING).map_err(FunctionError::bad_envelope)?;
     let invocation_id = super::invocation_id(&headers);
-
-    let message = match parse_monitor_message(&text) {
-        Ok(m) => m,
+    let work = match parse_work(&text, state.config.storage.blob_endpoint.as_str()) {
+        Ok(w) => w,
         Err(reason) => {
-            error!(reason = %reason, "refusing a monitor message; it never reaches the batch API");
+            error!(reason = %reason, "refusing a queue message; it never reaches the batch API");
             poison(&state, &invocation_id, &reason, None, &text).await?;
-            return Ok(InvokeResponse::log(format!(
-                "dead-lettered a monitor message: {reason}"
-            )));
+            return Ok(InvokeResponse::log(format!("dead-lettered a queue message: {reason}")));
         }
     };
+    match work {
+        Work::Submit(m) => deferred_submission(&state, &invocation_id, &m).await,
+        Work::Check(m) => check(&state, &invocation_id, m, &text).await,
+    }
+}
 
+async fn deferred_submission(state: &AppState, invocation_id: &str, m: &SubmitMessage) -> Result<InvokeResponse> {
+    let s = Submission {
+        function: "QueueMonitor",
+        blob_url: &m.submit,
+        blob: &m.blob,
+        etag: &m.etag,
+        invocation_id,
+        deferrals: m.attempt,
+        host_retries: false,
+    };
+    match submit(state, &s).await? {
+        Submitted::Monitor(message) => {
+            requeue(state, &message, Duration::ZERO).await?;
+            Ok(InvokeResponse::log(format!("created batch {} for {}", message.batch_id, m.blob)))
+        }
+        Submitted::Done(line) => Ok(InvokeResponse::log(line)),
+    }
+}
+
+async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, text: &str) -> Result<InvokeResponse> {
+    let key = message.record_key();
+    if let Some(key) = &key {
+        let record = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?;
+        if let Some(reason) = record.and_then(|(r, _)| superseded(&r, &message)) {
+            info!(batch_id = %message.batch_id, attempt = message.attempt, "dropping a superseded check: {reason}");
+            return Ok(InvokeResponse::log(format!("dropped a superseded check of {}: {reason}", message.batch_id)));
+        }
+    }
     match state.batch.retrieve(&message.batch_id).await {
-        Ok(batch) if batch.status.is_terminal() => Ok(report_end(&message, &batch)),
+        Ok(batch) if is_token_limit_failure(&batch) && key.is_some() => resubmit(state, &message, &batch).await,
+        Ok(batch) if batch.status.is_terminal() => {
+            record(state, &message, |r| {
+                r.observe(&batch);
+                r.state = RecordState::Ended;
+                r.failures = 0;
+                r.reason = None;
+            })
+            .await?;
+            Ok(report_end(&message, &batch))
+        }
         Ok(batch) => {
-            let next = MonitorMessage {
-                attempt: message.attempt + 1,
-                failures: 0,
-                ..message.clone()
-            };
-            requeue(&state, &next, state.config.retry_delay).await?;
+            let delay = state.config.retry_delay;
+            let next = MonitorMessage { attempt: message.attempt + 1, failures: 0, ..message.clone() };
+            requeue(state, &next, delay).await?;
+            record(state, &next, |r| {
+                r.observe(&batch);
+                r.failures = 0;
+                r.reason = None;
+            })
+            .await?;
             info!(batch_id = %message.batch_id, blob = message.blob_or_dash(), status = %batch.status,
-                check = next.attempt, next_check_secs = state.config.retry_delay.as_secs(), "batch job still running");
+                check = next.attempt, next_check_secs = delay.as_secs(), "batch job still running");
             Ok(InvokeResponse::log(format!(
                 "batch {} is {}; next check in {} s",
                 batch.id,
                 batch.status,
-                state.config.retry_delay.as_secs()
+                delay.as_secs()
             )))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            let reason = format!(
-                "the batch API does not know batch {}: {e}",
-                message.batch_id
-            );
+            let reason = format!("the batch API does not know batch {}: {e}", message.batch_id);
             error!(batch_id = %message.batch_id, blob = message.blob_or_dash(), error = %e, "unknown batch; dead-lettering");
-            poison(
-                &state,
-                &invocation_id,
-                &reason,
-                Some(&message.batch_id),
-                &text,
-            )
-            .await?;
-            Ok(InvokeResponse::log(reason))
+            give_up(state, invocation_id, &message, &reason, text).await
         }
-        Err(e) => check_failed(&state, &invocation_id, &message, &text, e).await,
+        Err(e) => check_failed(state, invocation_id, &message, text, e).await,
     }
+}
+
+/// Why the record shows this check superseded, if it does.
+fn superseded(r: &JobRecord, m: &MonitorMessage) -> Option<String> {
+    if r.batch_id.as_deref() != Some(m.batch_id.as_str()) {
+        return Some(format!("the record follows batch {}", r.batch_id.as_deref().unwrap_or("none")));
+    }
+    if matches!(r.state, RecordState::Ended | RecordState::DeadLettered) {
+        return Some(format!("the job is already {:?}", r.state));
+    }
+    (r.checks > m.attempt).then(|| format!("check {} was already followed by check {}", m.attempt, r.checks))
+}
+
+fn is_token_limit_failure(batch: &Batch) -> bool {
+    batch.status == BatchStatus::Failed
+        && batch.errors.iter().any(|e| {
+            e.code.as_deref() == Some("token_limit_exceeded")
+                || e.message.as_deref().is_some_and(|m| m.contains("token_limit_exceeded"))
+        })
+}
+
+/// The job failed only because the enqueued-token quota was full: submit the blob again later, never poison it.
+async fn resubmit(state: &AppState, message: &MonitorMessage, batch: &Batch) -> Result<InvokeResponse> {
+    let mut snapshot = None;
+    let reason = format!("batch {} failed with token_limit_exceeded", batch.id);
+    record(state, message, |r| {
+        r.superseded_batch_ids.push(batch.id.clone());
+        r.batch_id = None;
+        r.state = RecordState::Deferred;
+        r.failures += 1;
+        r.reason = Some(reason.clone());
+        snapshot = Some(r.clone());
+    })
+    .await?;
+    let Some(r) = snapshot else {
+        return Ok(report_end(message, batch));
+    };
+    let config = &state.config;
+    let delay = crate::functions::backoff(config.retry_delay, r.failures, config.backoff_cap, None);
+    let s = Submission {
+        function: "QueueMonitor",
+        blob_url: &r.blob_url,
+        blob: &r.blob,
+        etag: &r.etag,
+        invocation_id: "-",
+        deferrals: r.failures,
+        host_retries: false,
+    };
+    defer_message(state, &s, delay).await?;
+    warn!(batch_id = %batch.id, blob = %r.blob, retry_in_secs = delay.as_secs(), "the token quota was full; the blob will be submitted again");
+    Ok(InvokeResponse::log(format!("{reason}; submitting {} again in {} s", r.blob, delay.as_secs())))
 }
 
 /// A status check failed: re-check later with back-off, or dead-letter after too many consecutive failures.
@@ -100,30 +182,22 @@ async fn check_failed(
     let failures = message.failures + 1;
     let config = &state.config;
     if failures >= config.max_check_failures {
-        let reason = format!(
-            "{failures} consecutive status checks of batch {} failed; last: {e}",
-            message.batch_id
-        );
+        let reason = format!("{failures} consecutive status checks of batch {} failed; last: {e}", message.batch_id);
         error!(batch_id = %message.batch_id, blob = message.blob_or_dash(), error = %e, failures, "giving up on the batch job; dead-lettering");
-        poison(state, invocation_id, &reason, Some(&message.batch_id), text).await?;
-        return Ok(InvokeResponse::log(reason));
+        return give_up(state, invocation_id, message, &reason, text).await;
     }
-    let mut delay = backoff(
-        config.retry_delay,
-        failures,
-        config.backoff_cap,
-        e.retry_after,
-    );
+    let mut delay = backoff(config.retry_delay, failures, config.backoff_cap, e.retry_after);
     if e.kind() == ErrorKind::Unauthorized {
-        delay = delay
-            .max(UNAUTHORIZED_MIN_DELAY)
-            .min(config.backoff_cap.max(UNAUTHORIZED_MIN_DELAY));
+        delay = delay.max(UNAUTHORIZED_MIN_DELAY);
     }
-    let next = MonitorMessage {
-        failures,
-        ..message.clone()
-    };
+    let next = MonitorMessage { attempt: message.attempt + 1, failures, ..message.clone() };
     requeue(state, &next, delay).await?;
+    let reason = e.to_string();
+    record(state, &next, |r| {
+        r.failures = failures;
+        r.reason = Some(reason.clone());
+    })
+    .await?;
     warn!(batch_id = %message.batch_id, blob = message.blob_or_dash(), error = %e, failures,
         next_check_secs = delay.as_secs(), "status check failed; will check again");
     Ok(InvokeResponse::log(format!(
@@ -135,15 +209,8 @@ async fn check_failed(
 
 /// The delay before re-check number `failures` (1-based): `base · 2^(failures-1)`, capped, but never shorter than
 /// the server asked for (itself capped, since a 429 can ask for a day).
-pub fn backoff(
-    base: Duration,
-    failures: u32,
-    cap: Duration,
-    server_hint: Option<Duration>,
-) -> Duration {
-    let factor = 1u32
-        .checked_shl(failures.saturating_sub(1).min(20))
-        .unwrap_or(u32::MAX);
+pub fn backoff(base: Duration, failures: u32, cap: Duration, server_hint: Option<Duration>) -> Duration {
+    let factor = 1u32.checked_shl(failures.saturating_sub(1).min(20)).unwrap_or(u32::MAX);
     let exponential = base.saturating_mul(factor).min(cap);
     let hinted = server_hint.unwrap_or_default().min(cap);
     // Round up to whole seconds: the queue counts visibility in seconds.
@@ -154,12 +221,7 @@ pub fn backoff(
 /// The final report of a job that reached a terminal status.
 fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
     let counts = batch.request_counts.clone().unwrap_or_default();
-    let errors = batch
-        .errors
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join("; ");
+    let errors = batch.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
     let line = format!(
         "batch {} for {} ended {}: requests {}; output_blob={}; error_blob={}{}",
         batch.id,
@@ -168,11 +230,7 @@ fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
         counts,
         batch.output_blob().unwrap_or("none"),
         batch.error_blob().unwrap_or("none"),
-        if errors.is_empty() {
-            String::new()
-        } else {
-            format!("; errors: {errors}")
-        },
+        if errors.is_empty() { String::new() } else { format!("; errors: {errors}") },
     );
     let clean = batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0;
     if clean {
@@ -186,32 +244,52 @@ fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
     InvokeResponse::log(line)
 }
 
-/// Puts the follow-up check on the monitor queue, invisible for `delay`. A failure fails the invocation, so the host
+/// Puts the follow-up on the monitor queue, invisible for `delay`. A failure fails the invocation, so the host
 /// redelivers the current message and the check is not lost.
 async fn requeue(state: &AppState, next: &MonitorMessage, delay: Duration) -> Result<()> {
     state
         .storage
-        .put_message(
-            MONITOR_QUEUE,
-            next.to_json().as_bytes(),
-            state.config.message_encoding,
-            delay,
-        )
+        .put_message(MONITOR_QUEUE, next.to_json().as_bytes(), state.config.message_encoding, delay)
         .await
-        .map_err(|e| {
-            FunctionError::unavailable(
-                anyhow::Error::new(e).context("putting the follow-up check on the queue"),
-            )
-        })
+        .map_err(|e| unavailable(e, "putting the follow-up check on the queue"))
 }
 
-async fn poison(
+/// Applies `change` to the job's record (if the message names one) and counts `message.attempt` as the newest check.
+async fn record(state: &AppState, message: &MonitorMessage, mut change: impl FnMut(&mut JobRecord)) -> Result<()> {
+    let Some(key) = message.record_key() else { return Ok(()) };
+    state
+        .records
+        .update(&key, |r| {
+            if r.batch_id.as_deref() != Some(message.batch_id.as_str()) {
+                return false;
+            }
+            r.checks = r.checks.max(message.attempt);
+            change(r);
+            true
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| unavailable(e, "updating the job record"))
+}
+
+/// Dead-letters the job's check and marks its record.
+async fn give_up(
     state: &AppState,
     invocation_id: &str,
+    message: &MonitorMessage,
     reason: &str,
-    batch_id: Option<&str>,
     text: &str,
-) -> Result<()> {
+) -> Result<InvokeResponse> {
+    poison(state, invocation_id, reason, Some(&message.batch_id), text).await?;
+    record(state, message, |r| {
+        r.state = RecordState::DeadLettered;
+        r.reason = Some(reason.to_string());
+    })
+    .await?;
+    Ok(InvokeResponse::log(reason.to_string()))
+}
+
+async fn poison(state: &AppState, invocation_id: &str, reason: &str, batch_id: Option<&str>, text: &str) -> Result<()> {
     dead_letter(
         state,
         DeadLetter {
@@ -226,9 +304,7 @@ async fn poison(
         },
     )
     .await
-    .map_err(|e| {
-        FunctionError::unavailable(anyhow::Error::new(e).context("dead-lettering the message"))
-    })
+    .map_err(|e| unavailable(e, "dead-lettering the message"))
 }
 
 #[cfg(test)]
@@ -245,9 +321,22 @@ mod tests {
         assert_eq!(backoff(s(30), 1000, s(3600), None), s(3600));
         assert_eq!(backoff(s(30), 1, s(3600), Some(s(90))), s(90));
         assert_eq!(backoff(s(30), 1, s(3600), Some(s(86_400))), s(3600));
-        assert_eq!(
-            backoff(s(1), 1, s(60), Some(Duration::from_millis(1500))),
-            s(2)
-        );
+        assert_eq!(backoff(s(1), 1, s(60), Some(Duration::from_millis(1500))), s(2));
+    }
+
+    #[test]
+    fn superseded_checks() {
+        let m = MonitorMessage { attempt: 3, ..MonitorMessage::new("b1".into(), Some("c/x".into())) };
+        let mut r =
+            JobRecord { batch_id: Some("b1".into()), state: RecordState::Submitted, checks: 3, ..Default::default() };
+        assert_eq!(superseded(&r, &m), None);
+        r.checks = 4;
+        assert!(superseded(&r, &m).is_some());
+        r.checks = 2;
+        r.state = RecordState::Ended;
+        assert!(superseded(&r, &m).is_some());
+        r.state = RecordState::Submitted;
+        r.batch_id = Some("b2".into());
+        assert!(superseded(&r, &m).is_some());
     }
 }

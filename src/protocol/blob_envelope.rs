@@ -112,9 +112,7 @@ impl ElidingReader {
     /// Handles one byte outside strings.
     fn structural(&mut self, b: u8) {
         match b {
-            b'{' => self.stack.push(Frame::Object {
-                expecting_key: true,
-            }),
+            b'{' => self.stack.push(Frame::Object { expecting_key: true }),
             b'[' => self.stack.push(Frame::Array),
             b'}' | b']' => {
                 self.stack.pop();
@@ -124,12 +122,7 @@ impl ElidingReader {
             b'"' => {
                 self.in_string = true;
                 self.escape = false;
-                self.key = matches!(
-                    self.stack.last(),
-                    Some(Frame::Object {
-                        expecting_key: true
-                    })
-                );
+                self.key = matches!(self.stack.last(), Some(Frame::Object { expecting_key: true }));
                 self.key_buf.clear();
                 // A value string directly in the object under top-level key "Data".
                 self.eliding = !self.key
@@ -197,8 +190,7 @@ impl ElidingReader {
             if let Some(e) = self.elided.last_mut() {
                 e.len += content.len() as u64;
                 let room = HEAD_LEN.saturating_sub(e.head.len());
-                e.head
-                    .extend_from_slice(&content[..room.min(content.len())]);
+                e.head.extend_from_slice(&content[..room.min(content.len())]);
             }
         } else {
             self.kept.extend_from_slice(content);
@@ -249,10 +241,7 @@ mod tests {
                 "chunk {chunk}"
             );
             assert_eq!(req.metadata_str("name").as_deref(), Some("job1.jsonl"));
-            assert_eq!(
-                req.data.get("inputBlob"),
-                Some(&serde_json::Value::String(String::new()))
-            );
+            assert_eq!(req.data.get("inputBlob"), Some(&serde_json::Value::String(String::new())));
             assert_eq!(elided.len(), 1);
             assert_eq!(elided[0].binding, "inputBlob");
             assert_eq!(elided[0].len, 188);
@@ -264,14 +253,11 @@ mod tests {
 
     #[test]
     fn escapes_across_chunk_boundaries_and_nested_data_values() {
-        let body = br#"{"Metadata":{"Uri":"\"u\\\"q\"","x":[{"Data":"keep"}]},"Data":{"b":"ab\"c\\","o":{"k":"keep"},"n":1}}"#;
+        let body =
+            br#"{"Metadata":{"Uri":"\"u\\\"q\"","x":[{"Data":"keep"}]},"Data":{"b":"ab\"c\\","o":{"k":"keep"},"n":1}}"#;
         for chunk in 1..8 {
             let (req, elided) = read_in_chunks(body, chunk);
-            assert_eq!(
-                req.metadata_str("Uri").as_deref(),
-                Some("u\"q"),
-                "chunk {chunk}"
-            );
+            assert_eq!(req.metadata_str("Uri").as_deref(), Some("u\"q"), "chunk {chunk}");
             assert_eq!(req.metadata["x"][0]["Data"], "keep");
             assert_eq!(req.data["o"]["k"], "keep");
             assert_eq!(req.data["b"], "");
@@ -282,8 +268,7 @@ mod tests {
 
     #[test]
     fn bom_is_recognised() {
-        let body =
-            br#"{"Data":{"inputBlob":"77u/eyJjdXN0b21faWQiOiJ0In0K"},"Metadata":{"Uri":"\"u\""}}"#;
+        let body = br#"{"Data":{"inputBlob":"77u/eyJjdXN0b21faWQiOiJ0In0K"},"Metadata":{"Uri":"\"u\""}}"#;
         let (_, elided) = read_in_chunks(body, 5);
         assert!(elided[0].starts_with_bom());
     }
@@ -292,14 +277,7 @@ mod tests {
     fn oversized_metadata_and_garbage_are_errors_not_panics() {
         let mut r = ElidingReader::new(16);
         assert!(r.feed(br#"{"Metadata":{"k":"0123456789abcdef"}}"#).is_err());
-        for garbage in [
-            &b"}}}]]]"[..],
-            b"\"",
-            b"{\"Data\":{\"a\":\"",
-            b"\\\\\\",
-            b"",
-            b"nul\x00l",
-        ] {
+        for garbage in [&b"}}}]]]"[..], b"\"", b"{\"Data\":{\"a\":\"", b"\\\\\\", b"", b"nul\x00l"] {
             let mut r = ElidingReader::new(1024);
             r.feed(garbage).expect("lexing never fails below the limit");
             assert!(r.finish().is_err());

@@ -108,10 +108,7 @@ pub struct InvokeResponse {
 impl InvokeResponse {
     /// An answer with no outputs and one log line for the host's per-invocation log.
     pub fn log(line: impl Into<String>) -> Self {
-        InvokeResponse {
-            logs: vec![line.into()],
-            ..Default::default()
-        }
+        InvokeResponse { logs: vec![line.into()], ..Default::default() }
     }
 
     /// Adds an output binding value. Queue outputs should be JSON objects: the host base64-decodes strings that
@@ -123,13 +120,10 @@ impl InvokeResponse {
 
     /// Renders the body with a given status (non-2xx bodies are ignored by the host but stay well-formed).
     pub fn into_response_with(self, status: StatusCode) -> Response {
-        let body = serde_json::to_vec(&self)
-            .unwrap_or_else(|_| b"{\"Outputs\":{},\"Logs\":[],\"ReturnValue\":null}".to_vec());
+        let body =
+            serde_json::to_vec(&self).unwrap_or_else(|_| b"{\"Outputs\":{},\"Logs\":[],\"ReturnValue\":null}".to_vec());
         let mut response = (status, body).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 }

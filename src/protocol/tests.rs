@@ -19,44 +19,27 @@ fn queue_envelope_from_the_host_code() {
         r#"{"batchId":"batch_72a2792ef7d24ba7b82c7fe4a37e379f","blob":"batch-input/job1.jsonl","attempt":1}"#
     );
     assert_eq!(req.metadata_u64("DequeueCount"), Some(1));
-    assert_eq!(
-        req.metadata_str("Id").as_deref(),
-        Some("6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f")
-    );
-    assert_eq!(
-        req.metadata_str("PopReceipt").as_deref(),
-        Some("AgAAAAMAAAAAAAAAAgtnj8x+1QE=")
-    );
+    assert_eq!(req.metadata_str("Id").as_deref(), Some("6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f"));
+    assert_eq!(req.metadata_str("PopReceipt").as_deref(), Some("AgAAAAMAAAAAAAAAAgtnj8x+1QE="));
     // Message fields copied into Metadata are quoted like any string, numbers included.
     assert_eq!(req.metadata_str("attempt").as_deref(), Some("1"));
-    assert_eq!(
-        req.metadata_str("InsertionTime").as_deref(),
-        Some("2025-01-01T00:00:00+00:00")
-    );
+    assert_eq!(req.metadata_str("InsertionTime").as_deref(), Some("2025-01-01T00:00:00+00:00"));
 }
 
 #[test]
 fn queue_sample_from_the_docs() {
     let req = InvokeRequest::from_slice(DOCS_QUEUE_SAMPLE.as_bytes()).expect("parses");
     // Different binding name, text not double-encoded, unquoted Id, numeric DequeueCount.
-    assert_eq!(
-        req.queue_text("job").expect("text"),
-        r#"{ message: "Message sent" }"#
-    );
+    assert_eq!(req.queue_text("job").expect("text"), r#"{ message: "Message sent" }"#);
     assert_eq!(req.metadata_u64("DequeueCount"), Some(1));
-    assert_eq!(
-        req.metadata_str("Id").as_deref(),
-        Some("800ae4b3-bdd2-4c08-badd-f08e5a34b865")
-    );
+    assert_eq!(req.metadata_str("Id").as_deref(), Some("800ae4b3-bdd2-4c08-badd-f08e5a34b865"));
 }
 
 #[test]
 fn plain_and_object_queue_values() {
-    let plain = InvokeRequest::from_slice(br#"{"Data":{"job":"\"batch_abc\""},"Metadata":{}}"#)
-        .expect("parses");
+    let plain = InvokeRequest::from_slice(br#"{"Data":{"job":"\"batch_abc\""},"Metadata":{}}"#).expect("parses");
     assert_eq!(plain.queue_text("job").expect("text"), "batch_abc");
-    let obj = InvokeRequest::from_slice(br#"{"Data":{"job":{"batchId":"b1"}},"Metadata":{}}"#)
-        .expect("parses");
+    let obj = InvokeRequest::from_slice(br#"{"Data":{"job":{"batchId":"b1"}},"Metadata":{}}"#).expect("parses");
     assert_eq!(obj.queue_text("job").expect("text"), r#"{"batchId":"b1"}"#);
     let none = InvokeRequest::from_slice(br#"{"Data":{},"Metadata":{}}"#).expect("parses");
     assert_eq!(none.queue_text("job"), Err(EnvelopeError::NoBinding));
@@ -79,10 +62,7 @@ fn unquote_only_undoes_real_string_literals() {
 fn response_shape_is_what_the_host_deserializes() {
     let r = InvokeResponse::log("hi").with_output("outQueue", serde_json::json!({"batchId": "b"}));
     let v = serde_json::to_value(&r).expect("serializes");
-    assert_eq!(
-        v,
-        serde_json::json!({"Outputs": {"outQueue": {"batchId": "b"}}, "Logs": ["hi"], "ReturnValue": null})
-    );
+    assert_eq!(v, serde_json::json!({"Outputs": {"outQueue": {"batchId": "b"}}, "Logs": ["hi"], "ReturnValue": null}));
     let resp = InvokeResponse::default().into_response();
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");

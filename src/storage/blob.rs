@@ -4,9 +4,7 @@
 //! scans containers and keeps trigger receipts; the batch emulator reads inputs and writes results.
 
 use bytes::Bytes;
-use reqwest::header::{
-    HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED,
-};
+use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED};
 use reqwest::{Method, StatusCode};
 use serde::Deserialize;
 
@@ -21,6 +19,8 @@ pub enum Condition {
     IfNotExists,
     /// Replace only this version: fails with 412 if the ETag changed.
     IfMatch(String),
+    /// Write a leased blob: only the lease holder may (412 `LeaseIdMismatchWithBlobOperation` otherwise).
+    Lease(String),
 }
 
 /// A blob's content and version.
@@ -88,14 +88,8 @@ impl StorageClient {
     pub async fn create_container(&self, container: &str) -> Result<(), StorageError> {
         let mut url = self.blob_url(container);
         url.query_pairs_mut().append_pair("restype", "container");
-        match self
-            .send(Method::PUT, url, HeaderMap::new(), Bytes::new())
-            .await
-        {
-            Err(StorageError::Status {
-                status: StatusCode::CONFLICT,
-                ..
-            }) => Ok(()),
+        match self.send(Method::PUT, url, HeaderMap::new(), Bytes::new()).await {
+            Err(StorageError::Status { status: StatusCode::CONFLICT, .. }) => Ok(()),
             other => other.map(|_| ()),
         }
     }
@@ -121,52 +115,35 @@ impl StorageClient {
             Condition::IfMatch(etag) => {
                 headers.insert(IF_MATCH, header_value(etag)?);
             }
+            Condition::Lease(id) => {
+                headers.insert("x-ms-lease-id", header_value(id)?);
+            }
         }
         for (k, v) in metadata {
             headers.insert(meta_name(k)?, header_value(v)?);
         }
-        let response = self
-            .send(
-                Method::PUT,
-                self.blob_url(&format!("{container}/{name}")),
-                headers,
-                content,
-            )
-            .await?;
+        let response = self.send(Method::PUT, self.blob_url(&format!("{container}/{name}")), headers, content).await?;
         Ok(etag_of(response.headers()))
     }
 
     /// Reads a blob; `None` if it does not exist.
-    pub async fn get_blob(
-        &self,
-        container: &str,
-        name: &str,
-    ) -> Result<Option<Blob>, StorageError> {
+    pub async fn get_blob(&self, container: &str, name: &str) -> Result<Option<Blob>, StorageError> {
         let url = self.blob_url(&format!("{container}/{name}"));
-        match self
-            .send(Method::GET, url, HeaderMap::new(), Bytes::new())
-            .await
-        {
+        match self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await {
             Ok(response) => {
                 let etag = etag_of(response.headers());
-                Ok(Some(Blob {
-                    content: body_bytes(response).await?,
-                    etag,
-                }))
+                Ok(Some(Blob { content: body_bytes(response).await?, etag }))
             }
-            Err(StorageError::Status {
-                status: StatusCode::NOT_FOUND,
-                ..
-            }) => Ok(None),
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
 
     /// Reads a blob given its full URL, which must lie under this account's blob endpoint.
     pub async fn get_blob_by_url(&self, url: &str) -> Result<Option<Blob>, StorageError> {
-        let (container, name) = self.split_blob_url(url).ok_or_else(|| {
-            StorageError::Parse(format!("{url} is not a blob of this storage account"))
-        })?;
+        let (container, name) = self
+            .split_blob_url(url)
+            .ok_or_else(|| StorageError::Parse(format!("{url} is not a blob of this storage account")))?;
         self.get_blob(&container, &name).await
     }
 
@@ -175,37 +152,20 @@ impl StorageClient {
         let root = self.account.blob_endpoint.as_str().trim_end_matches('/');
         let rest = url.strip_prefix(root)?.strip_prefix('/')?;
         let rest = rest.split(['?', '#']).next()?;
-        let decoded = percent_encoding::percent_decode_str(rest)
-            .decode_utf8()
-            .ok()?;
+        let decoded = percent_encoding::percent_decode_str(rest).decode_utf8().ok()?;
         let (container, name) = decoded.split_once('/')?;
-        (!container.is_empty() && !name.is_empty())
-            .then(|| (container.to_string(), name.to_string()))
+        (!container.is_empty() && !name.is_empty()).then(|| (container.to_string(), name.to_string()))
     }
 
     /// The ETag and `Last-Modified` of a blob; `None` if it does not exist.
-    pub async fn head_blob(
-        &self,
-        container: &str,
-        name: &str,
-    ) -> Result<Option<(String, String)>, StorageError> {
+    pub async fn head_blob(&self, container: &str, name: &str) -> Result<Option<(String, String)>, StorageError> {
         let url = self.blob_url(&format!("{container}/{name}"));
-        match self
-            .send(Method::HEAD, url, HeaderMap::new(), Bytes::new())
-            .await
-        {
+        match self.send(Method::HEAD, url, HeaderMap::new(), Bytes::new()).await {
             Ok(r) => {
-                let modified = r
-                    .headers()
-                    .get(LAST_MODIFIED)
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or("");
+                let modified = r.headers().get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).unwrap_or("");
                 Ok(Some((etag_of(r.headers()), modified.to_string())))
             }
-            Err(StorageError::Status {
-                status: StatusCode::NOT_FOUND,
-                ..
-            }) => Ok(None),
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -213,14 +173,8 @@ impl StorageClient {
     /// Deletes a blob; a missing one is fine.
     pub async fn delete_blob(&self, container: &str, name: &str) -> Result<(), StorageError> {
         let url = self.blob_url(&format!("{container}/{name}"));
-        match self
-            .send(Method::DELETE, url, HeaderMap::new(), Bytes::new())
-            .await
-        {
-            Err(StorageError::Status {
-                status: StatusCode::NOT_FOUND,
-                ..
-            }) => Ok(()),
+        match self.send(Method::DELETE, url, HeaderMap::new(), Bytes::new()).await {
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(()),
             other => other.map(|_| ()),
         }
     }
@@ -235,9 +189,7 @@ impl StorageClient {
         let mut url = self.blob_url(container);
         {
             let mut q = url.query_pairs_mut();
-            q.append_pair("restype", "container")
-                .append_pair("comp", "list")
-                .append_pair("include", "metadata");
+            q.append_pair("restype", "container").append_pair("comp", "list").append_pair("include", "metadata");
             if let Some(p) = prefix {
                 q.append_pair("prefix", p);
             }
@@ -245,31 +197,20 @@ impl StorageClient {
                 q.append_pair("marker", m);
             }
         }
-        let response = self
-            .send(Method::GET, url, HeaderMap::new(), Bytes::new())
-            .await?;
+        let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
         let xml = body_bytes(response).await?;
         let xml = std::str::from_utf8(&xml).map_err(|e| StorageError::Parse(e.to_string()))?;
         let parsed: EnumerationResults =
             quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
-        Ok(BlobPage {
-            items: parsed.blobs.items,
-            next_marker: parsed.next_marker.filter(|m| !m.is_empty()),
-        })
+        Ok(BlobPage { items: parsed.blobs.items, next_marker: parsed.next_marker.filter(|m| !m.is_empty()) })
     }
 
     /// Lists every blob under `prefix`, following markers.
-    pub async fn list_all_blobs(
-        &self,
-        container: &str,
-        prefix: Option<&str>,
-    ) -> Result<Vec<BlobItem>, StorageError> {
+    pub async fn list_all_blobs(&self, container: &str, prefix: Option<&str>) -> Result<Vec<BlobItem>, StorageError> {
         let mut all = Vec::new();
         let mut marker: Option<String> = None;
         loop {
-            let page = self
-                .list_blobs(container, prefix, marker.as_deref())
-                .await?;
+            let page = self.list_blobs(container, prefix, marker.as_deref()).await?;
             all.extend(page.items);
             match page.next_marker {
                 Some(m) => marker = Some(m),
@@ -300,20 +241,12 @@ impl StorageClient {
     }
 
     /// Acquires a lease of `seconds` (15–60) and returns its id.
-    pub async fn acquire_lease(
-        &self,
-        container: &str,
-        name: &str,
-        seconds: u32,
-    ) -> Result<String, StorageError> {
+    pub async fn acquire_lease(&self, container: &str, name: &str, seconds: u32) -> Result<String, StorageError> {
         let mut url = self.blob_url(&format!("{container}/{name}"));
         url.query_pairs_mut().append_pair("comp", "lease");
         let mut headers = HeaderMap::new();
         headers.insert("x-ms-lease-action", HeaderValue::from_static("acquire"));
-        headers.insert(
-            "x-ms-lease-duration",
-            HeaderValue::from(seconds.clamp(15, 60)),
-        );
+        headers.insert("x-ms-lease-duration", HeaderValue::from(seconds.clamp(15, 60)));
         let r = self.send(Method::PUT, url, headers, Bytes::new()).await?;
         r.headers()
             .get("x-ms-lease-id")
@@ -323,12 +256,7 @@ impl StorageClient {
     }
 
     /// Releases a lease.
-    pub async fn release_lease(
-        &self,
-        container: &str,
-        name: &str,
-        lease_id: &str,
-    ) -> Result<(), StorageError> {
+    pub async fn release_lease(&self, container: &str, name: &str, lease_id: &str) -> Result<(), StorageError> {
         let mut url = self.blob_url(&format!("{container}/{name}"));
         url.query_pairs_mut().append_pair("comp", "lease");
         let mut headers = HeaderMap::new();
@@ -340,28 +268,17 @@ impl StorageClient {
 }
 
 fn etag_of(headers: &HeaderMap) -> String {
-    headers
-        .get(ETAG)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string()
+    headers.get(ETAG).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, StorageError> {
-    HeaderValue::from_str(v)
-        .map_err(|_| StorageError::Parse(format!("`{v}` cannot be sent as a header value")))
+    HeaderValue::from_str(v).map_err(|_| StorageError::Parse(format!("`{v}` cannot be sent as a header value")))
 }
 
 fn meta_name(k: &str) -> Result<reqwest::header::HeaderName, StorageError> {
     // Lowercase alphanumeric names only: other characters sort differently in Azurite and Azure (§4.3).
-    if k.is_empty()
-        || !k
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-    {
-        return Err(StorageError::Parse(format!(
-            "metadata name `{k}` must be lowercase alphanumeric"
-        )));
+    if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        return Err(StorageError::Parse(format!("metadata name `{k}` must be lowercase alphanumeric")));
     }
     reqwest::header::HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes())
         .map_err(|e| StorageError::Parse(e.to_string()))

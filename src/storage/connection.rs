@@ -97,28 +97,19 @@ impl StorageAccount {
             return Self::development(get("developmentstorageproxyuri"));
         }
 
-        let credential = match (
-            get("accountname"),
-            get("accountkey"),
-            get("sharedaccesssignature"),
-        ) {
-            (Some(account), Some(key), _) => Credential::SharedKey {
-                account: account.to_string(),
-                key: decode_key(key)?,
-            },
+        let credential = match (get("accountname"), get("accountkey"), get("sharedaccesssignature")) {
+            (Some(account), Some(key), _) => {
+                Credential::SharedKey { account: account.to_string(), key: decode_key(key)? }
+            }
             (_, _, Some(sas)) => Credential::Sas(SecretString::from(sas.trim_start_matches('?'))),
             _ => return Err(ConnectionStringError::NoCredential),
         };
-        let protocol = get("defaultendpointsprotocol")
-            .unwrap_or("https")
-            .to_ascii_lowercase();
+        let protocol = get("defaultendpointsprotocol").unwrap_or("https").to_ascii_lowercase();
         if protocol != "http" && protocol != "https" {
             return Err(ConnectionStringError::BadProtocol);
         }
         let suffix = get("endpointsuffix").unwrap_or("core.windows.net");
-        let derive = |service: &str| {
-            get("accountname").map(|name| format!("{protocol}://{name}.{service}.{suffix}"))
-        };
+        let derive = |service: &str| get("accountname").map(|name| format!("{protocol}://{name}.{service}.{suffix}"));
         let endpoint = |key: &'static str, service: &str, label: &'static str| {
             let raw = get(key)
                 .map(str::to_string)
@@ -137,41 +128,25 @@ impl StorageAccount {
     fn development(proxy: Option<&str>) -> Result<Self, ConnectionStringError> {
         let base = match proxy {
             Some(p) => {
-                let url = parse_endpoint(p).ok_or(ConnectionStringError::BadEndpoint {
-                    key: "DevelopmentStorageProxyUri",
-                })?;
-                format!(
-                    "{}://{}",
-                    url.scheme(),
-                    url.host_str().unwrap_or("127.0.0.1")
-                )
+                let url = parse_endpoint(p)
+                    .ok_or(ConnectionStringError::BadEndpoint { key: "DevelopmentStorageProxyUri" })?;
+                format!("{}://{}", url.scheme(), url.host_str().unwrap_or("127.0.0.1"))
             }
             None => "http://127.0.0.1".to_string(),
         };
         let at = |port: u16| {
-            parse_endpoint(&format!("{base}:{port}/{DEVSTORE_ACCOUNT}")).ok_or(
-                ConnectionStringError::BadEndpoint {
-                    key: "DevelopmentStorageProxyUri",
-                },
-            )
+            parse_endpoint(&format!("{base}:{port}/{DEVSTORE_ACCOUNT}"))
+                .ok_or(ConnectionStringError::BadEndpoint { key: "DevelopmentStorageProxyUri" })
         };
         Ok(StorageAccount {
             blob_endpoint: at(10000)?,
             queue_endpoint: at(10001)?,
-            credential: Credential::SharedKey {
-                account: DEVSTORE_ACCOUNT.to_string(),
-                key: decode_key(DEVSTORE_KEY)?,
-            },
+            credential: Credential::SharedKey { account: DEVSTORE_ACCOUNT.to_string(), key: decode_key(DEVSTORE_KEY)? },
         })
     }
 
     /// A Shared Key connection string with explicit endpoints (what the dev tools hand to the handler).
-    pub fn shared_key_connection_string(
-        account: &str,
-        key_b64: &str,
-        blob: &str,
-        queue: &str,
-    ) -> String {
+    pub fn shared_key_connection_string(account: &str, key_b64: &str, blob: &str, queue: &str) -> String {
         format!(
             "DefaultEndpointsProtocol=http;AccountName={account};AccountKey={key_b64};\
              BlobEndpoint={blob};QueueEndpoint={queue};"
@@ -180,10 +155,7 @@ impl StorageAccount {
 }
 
 fn decode_key(key: &str) -> Result<Arc<[u8]>, ConnectionStringError> {
-    base64::engine::general_purpose::STANDARD
-        .decode(key)
-        .map(Arc::from)
-        .map_err(|_| ConnectionStringError::BadKey)
+    base64::engine::general_purpose::STANDARD.decode(key).map(Arc::from).map_err(|_| ConnectionStringError::BadKey)
 }
 
 /// Parses an http(s) endpoint and drops a trailing `/` so paths can be appended uniformly.
@@ -198,11 +170,7 @@ fn parse_endpoint(raw: &str) -> Option<Url> {
 /// Shows only the part's name, if any: its value may be a secret.
 fn redact_part(part: &str) -> String {
     if part.len() > 40 {
-        format!(
-            "{}… ({} characters)",
-            &part[..part.char_indices().nth(8).map_or(0, |(i, _)| i)],
-            part.len()
-        )
+        format!("{}… ({} characters)", &part[..part.char_indices().nth(8).map_or(0, |(i, _)| i)], part.len())
     } else {
         part.to_string()
     }
@@ -217,42 +185,23 @@ mod tests {
     #[test]
     fn development_storage_shortcut() {
         let a = StorageAccount::parse("UseDevelopmentStorage=true").expect("parses");
-        assert_eq!(
-            a.blob_endpoint.as_str(),
-            "http://127.0.0.1:10000/devstoreaccount1"
-        );
-        assert_eq!(
-            a.queue_endpoint.as_str(),
-            "http://127.0.0.1:10001/devstoreaccount1"
-        );
-        assert!(
-            matches!(a.credential, Credential::SharedKey { ref account, .. } if account == DEVSTORE_ACCOUNT)
-        );
+        assert_eq!(a.blob_endpoint.as_str(), "http://127.0.0.1:10000/devstoreaccount1");
+        assert_eq!(a.queue_endpoint.as_str(), "http://127.0.0.1:10001/devstoreaccount1");
+        assert!(matches!(a.credential, Credential::SharedKey { ref account, .. } if account == DEVSTORE_ACCOUNT));
     }
 
     #[test]
     fn development_storage_proxy_keeps_the_ports() {
-        let a = StorageAccount::parse(
-            "UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://azurite",
-        )
-        .expect("parses");
-        assert_eq!(
-            a.queue_endpoint.as_str(),
-            "http://azurite:10001/devstoreaccount1"
-        );
+        let a = StorageAccount::parse("UseDevelopmentStorage=true;DevelopmentStorageProxyUri=http://azurite")
+            .expect("parses");
+        assert_eq!(a.queue_endpoint.as_str(), "http://azurite:10001/devstoreaccount1");
     }
 
     #[test]
     fn explicit_endpoints_win() {
         let a = StorageAccount::parse(AZURITE_FULL).expect("parses");
-        assert_eq!(
-            a.blob_endpoint.as_str(),
-            "http://127.0.0.1:10000/devstoreaccount1"
-        );
-        assert_eq!(
-            a.queue_endpoint.as_str(),
-            "http://127.0.0.1:10001/devstoreaccount1"
-        );
+        assert_eq!(a.blob_endpoint.as_str(), "http://127.0.0.1:10000/devstoreaccount1");
+        assert_eq!(a.queue_endpoint.as_str(), "http://127.0.0.1:10001/devstoreaccount1");
     }
 
     #[test]
@@ -261,19 +210,10 @@ mod tests {
             "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=a2V5;EndpointSuffix=core.chinacloudapi.cn",
         )
         .expect("parses");
-        assert_eq!(
-            a.blob_endpoint.as_str(),
-            "https://acct.blob.core.chinacloudapi.cn/"
-        );
-        assert_eq!(
-            a.queue_endpoint.host_str(),
-            Some("acct.queue.core.chinacloudapi.cn")
-        );
+        assert_eq!(a.blob_endpoint.as_str(), "https://acct.blob.core.chinacloudapi.cn/");
+        assert_eq!(a.queue_endpoint.host_str(), Some("acct.queue.core.chinacloudapi.cn"));
         let defaulted = StorageAccount::parse("accountname=acct;ACCOUNTKEY=a2V5").expect("parses");
-        assert_eq!(
-            defaulted.queue_endpoint.as_str(),
-            "https://acct.queue.core.windows.net/"
-        );
+        assert_eq!(defaulted.queue_endpoint.as_str(), "https://acct.queue.core.windows.net/");
     }
 
     #[test]
@@ -282,45 +222,22 @@ mod tests {
             "BlobEndpoint=https://acct.blob.core.windows.net/;QueueEndpoint=https://acct.queue.core.windows.net;SharedAccessSignature=sv=2025-11-05&ss=bq&sig=abc%3D",
         )
         .expect("parses");
-        assert_eq!(
-            a.credential.sas_query(),
-            Some("sv=2025-11-05&ss=bq&sig=abc%3D")
-        );
-        assert!(
-            !format!("{a:?}").contains("sig=abc"),
-            "Debug must not show the token"
-        );
+        assert_eq!(a.credential.sas_query(), Some("sv=2025-11-05&ss=bq&sig=abc%3D"));
+        assert!(!format!("{a:?}").contains("sig=abc"), "Debug must not show the token");
     }
 
     #[test]
     fn refusals_name_the_problem_without_the_secret() {
         let refused = |s: &str| StorageAccount::parse(s).expect_err("refused");
         assert_eq!(refused(" ; "), ConnectionStringError::Empty);
-        assert_eq!(
-            refused("AccountName=a;AccountKey=not base64!"),
-            ConnectionStringError::BadKey
-        );
-        assert_eq!(
-            refused("AccountName=a"),
-            ConnectionStringError::NoCredential
-        );
-        assert_eq!(
-            refused("SharedAccessSignature=sig=x"),
-            ConnectionStringError::MissingEndpoint("BlobEndpoint")
-        );
-        let err = StorageAccount::parse("AccountName=a;AccountKey=a2V5;BlobEndpoint=ftp://x")
-            .unwrap_err();
-        assert_eq!(
-            err,
-            ConnectionStringError::BadEndpoint {
-                key: "BlobEndpoint"
-            }
-        );
-        let shown = StorageAccount::parse(
-            "AccountName=a;Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErC",
-        )
-        .unwrap_err()
-        .to_string();
+        assert_eq!(refused("AccountName=a;AccountKey=not base64!"), ConnectionStringError::BadKey);
+        assert_eq!(refused("AccountName=a"), ConnectionStringError::NoCredential);
+        assert_eq!(refused("SharedAccessSignature=sig=x"), ConnectionStringError::MissingEndpoint("BlobEndpoint"));
+        let err = StorageAccount::parse("AccountName=a;AccountKey=a2V5;BlobEndpoint=ftp://x").unwrap_err();
+        assert_eq!(err, ConnectionStringError::BadEndpoint { key: "BlobEndpoint" });
+        let shown = StorageAccount::parse("AccountName=a;Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErC")
+            .unwrap_err()
+            .to_string();
         assert!(!shown.contains("UzFT50uSRZ6IFsuFq2UVErC"), "{shown}");
     }
 
@@ -328,9 +245,6 @@ mod tests {
     fn debug_redacts_the_key() {
         let a = StorageAccount::parse(AZURITE_FULL).expect("parses");
         let shown = format!("{a:?}");
-        assert!(
-            shown.contains("[redacted]") && !shown.contains("Eby8"),
-            "{shown}"
-        );
+        assert!(shown.contains("[redacted]") && !shown.contains("Eby8"), "{shown}");
     }
 }

@@ -101,19 +101,13 @@ impl StorageClient {
         }
         headers.insert("x-ms-version", HeaderValue::from_static(API_VERSION));
         let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-        headers.insert(
-            "x-ms-date",
-            HeaderValue::from_str(&date).map_err(|e| StorageError::Parse(e.to_string()))?,
-        );
+        headers.insert("x-ms-date", HeaderValue::from_str(&date).map_err(|e| StorageError::Parse(e.to_string()))?);
         headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         if let Credential::SharedKey { account, key } = &self.account.credential {
-            let sts =
-                shared_key::string_to_sign(method.as_str(), &url, &headers, body.len(), account);
+            let sts = shared_key::string_to_sign(method.as_str(), &url, &headers, body.len(), account);
             let auth = format!("SharedKey {account}:{}", shared_key::sign(key, &sts));
-            headers.insert(
-                AUTHORIZATION,
-                HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?,
-            );
+            headers
+                .insert(AUTHORIZATION, HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?);
         }
         let response = self
             .http
@@ -128,20 +122,12 @@ impl StorageClient {
         if status.is_success() {
             return Ok(response);
         }
-        let code = response
-            .headers()
-            .get("x-ms-error-code")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let code = response.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         Err(StorageError::Status { status, code })
     }
 }
 
 /// Reads a successful response's body, mapping transport failures.
 pub(crate) async fn body_bytes(response: Response) -> Result<Bytes, StorageError> {
-    response
-        .bytes()
-        .await
-        .map_err(|e| StorageError::Transport(e.without_url()))
+    response.bytes().await.map_err(|e| StorageError::Transport(e.without_url()))
 }

@@ -45,18 +45,14 @@ impl MessageEncoding {
     /// Decodes `<MessageText>` (already XML-unescaped) back to bytes; `None` if it is not valid for this encoding.
     pub fn decode(self, stored: &str) -> Option<Vec<u8>> {
         match self {
-            MessageEncoding::Base64 => base64::engine::general_purpose::STANDARD
-                .decode(stored.trim())
-                .ok(),
+            MessageEncoding::Base64 => base64::engine::general_purpose::STANDARD.decode(stored.trim()).ok(),
             MessageEncoding::None => Some(stored.as_bytes().to_vec()),
         }
     }
 }
 
 fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 /// A message as Get or Peek returns it. `text` is the stored `MessageText`, not decoded.
@@ -94,13 +90,7 @@ impl StorageClient {
 
     /// Creates a queue; an existing queue is fine.
     pub async fn create_queue(&self, queue: &str) -> Result<(), StorageError> {
-        self.send(
-            Method::PUT,
-            self.queue_url(queue),
-            HeaderMap::new(),
-            Bytes::new(),
-        )
-        .await?;
+        self.send(Method::PUT, self.queue_url(queue), HeaderMap::new(), Bytes::new()).await?;
         Ok(())
     }
 
@@ -120,9 +110,7 @@ impl StorageClient {
                 encoded.len()
             )));
         }
-        let body = Bytes::from(format!(
-            "<QueueMessage><MessageText>{encoded}</MessageText></QueueMessage>"
-        ));
+        let body = Bytes::from(format!("<QueueMessage><MessageText>{encoded}</MessageText></QueueMessage>"));
         let mut url = self.queue_url(&format!("{queue}/messages"));
         // messagettl=-1: a job can run for days and the app may be stopped for longer than the 7-day default;
         // an expired follow-up message would silently end monitoring.
@@ -131,14 +119,8 @@ impl StorageClient {
             .append_pair("messagettl", "-1");
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/xml"));
-        match self
-            .send(Method::POST, url.clone(), headers.clone(), body.clone())
-            .await
-        {
-            Err(StorageError::Status {
-                status: StatusCode::NOT_FOUND,
-                code,
-            }) if code == "QueueNotFound" => {
+        match self.send(Method::POST, url.clone(), headers.clone(), body.clone()).await {
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, code }) if code == "QueueNotFound" => {
                 self.create_queue(queue).await?;
                 self.send(Method::POST, url, headers, body).await?;
                 Ok(())
@@ -157,19 +139,12 @@ impl StorageClient {
         let mut url = self.queue_url(&format!("{queue}/messages"));
         url.query_pairs_mut()
             .append_pair("numofmessages", &max.clamp(1, 32).to_string())
-            .append_pair(
-                "visibilitytimeout",
-                &visibility.as_secs().max(1).to_string(),
-            );
+            .append_pair("visibilitytimeout", &visibility.as_secs().max(1).to_string());
         self.list_messages(url).await
     }
 
     /// Peeks up to `max` (1–32) visible messages without changing them.
-    pub async fn peek_messages(
-        &self,
-        queue: &str,
-        max: u8,
-    ) -> Result<Vec<QueueMessage>, StorageError> {
+    pub async fn peek_messages(&self, queue: &str, max: u8) -> Result<Vec<QueueMessage>, StorageError> {
         let mut url = self.queue_url(&format!("{queue}/messages"));
         url.query_pairs_mut()
             .append_pair("peekonly", "true")
@@ -178,27 +153,18 @@ impl StorageClient {
     }
 
     async fn list_messages(&self, url: url::Url) -> Result<Vec<QueueMessage>, StorageError> {
-        let response = self
-            .send(Method::GET, url, HeaderMap::new(), Bytes::new())
-            .await?;
+        let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
         let xml = body_bytes(response).await?;
         let xml = std::str::from_utf8(&xml).map_err(|e| StorageError::Parse(e.to_string()))?;
-        let list: QueueMessagesList =
-            quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
+        let list: QueueMessagesList = quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
         Ok(list.messages)
     }
 
     /// Deletes a received message.
-    pub async fn delete_message(
-        &self,
-        queue: &str,
-        id: &str,
-        pop_receipt: &str,
-    ) -> Result<(), StorageError> {
+    pub async fn delete_message(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<(), StorageError> {
         let mut url = self.queue_url(&format!("{queue}/messages/{id}"));
         url.query_pairs_mut().append_pair("popreceipt", pop_receipt);
-        self.send(Method::DELETE, url, HeaderMap::new(), Bytes::new())
-            .await?;
+        self.send(Method::DELETE, url, HeaderMap::new(), Bytes::new()).await?;
         Ok(())
     }
 
@@ -214,9 +180,7 @@ impl StorageClient {
         url.query_pairs_mut()
             .append_pair("popreceipt", pop_receipt)
             .append_pair("visibilitytimeout", &visibility.as_secs().to_string());
-        let response = self
-            .send(Method::PUT, url, HeaderMap::new(), Bytes::new())
-            .await?;
+        let response = self.send(Method::PUT, url, HeaderMap::new(), Bytes::new()).await?;
         response
             .headers()
             .get("x-ms-popreceipt")
@@ -227,13 +191,7 @@ impl StorageClient {
 
     /// Deletes every message in a queue.
     pub async fn clear_messages(&self, queue: &str) -> Result<(), StorageError> {
-        self.send(
-            Method::DELETE,
-            self.queue_url(&format!("{queue}/messages")),
-            HeaderMap::new(),
-            Bytes::new(),
-        )
-        .await?;
+        self.send(Method::DELETE, self.queue_url(&format!("{queue}/messages")), HeaderMap::new(), Bytes::new()).await?;
         Ok(())
     }
 }
@@ -247,21 +205,12 @@ mod tests {
         let text = br#"{"batchId":"b","blob":"a<b&c"}"#;
         for enc in [MessageEncoding::Base64, MessageEncoding::None] {
             let stored = enc.encode(text);
-            let unescaped = quick_xml::escape::unescape(&stored)
-                .expect("xml")
-                .into_owned();
-            assert_eq!(
-                enc.decode(&unescaped).as_deref(),
-                Some(&text[..]),
-                "{enc:?}"
-            );
+            let unescaped = quick_xml::escape::unescape(&stored).expect("xml").into_owned();
+            assert_eq!(enc.decode(&unescaped).as_deref(), Some(&text[..]), "{enc:?}");
         }
         assert_eq!(MessageEncoding::Base64.encode(b"hello"), "aGVsbG8=");
         assert_eq!(MessageEncoding::Base64.decode("not base64!"), None);
-        assert_eq!(
-            MessageEncoding::parse("Base64"),
-            Some(MessageEncoding::Base64)
-        );
+        assert_eq!(MessageEncoding::parse("Base64"), Some(MessageEncoding::Base64));
         assert_eq!(MessageEncoding::parse("utf8"), None);
     }
 
@@ -272,8 +221,7 @@ mod tests {
         assert_eq!(list.messages.len(), 1);
         assert_eq!(list.messages[0].dequeue_count, 1);
         assert_eq!(list.messages[0].message_text, "aGVsbG8=");
-        let empty: QueueMessagesList =
-            quick_xml::de::from_str("<QueueMessagesList/>").expect("parses");
+        let empty: QueueMessagesList = quick_xml::de::from_str("<QueueMessagesList/>").expect("parses");
         assert!(empty.messages.is_empty());
     }
 }

@@ -26,13 +26,7 @@ const SIGNED_STANDARD_HEADERS: [&str; 11] = [
 ];
 
 /// Builds the string-to-sign for `method url` with `headers` and a body of `content_length` bytes.
-pub fn string_to_sign(
-    method: &str,
-    url: &Url,
-    headers: &HeaderMap,
-    content_length: usize,
-    account: &str,
-) -> String {
+pub fn string_to_sign(method: &str, url: &Url, headers: &HeaderMap, content_length: usize, account: &str) -> String {
     let mut s = String::with_capacity(256);
     s.push_str(method);
     s.push('\n');
@@ -53,12 +47,7 @@ pub fn string_to_sign(
     let mut ms: Vec<(String, &str)> = headers
         .iter()
         .filter(|(n, _)| n.as_str().starts_with("x-ms-"))
-        .map(|(n, v): (&HeaderName, _)| {
-            (
-                n.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or("").trim(),
-            )
-        })
+        .map(|(n, v): (&HeaderName, _)| (n.as_str().to_ascii_lowercase(), v.to_str().unwrap_or("").trim()))
         .collect();
     ms.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, value) in ms {
@@ -71,22 +60,12 @@ pub fn string_to_sign(
     // "/" + account + the path as sent; a path-style URL therefore repeats the account, as the service expects.
     s.push('/');
     s.push_str(account);
-    s.push_str(if url.path().is_empty() {
-        "/"
-    } else {
-        url.path()
-    });
+    s.push_str(if url.path().is_empty() { "/" } else { url.path() });
     let mut params: Vec<(String, String)> = Vec::new();
-    for (name, value) in url
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|p| p.split_once('=').unwrap_or((p, "")))
+    for (name, value) in
+        url.query().unwrap_or("").split('&').filter(|p| !p.is_empty()).map(|p| p.split_once('=').unwrap_or((p, "")))
     {
-        let name = percent_decode_str(name)
-            .decode_utf8_lossy()
-            .to_ascii_lowercase();
+        let name = percent_decode_str(name).decode_utf8_lossy().to_ascii_lowercase();
         let value = percent_decode_str(value).decode_utf8_lossy().into_owned();
         match params.iter_mut().find(|(n, _)| *n == name) {
             Some((_, existing)) => {
@@ -127,17 +106,12 @@ mod tests {
     use reqwest::header::HeaderValue;
 
     fn key() -> Vec<u8> {
-        base64::engine::general_purpose::STANDARD
-            .decode(DEVSTORE_KEY)
-            .expect("key")
+        base64::engine::general_purpose::STANDARD.decode(DEVSTORE_KEY).expect("key")
     }
 
     fn headers(extra: &[(&'static str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(
-            "x-ms-date",
-            HeaderValue::from_static("Sat, 28 Nov 2026 10:13:00 GMT"),
-        );
+        h.insert("x-ms-date", HeaderValue::from_static("Sat, 28 Nov 2026 10:13:00 GMT"));
         h.insert("x-ms-version", HeaderValue::from_static("2025-11-05"));
         for (n, v) in extra {
             h.insert(*n, HeaderValue::from_str(v).expect("header"));
@@ -145,14 +119,7 @@ mod tests {
         h
     }
 
-    fn check(
-        method: &str,
-        url: &str,
-        h: &HeaderMap,
-        len: usize,
-        expected_sts: &str,
-        expected_sig: &str,
-    ) {
+    fn check(method: &str, url: &str, h: &HeaderMap, len: usize, expected_sts: &str, expected_sig: &str) {
         let url = Url::parse(url).expect("url");
         let sts = string_to_sign(method, &url, h, len, "devstoreaccount1");
         assert_eq!(sts, expected_sts);
@@ -197,13 +164,8 @@ mod tests {
 
     #[test]
     fn encoded_path_and_decoded_query_values() {
-        let url =
-            Url::parse("http://h/acct/c/a%20b.json?prefix=dir%2F&comp=list&restype=container")
-                .expect("url");
+        let url = Url::parse("http://h/acct/c/a%20b.json?prefix=dir%2F&comp=list&restype=container").expect("url");
         let sts = string_to_sign("GET", &url, &HeaderMap::new(), 0, "acct");
-        assert!(
-            sts.ends_with("/acct/acct/c/a%20b.json\ncomp:list\nprefix:dir/\nrestype:container"),
-            "{sts}"
-        );
+        assert!(sts.ends_with("/acct/acct/c/a%20b.json\ncomp:list\nprefix:dir/\nrestype:container"), "{sts}");
     }
 }

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use blob_batch_monitor::message::{MONITOR_QUEUE, POISON_QUEUE};
+use blob_batch_monitor::records::RecordState;
 use devstack::batch_emulator::Faults;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -13,9 +14,7 @@ use crate::helpers::{bounded, sample_jsonl, spawn_app, spawn_app_with, TestOptio
 async fn creates_a_blob_mode_job_and_outputs_the_monitor_message() {
     bounded(async {
         let app = spawn_app().await;
-        let answer = app
-            .invoke_blob("job1.jsonl", sample_jsonl(3).as_bytes())
-            .await;
+        let answer = app.invoke_blob("job1.jsonl", sample_jsonl(3).as_bytes()).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(answer.content_type, "application/json");
         assert_eq!(answer.body["ReturnValue"], Value::Null);
@@ -27,10 +26,7 @@ async fn creates_a_blob_mode_job_and_outputs_the_monitor_message() {
         // Path-style Azurite URL: the account is the first path segment of the output folder.
         let root = app.account.blob_endpoint.as_str().trim_end_matches('/');
         assert_eq!(job.output_folder, format!("{root}/batch-output"));
-        assert!(root.ends_with(&format!(
-            "/{}",
-            app.account.blob_endpoint.path().trim_matches('/')
-        )));
+        assert!(root.ends_with(&format!("/{}", app.account.blob_endpoint.path().trim_matches('/'))));
         assert_eq!(job.endpoint, "/chat/completions");
 
         // The output is a JSON object (never a bare string) naming the batch and the blob.
@@ -61,87 +57,76 @@ async fn a_large_blob_streams_through_in_chunks() {
             last_modified: "",
             content_type: "application/jsonl",
         };
-        let envelope = devstack::host_emulator::envelope::blob_envelope(
-            "BlobMonitor",
-            "inputBlob",
-            content.as_bytes(),
-            &info,
-        );
+        let envelope =
+            devstack::host_emulator::envelope::blob_envelope("BlobMonitor", "inputBlob", content.as_bytes(), &info);
         assert!(envelope.len() > 30 << 20);
         let (status, body) = post_chunked(app.addr, "/BlobMonitor", &envelope, 64 * 1024).await;
         assert_eq!(status, 200, "{body}");
         let answer: Value = serde_json::from_str(&body).expect("json");
-        assert_eq!(
-            answer["Outputs"]["outQueue"]["blob"],
-            "batch-input/big.jsonl"
-        );
+        assert_eq!(answer["Outputs"]["outQueue"]["blob"], "batch-input/big.jsonl");
         assert_eq!(app.emulator.world.jobs()[0].input_blob, url);
     })
     .await;
 }
 
 /// POSTs `body` with `Transfer-Encoding: chunked` over a raw connection, as the host probably frames it.
-async fn post_chunked(
-    addr: std::net::SocketAddr,
-    path: &str,
-    body: &[u8],
-    chunk: usize,
-) -> (u16, String) {
+async fn post_chunked(addr: std::net::SocketAddr, path: &str, body: &[u8], chunk: usize) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json; charset=utf-8\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
     s.write_all(head.as_bytes()).await.expect("write");
     for c in body.chunks(chunk) {
-        s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
-            .await
-            .expect("write");
+        s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await.expect("write");
         s.write_all(c).await.expect("write");
         s.write_all(b"\r\n").await.expect("write");
     }
     s.write_all(b"0\r\n\r\n").await.expect("write");
     let mut response = String::new();
     s.read_to_string(&mut response).await.expect("read");
-    let status = response
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_string();
+    let status = response.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_string();
     (status, body)
 }
 
 #[tokio::test]
-async fn a_refused_create_is_logged_and_dead_lettered_with_the_api_code() {
+async fn a_create_the_api_refuses_for_good_is_logged_and_dead_lettered_with_the_api_code() {
     bounded(async {
-        let app = spawn_app_with(TestOptions {
-            handler_key: "wrong-key".into(),
-            ..Default::default()
-        })
-        .await;
-        let answer = app
-            .invoke_blob("denied.jsonl", sample_jsonl(1).as_bytes())
-            .await;
+        // A GA api-version without blob mode: the API answers 400 to every blob-mode create.
+        let app = spawn_app_with(TestOptions { api_version: "2024-10-21".into(), ..Default::default() }).await;
+        let answer = app.invoke_blob("refused.jsonl", sample_jsonl(1).as_bytes()).await;
         // Permanent: done (2xx), no monitor output, and a record of why.
         assert_eq!(answer.status, StatusCode::OK);
-        assert!(answer.body["Outputs"]
-            .as_object()
-            .is_some_and(|o| o.is_empty()));
+        assert!(answer.body["Outputs"].as_object().is_some_and(|o| o.is_empty()));
         let poison = app.peek(POISON_QUEUE).await;
         assert_eq!(poison.len(), 1);
         let record: Value = serde_json::from_str(&poison[0]).expect("json record");
         assert_eq!(record["function"], "BlobMonitor");
-        assert_eq!(record["code"], "401");
-        assert_eq!(record["blob"], app.blob_url("denied.jsonl"));
-        assert!(record["reason"].as_str().is_some_and(|r| r.contains("401")));
-        assert!(
-            !poison[0].contains("wrong-key"),
-            "the key must not leak into records"
-        );
+        assert_eq!(record["code"], "invalidPayload");
+        assert_eq!(record["blob"], app.blob_url("refused.jsonl"));
+        assert!(record["reason"].as_str().is_some_and(|r| r.contains("400")), "{record}");
         assert!(app.emulator.world.jobs().is_empty());
+        let job = app.record("refused.jsonl").await.expect("job record");
+        assert_eq!(job.state, RecordState::DeadLettered);
+        assert_eq!(app.emulator.world.count("POST", "/batches"), 1, "not retried");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_key_defers_the_submission_for_an_operator_instead_of_dropping_the_blob() {
+    bounded(async {
+        let app = spawn_app_with(TestOptions { handler_key: "rotated-away".into(), ..Default::default() }).await;
+        let answer = app.invoke_blob("denied.jsonl", sample_jsonl(1).as_bytes()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.logs().contains("deferred by 300 s"), "{}", answer.logs());
+        assert!(app.peek(POISON_QUEUE).await.is_empty(), "a 401 must not poison the blob");
+        // The deferred submission waits invisibly on the queue; the record says why.
+        assert!(app.peek(MONITOR_QUEUE).await.is_empty());
+        let job = app.record("denied.jsonl").await.expect("job record");
+        assert_eq!(job.state, RecordState::Deferred);
+        assert!(job.reason.as_deref().is_some_and(|r| r.contains("401")), "{job:?}");
+        let shown = serde_json::to_string(&job).expect("json");
+        assert!(!shown.contains("rotated-away"), "the key must not leak into records");
     })
     .await;
 }
@@ -150,20 +135,13 @@ async fn a_refused_create_is_logged_and_dead_lettered_with_the_api_code() {
 async fn a_transient_create_failure_asks_the_host_to_retry() {
     bounded(async {
         let app = spawn_app().await;
-        app.emulator.world.set_faults(Faults {
-            unavailable_percent: 100,
-            ..Default::default()
-        });
-        let answer = app
-            .invoke_blob("retry.jsonl", sample_jsonl(1).as_bytes())
-            .await;
+        app.emulator.world.set_faults(Faults { unavailable_percent: 100, ..Default::default() });
+        let answer = app.invoke_blob("retry.jsonl", sample_jsonl(1).as_bytes()).await;
         assert!(answer.status.is_server_error(), "{}", answer.status);
         assert!(app.peek(POISON_QUEUE).await.is_empty());
         // The retry succeeds once the service is back.
         app.emulator.world.set_faults(Faults::default());
-        let answer = app
-            .invoke_blob("retry.jsonl", sample_jsonl(1).as_bytes())
-            .await;
+        let answer = app.invoke_blob("retry.jsonl", sample_jsonl(1).as_bytes()).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(app.emulator.world.jobs().len(), 1);
     })
@@ -184,25 +162,12 @@ async fn malformed_envelopes_get_a_non_2xx_and_the_server_survives() {
             b"{\"Data\":{\"inputBlob\":\"unterminated",
         ] {
             let answer = app.post("BlobMonitor", body.to_vec()).await;
-            assert_eq!(
-                answer.status,
-                StatusCode::BAD_REQUEST,
-                "{:?}",
-                String::from_utf8_lossy(body)
-            );
+            assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{:?}", String::from_utf8_lossy(body));
             assert_eq!(answer.content_type, "application/json");
         }
-        let probe = app
-            .http
-            .get(format!("http://{}/", app.addr))
-            .send()
-            .await
-            .expect("alive");
+        let probe = app.http.get(format!("http://{}/", app.addr)).send().await.expect("alive");
         assert!(probe.status().is_success());
-        assert!(
-            app.emulator.world.requests().is_empty(),
-            "nothing reached the batch API"
-        );
+        assert!(app.emulator.world.requests().is_empty(), "nothing reached the batch API");
         tokio::time::sleep(Duration::from_millis(10)).await;
     })
     .await;

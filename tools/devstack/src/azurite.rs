@@ -38,11 +38,7 @@ pub struct AzuriteOptions {
 
 impl Default for AzuriteOptions {
     fn default() -> Self {
-        AzuriteOptions {
-            persistence: Persistence::InMemory,
-            ports: (0, 0),
-            accounts: Vec::new(),
-        }
+        AzuriteOptions { persistence: Persistence::InMemory, ports: (0, 0), accounts: Vec::new() }
     }
 }
 
@@ -62,13 +58,8 @@ impl Azurite {
         if let Some(accounts) = accounts_env(options) {
             cmd.env("AZURITE_ACCOUNTS", accounts);
         }
-        cmd.stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null()).kill_on_drop(true);
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", bin.display()))?;
         let stdout = child.stdout.take().context("azurite stdout")?;
         let stderr = child.stderr.take().context("azurite stderr")?;
         tokio::spawn(async move {
@@ -81,11 +72,7 @@ impl Azurite {
         let (mut blob_port, mut queue_port) = (None, None);
         let ports = tokio::time::timeout(START_TIMEOUT, async {
             while let Some(line) = lines.next_line().await? {
-                let port = || {
-                    line.rsplit(':')
-                        .next()
-                        .and_then(|p| p.trim().parse::<u16>().ok())
-                };
+                let port = || line.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
                 if line.contains("Blob service is successfully listening") {
                     blob_port = port();
                 } else if line.contains("Queue service is successfully listening") {
@@ -106,11 +93,7 @@ impl Azurite {
         };
         // Keep draining stdout so Azurite never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Azurite {
-            child,
-            blob_port,
-            queue_port,
-        })
+        Ok(Azurite { child, blob_port, queue_port })
     }
 
     /// The blob endpoint of `account` (path-style).
@@ -166,12 +149,7 @@ pub fn arguments(options: &AzuriteOptions) -> anyhow::Result<Vec<String>> {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    args.extend([
-        "--blobPort".into(),
-        options.ports.0.to_string(),
-        "--queuePort".into(),
-        options.ports.1.to_string(),
-    ]);
+    args.extend(["--blobPort".into(), options.ports.0.to_string(), "--queuePort".into(), options.ports.1.to_string()]);
     match &options.persistence {
         Persistence::InMemory => args.push("--inMemoryPersistence".into()),
         Persistence::Folder(dir) => {
@@ -203,11 +181,7 @@ pub struct ListeningPorts {
 impl ListeningPorts {
     /// Feeds one line; returns `(blob, queue)` once both are known.
     pub fn read(&mut self, line: &str) -> Option<(u16, u16)> {
-        let port = || {
-            line.rsplit(':')
-                .next()
-                .and_then(|p| p.trim().parse::<u16>().ok())
-        };
+        let port = || line.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
         if line.contains("Blob service is successfully listening") {
             self.blob = port();
         } else if line.contains("Queue service is successfully listening") {
@@ -232,18 +206,12 @@ pub async fn ensure_installed(project_root: &Path) -> anyhow::Result<PathBuf> {
         .await
         .context("running npm (Node.js and npm are needed for Azurite)")?;
     if !status.success() || !bin.exists() {
-        bail!(
-            "`npm install` in {} did not install Azurite ({status})",
-            project_root.display()
-        );
+        bail!("`npm install` in {} did not install Azurite ({status})", project_root.display());
     }
     Ok(bin)
 }
 
 /// The workspace root: the nearest ancestor of `start` holding `package.json` and `host.json`.
 pub fn project_root(start: &Path) -> Option<PathBuf> {
-    start
-        .ancestors()
-        .find(|d| d.join("package.json").exists() && d.join("host.json").exists())
-        .map(Path::to_path_buf)
+    start.ancestors().find(|d| d.join("package.json").exists() && d.join("host.json").exists()).map(Path::to_path_buf)
 }

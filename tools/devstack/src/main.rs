@@ -64,12 +64,7 @@ enum Command {
         /// Storage connection strings the emulated service may read from and write to.
         #[arg(long = "storage", default_value = "UseDevelopmentStorage=true")]
         storage: Vec<String>,
-        #[arg(
-            long,
-            env = "OPENAI_API_KEY",
-            default_value = "local-emulator-key",
-            hide_env_values = true
-        )]
+        #[arg(long, env = "OPENAI_API_KEY", default_value = "local-emulator-key", hide_env_values = true)]
         api_key: String,
         #[arg(long, default_value_t = 3)]
         phase_secs: u64,
@@ -95,35 +90,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_target(true)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match Cli::parse().command {
-        Command::Up {
-            batch_port,
-            phase_secs,
-            external_azurite,
-            release,
-            retry_delay,
-        } => {
-            up(
-                batch_port,
-                phase_secs,
-                external_azurite,
-                release,
-                retry_delay,
-            )
-            .await
+        Command::Up { batch_port, phase_secs, external_azurite, release, retry_delay } => {
+            up(batch_port, phase_secs, external_azurite, release, retry_delay).await
         }
-        Command::Host {
-            app_dir,
-            settings,
-            executable,
-            scan_secs,
-        } => {
+        Command::Host { app_dir, settings, executable, scan_secs } => {
             let settings = read_settings(&settings)?;
             let mut options = HostOptions::new(app_dir.canonicalize()?, settings);
             options.executable = executable;
@@ -133,55 +108,25 @@ async fn main() -> anyhow::Result<()> {
             host.stop().await;
             Ok(())
         }
-        Command::BatchApi {
-            port,
-            storage,
-            api_key,
-            phase_secs,
-        } => {
-            let accounts = storage
-                .iter()
-                .map(|s| StorageAccount::parse(s))
-                .collect::<Result<Vec<_>, _>>()?;
+        Command::BatchApi { port, storage, api_key, phase_secs } => {
+            let accounts = storage.iter().map(|s| StorageAccount::parse(s)).collect::<Result<Vec<_>, _>>()?;
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
             let emulator = BatchEmulator::start(
                 listener,
-                EmulatorConfig::new(
-                    &api_key,
-                    accounts,
-                    Timings::uniform(Duration::from_secs(phase_secs)),
-                ),
+                EmulatorConfig::new(&api_key, accounts, Timings::uniform(Duration::from_secs(phase_secs))),
             )?;
             println!("batch API emulator on {}", emulator.uri());
             tokio::signal::ctrl_c().await?;
             Ok(())
         }
-        Command::Upload {
-            file,
-            name,
-            container,
-            connection,
-        } => {
-            let content =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let name = name.unwrap_or_else(|| {
-                file.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            });
-            let storage =
-                StorageClient::new(reqwest::Client::new(), StorageAccount::parse(&connection)?);
+        Command::Upload { file, name, container, connection } => {
+            let content = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name =
+                name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+            let storage = StorageClient::new(reqwest::Client::new(), StorageAccount::parse(&connection)?);
             storage.create_container(&container).await?;
-            let etag = storage
-                .put_blob(
-                    &container,
-                    &name,
-                    content.into(),
-                    "application/jsonl",
-                    Condition::None,
-                    &[],
-                )
-                .await?;
+            let etag =
+                storage.put_blob(&container, &name, content.into(), "application/jsonl", Condition::None, &[]).await?;
             println!("uploaded {container}/{name} (ETag {etag})");
             Ok(())
         }
@@ -190,22 +135,11 @@ async fn main() -> anyhow::Result<()> {
 
 /// Reads `Values` from a local.settings.json.
 fn read_settings(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
-    let v: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
-    )?;
-    let values = v
-        .get("Values")
-        .and_then(|v| v.as_object())
-        .with_context(|| format!("{} has no Values", path.display()))?;
-    Ok(values
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.clone(),
-                v.as_str().map_or_else(|| v.to_string(), str::to_string),
-            )
-        })
-        .collect())
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?)?;
+    let values =
+        v.get("Values").and_then(|v| v.as_object()).with_context(|| format!("{} has no Values", path.display()))?;
+    Ok(values.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect())
 }
 
 async fn up(
@@ -215,8 +149,8 @@ async fn up(
     release: bool,
     retry_delay: u64,
 ) -> anyhow::Result<()> {
-    let root = project_root(&std::env::current_dir()?)
-        .context("run devstack from inside the blob-batch-monitor checkout")?;
+    let root =
+        project_root(&std::env::current_dir()?).context("run devstack from inside the blob-batch-monitor checkout")?;
     let profile = if release { "release" } else { "debug" };
     println!("building the handler ({profile})…");
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
@@ -225,10 +159,7 @@ async fn up(
     if release {
         build.arg("--release");
     }
-    anyhow::ensure!(
-        build.status().await?.success(),
-        "building the handler failed"
-    );
+    anyhow::ensure!(build.status().await?.success(), "building the handler failed");
     let executable = root.join("target").join(profile).join("handler");
 
     let azurite = if external_azurite {
@@ -239,18 +170,17 @@ async fn up(
             ports: (10000, 10001),
             accounts: Vec::new(),
         };
-        Some(Azurite::start(&root, &options).await.context(
-            "starting Azurite on 10000/10001 (already running? pass --external-azurite)",
-        )?)
+        Some(
+            Azurite::start(&root, &options)
+                .await
+                .context("starting Azurite on 10000/10001 (already running? pass --external-azurite)")?,
+        )
     };
     let storage_conn = "UseDevelopmentStorage=true";
     let account = StorageAccount::parse(storage_conn)?;
     let storage = StorageClient::new(reqwest::Client::new(), account.clone());
     for c in ["batch-input", "batch-output"] {
-        storage
-            .create_container(c)
-            .await
-            .with_context(|| format!("creating container {c}"))?;
+        storage.create_container(c).await.with_context(|| format!("creating container {c}"))?;
     }
     storage.create_queue("monitorjobs").await?;
 
@@ -260,16 +190,8 @@ async fn up(
         root.join("local.settings.json.example")
     };
     let mut settings = read_settings(&settings_file)?;
-    let endpoint = settings
-        .iter()
-        .find(|(k, _)| k == "OPENAI_ENDPOINT")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
-    let key = settings
-        .iter()
-        .find(|(k, _)| k == "OPENAI_API_KEY")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_default();
+    let endpoint = settings.iter().find(|(k, _)| k == "OPENAI_ENDPOINT").map(|(_, v)| v.clone()).unwrap_or_default();
+    let key = settings.iter().find(|(k, _)| k == "OPENAI_API_KEY").map(|(_, v)| v.clone()).unwrap_or_default();
     let emulator = if endpoint.contains(&format!("127.0.0.1:{batch_port}"))
         || endpoint.contains(&format!("localhost:{batch_port}"))
     {
@@ -280,11 +202,7 @@ async fn up(
         settings.push(("BATCH_RETRY_DELAY".into(), retry_delay.to_string()));
         Some(BatchEmulator::start(
             listener,
-            EmulatorConfig::new(
-                &key,
-                vec![account],
-                Timings::uniform(Duration::from_secs(phase_secs)),
-            ),
+            EmulatorConfig::new(&key, vec![account], Timings::uniform(Duration::from_secs(phase_secs))),
         )?)
     } else {
         println!("OPENAI_ENDPOINT is {endpoint}: not starting the batch emulator");
@@ -297,17 +215,10 @@ async fn up(
     let host = FunctionsHost::start(options).await?;
 
     println!();
-    println!(
-        "blob-batch-monitor is running locally (settings from {}):",
-        settings_file.display()
-    );
+    println!("blob-batch-monitor is running locally (settings from {}):", settings_file.display());
     println!("  Azurite         blob http://127.0.0.1:10000/devstoreaccount1, queue http://127.0.0.1:10001/devstoreaccount1 (data in .devstack/azurite)");
     if let Some(e) = &emulator {
-        println!(
-            "  batch emulator  {} (jobs: {}/_emulator/batches)",
-            e.uri(),
-            e.uri()
-        );
+        println!("  batch emulator  {} (jobs: {}/_emulator/batches)", e.uri(), e.uri());
     }
     println!("  handler         {}", host.worker().base_url());
     println!();

@@ -31,20 +31,10 @@ impl Faults {
     pub fn decide(&self, rng: &XorShift) -> Option<Injected> {
         let roll = (rng.next() % 100) as u8;
         if roll < self.throttle_percent {
-            return Some(Injected::Throttle(Duration::from_millis(
-                self.retry_after_ms,
-            )));
+            return Some(Injected::Throttle(Duration::from_millis(self.retry_after_ms)));
         }
-        if roll
-            < self
-                .throttle_percent
-                .saturating_add(self.unavailable_percent)
-        {
-            return Some(Injected::Unavailable(if rng.next() % 2 == 0 {
-                500
-            } else {
-                503
-            }));
+        if roll < self.throttle_percent.saturating_add(self.unavailable_percent) {
+            return Some(Injected::Unavailable(if rng.next() % 2 == 0 { 500 } else { 503 }));
         }
         None
     }
@@ -66,10 +56,7 @@ impl XorShift {
             y ^= y >> 12;
             y ^= y << 25;
             y ^= y >> 27;
-            match self
-                .0
-                .compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed)
-            {
+            match self.0.compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return y.wrapping_mul(0x2545F4914F6CDD1D),
                 Err(current) => x = current,
             }
@@ -84,12 +71,7 @@ mod tests {
     #[test]
     fn shares_are_respected() {
         let rng = XorShift::new(42);
-        let f = Faults {
-            throttle_percent: 30,
-            unavailable_percent: 20,
-            retry_after_ms: 5,
-            delay_ms: 0,
-        };
+        let f = Faults { throttle_percent: 30, unavailable_percent: 20, retry_after_ms: 5, delay_ms: 0 };
         let (mut t, mut u) = (0, 0);
         for _ in 0..10_000 {
             match f.decide(&rng) {

@@ -36,12 +36,7 @@ pub struct Timings {
 impl Timings {
     /// Every phase lasts `d`.
     pub fn uniform(d: Duration) -> Self {
-        Timings {
-            validating: d,
-            in_progress: d,
-            finalizing: d,
-            cancelling: d,
-        }
+        Timings { validating: d, in_progress: d, finalizing: d, cancelling: d }
     }
 }
 
@@ -93,12 +88,7 @@ pub struct Job {
 impl Job {
     /// The Batch object as the service returns it (azure-openai-batch.md §4).
     pub fn to_json(&self) -> Value {
-        let ts = |k: &str| {
-            self.timestamps
-                .get(k)
-                .copied()
-                .map_or(Value::Null, Value::from)
-        };
+        let ts = |k: &str| self.timestamps.get(k).copied().map_or(Value::Null, Value::from);
         json!({
             "id": self.id, "object": "batch", "endpoint": self.endpoint,
             "errors": if self.errors.is_empty() { Value::Null } else { json!({"object": "list", "data": self.errors}) },
@@ -114,10 +104,7 @@ impl Job {
 
     /// Whether the job has ended.
     pub fn is_terminal(&self) -> bool {
-        matches!(
-            self.status.as_str(),
-            "completed" | "failed" | "expired" | "cancelled"
-        )
+        matches!(self.status.as_str(), "completed" | "failed" | "expired" | "cancelled")
     }
 
     pub(crate) fn set_status(&mut self, status: &str) {
@@ -164,10 +151,7 @@ impl World {
     /// A snapshot of every job, in creation order.
     pub fn jobs(&self) -> Vec<Job> {
         let jobs = lock(&self.jobs);
-        lock(&self.order)
-            .iter()
-            .filter_map(|id| jobs.get(id).cloned())
-            .collect()
+        lock(&self.order).iter().filter_map(|id| jobs.get(id).cloned()).collect()
     }
 
     /// A snapshot of one job.
@@ -182,10 +166,7 @@ impl World {
 
     /// How many requests matched `method` and a path containing `path_part`.
     pub fn count(&self, method: &str, path_part: &str) -> usize {
-        lock(&self.requests)
-            .iter()
-            .filter(|r| r.method == method && r.path.contains(path_part))
-            .count()
+        lock(&self.requests).iter().filter(|r| r.method == method && r.path.contains(path_part)).count()
     }
 
     /// Replaces the fault settings.
@@ -224,14 +205,7 @@ impl World {
     /// A fresh job id in the documented shape (`batch_` + a GUID).
     pub(crate) fn next_id(&self) -> String {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let seed = validate::fnv(
-            format!(
-                "{n}-{:?}-{}",
-                std::time::SystemTime::now(),
-                std::process::id()
-            )
-            .as_bytes(),
-        );
+        let seed = validate::fnv(format!("{n}-{:?}-{}", std::time::SystemTime::now(), std::process::id()).as_bytes());
         let r = faults::XorShift::new(seed);
         let (a, b) = (r.next(), r.next());
         format!(
@@ -246,9 +220,7 @@ impl World {
 
     /// The storage client for a blob URL, if the URL belongs to a known account.
     pub(crate) fn storage_for(&self, url: &str) -> Option<(&StorageClient, String, String)> {
-        self.storage
-            .iter()
-            .find_map(|s| s.split_blob_url(url).map(|(c, n)| (s, c, n)))
+        self.storage.iter().find_map(|s| s.split_blob_url(url).map(|(c, n)| (s, c, n)))
     }
 }
 
@@ -263,11 +235,7 @@ impl BatchEmulator {
     /// Serves the emulator on `listener` (bind port 0 in tests).
     pub fn start(listener: TcpListener, config: EmulatorConfig) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder().build()?;
-        let storage = config
-            .accounts
-            .iter()
-            .map(|a| StorageClient::new(http.clone(), a.clone()))
-            .collect();
+        let storage = config.accounts.iter().map(|a| StorageClient::new(http.clone(), a.clone())).collect();
         let world = Arc::new(World {
             config: Mutex::new(config),
             jobs: Mutex::default(),
@@ -298,7 +266,5 @@ impl Drop for BatchEmulator {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

@@ -34,11 +34,7 @@ struct Ctx {
 pub(super) fn router(world: Arc<World>) -> Router {
     let rng = Arc::new(XorShift::new(0x5eed));
     let api = |surface| {
-        let ctx = Ctx {
-            world: world.clone(),
-            surface,
-            rng: rng.clone(),
-        };
+        let ctx = Ctx { world: world.clone(), surface, rng: rng.clone() };
         Router::new()
             .route("/batches", get(list).post(create))
             .route("/batches/{id}", get(retrieve))
@@ -51,17 +47,12 @@ pub(super) fn router(world: Arc<World>) -> Router {
         .nest("/openai/v1", api(Surface::V1))
         .route("/_emulator/batches", get(control_list))
         .route("/_emulator/batches/{id}/status", post(control_status))
-        .route(
-            "/_emulator/faults",
-            get(control_get_faults).put(control_set_faults),
-        )
+        .route("/_emulator/faults", get(control_get_faults).put(control_set_faults))
         .with_state(world)
 }
 
 fn query(uri: &Uri) -> HashMap<String, String> {
-    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect()
+    url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect()
 }
 
 fn error(surface: Surface, status: StatusCode, code: &str, message: &str) -> Response {
@@ -71,21 +62,11 @@ fn error(surface: Surface, status: StatusCode, code: &str, message: &str) -> Res
         }
         Surface::Dated => json!({"error": {"code": code, "message": message}}),
     };
-    (
-        status,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 fn ok(status: StatusCode, body: Value) -> Response {
-    (
-        status,
-        [("content-type", "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 /// Records every API call; checks the key and the api-version; injects faults.
@@ -124,11 +105,7 @@ async fn gate(State(ctx): State<Ctx>, request: Request, next: Next) -> Response 
         }
     }
     .await;
-    ctx.world.record(Recorded {
-        method,
-        path,
-        status: response.status().as_u16(),
-    });
+    ctx.world.record(Recorded { method, path, status: response.status().as_u16() });
     response
 }
 
@@ -138,28 +115,17 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
         error(
             ctx.surface,
             StatusCode::BAD_REQUEST,
-            if ctx.surface == Surface::V1 {
-                "invalid_value"
-            } else {
-                "invalidPayload"
-            },
+            if ctx.surface == Surface::V1 { "invalid_value" } else { "invalidPayload" },
             m,
         )
     };
     let Ok(req) = serde_json::from_slice::<Value>(&body) else {
         return bad("The request body is not valid JSON.");
     };
-    let field = |k: &str| {
-        req.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let field = |k: &str| req.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     let version = q.get("api-version").cloned().unwrap_or_default();
     if ctx.surface == Surface::Dated && version.as_str() < "2025-04-01" {
-        return bad(&format!(
-            "api-version {version} does not support input_blob; input_file_id is required."
-        ));
+        return bad(&format!("api-version {version} does not support input_blob; input_file_id is required."));
     }
     if field("endpoint").is_empty() || field("completion_window").is_empty() {
         return bad("'endpoint' and 'completion_window' are required.");
@@ -171,11 +137,7 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
         return bad("This emulator supports blob storage input only; input_file_id must be null.");
     }
     let input_blob = field("input_blob");
-    let output_folder = req
-        .pointer("/output_folder/url")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
+    let output_folder = req.pointer("/output_folder/url").and_then(Value::as_str).unwrap_or_default().to_string();
     if input_blob.is_empty() || output_folder.is_empty() {
         return bad("'input_blob' and 'output_folder.url' are required in blob storage mode.");
     }
@@ -200,14 +162,7 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
     let body = job.to_json();
     ctx.world.insert(job.clone());
     tokio::spawn(runner::run(ctx.world.clone(), job.id, bad_window));
-    ok(
-        if ctx.surface == Surface::Dated {
-            StatusCode::CREATED
-        } else {
-            StatusCode::OK
-        },
-        body,
-    )
+    ok(if ctx.surface == Surface::Dated { StatusCode::CREATED } else { StatusCode::OK }, body)
 }
 
 async fn retrieve(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
@@ -221,44 +176,24 @@ fn not_found(surface: Surface, id: &str) -> Response {
     error(
         surface,
         StatusCode::NOT_FOUND,
-        if surface == Surface::V1 {
-            "not_found"
-        } else {
-            "notFound"
-        },
+        if surface == Surface::V1 { "not_found" } else { "notFound" },
         &format!("Batch {id} not found."),
     )
 }
 
 async fn list(State(ctx): State<Ctx>, uri: Uri) -> Response {
     let q = query(&uri);
-    let limit = q
-        .get("limit")
-        .and_then(|l| l.parse::<usize>().ok())
-        .unwrap_or(20)
-        .clamp(1, 100);
+    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
     let mut ids = ctx.world.order();
     ids.reverse(); // newest first
     let start = match q.get("after") {
-        Some(after) => ids
-            .iter()
-            .position(|i| i == after)
-            .map_or(ids.len(), |p| p + 1),
+        Some(after) => ids.iter().position(|i| i == after).map_or(ids.len(), |p| p + 1),
         None => 0,
     };
-    let page: Vec<Value> = ids[start..]
-        .iter()
-        .take(limit)
-        .filter_map(|id| ctx.world.job(id))
-        .map(|j| j.to_json())
-        .collect();
+    let page: Vec<Value> =
+        ids[start..].iter().take(limit).filter_map(|id| ctx.world.job(id)).map(|j| j.to_json()).collect();
     let has_more = start + page.len() < ids.len();
-    let id_at = |i: usize| {
-        page.get(i)
-            .and_then(|j| j.get("id"))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
+    let id_at = |i: usize| page.get(i).and_then(|j| j.get("id")).cloned().unwrap_or(Value::Null);
     ok(
         StatusCode::OK,
         json!({"object": "list", "data": page, "first_id": id_at(0), "last_id": id_at(page.len().saturating_sub(1)), "has_more": has_more}),
@@ -289,37 +224,24 @@ async fn cancel(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {
 }
 
 async fn control_list(State(world): State<Arc<World>>) -> Response {
-    ok(
-        StatusCode::OK,
-        Value::Array(world.jobs().iter().map(Job::to_json).collect()),
-    )
+    ok(StatusCode::OK, Value::Array(world.jobs().iter().map(Job::to_json).collect()))
 }
 
-async fn control_status(
-    State(world): State<Arc<World>>,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> Response {
+async fn control_status(State(world): State<Arc<World>>, Path(id): Path<String>, body: Bytes) -> Response {
     let status = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v.get("status").and_then(Value::as_str).map(str::to_string));
     match status {
-        Some(s) if world.force_status(&id, &s) => ok(
-            StatusCode::OK,
-            world.job(&id).map(|j| j.to_json()).unwrap_or_default(),
-        ),
+        Some(s) if world.force_status(&id, &s) => {
+            ok(StatusCode::OK, world.job(&id).map(|j| j.to_json()).unwrap_or_default())
+        }
         Some(_) => (StatusCode::NOT_FOUND, "no such batch").into_response(),
         None => (StatusCode::BAD_REQUEST, "send {\"status\": \"expired\"}").into_response(),
     }
 }
 
 async fn control_get_faults(State(world): State<Arc<World>>) -> Response {
-    let faults = world
-        .config
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .faults
-        .clone();
+    let faults = world.config.lock().unwrap_or_else(|e| e.into_inner()).faults.clone();
     ok(StatusCode::OK, json!(faults))
 }
 

@@ -26,12 +26,7 @@ async fn phase(world: &World, id: &str, d: Duration) -> Result<(), Interrupted> 
 }
 
 /// Sleeps `d` unless the job reaches a terminal status (or, with `stop_on_cancel`, is cancelled) meanwhile.
-async fn wait(
-    world: &World,
-    id: &str,
-    d: Duration,
-    stop_on_cancel: bool,
-) -> Result<(), Interrupted> {
+async fn wait(world: &World, id: &str, d: Duration, stop_on_cancel: bool) -> Result<(), Interrupted> {
     let until = tokio::time::Instant::now() + d;
     loop {
         match world.job(id) {
@@ -49,11 +44,7 @@ async fn wait(
 }
 
 pub(super) async fn run(world: Arc<World>, id: String, bad_window: bool) {
-    let timings = world
-        .config
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .timings;
+    let timings = world.config.lock().unwrap_or_else(|e| e.into_inner()).timings;
     match lifecycle(&world, &id, bad_window, timings).await {
         Ok(()) | Err(Interrupted::Ended) => {}
         Err(Interrupted::Cancel) => {
@@ -68,22 +59,13 @@ pub(super) async fn run(world: Arc<World>, id: String, bad_window: bool) {
     }
 }
 
-async fn lifecycle(
-    world: &World,
-    id: &str,
-    bad_window: bool,
-    t: super::Timings,
-) -> Result<(), Interrupted> {
+async fn lifecycle(world: &World, id: &str, bad_window: bool, t: super::Timings) -> Result<(), Interrupted> {
     phase(world, id, t.validating).await?;
     let Some(job) = world.job(id) else {
         return Err(Interrupted::Ended);
     };
     let checked = if bad_window {
-        Err(Invalid {
-            code: "invalid_request",
-            message: "completion_window must be 24h".into(),
-            line: None,
-        })
+        Err(Invalid { code: "invalid_request", message: "completion_window must be 24h".into(), line: None })
     } else {
         read_and_validate(world, &job.input_blob).await
     };
@@ -130,11 +112,7 @@ async fn lifecycle(
             }
         }
     }
-    let folder = format!(
-        "{}/{}",
-        job.output_folder.trim_end_matches('/'),
-        id.trim_start_matches("batch_")
-    );
+    let folder = format!("{}/{}", job.output_folder.trim_end_matches('/'), id.trim_start_matches("batch_"));
     let output_blob = format!("{folder}/results.jsonl");
     let error_blob = format!("{folder}/errors.jsonl");
     let written = async {
@@ -167,50 +145,27 @@ async fn lifecycle(
     Ok(())
 }
 
-async fn read_and_validate(
-    world: &World,
-    url: &str,
-) -> Result<Vec<super::validate::RequestLine>, Invalid> {
-    let no_access = |m: String| Invalid {
-        code: "input_no_permissions",
-        message: m,
-        line: None,
-    };
-    let (storage, container, name) = world.storage_for(url).ok_or_else(|| {
-        no_access(format!(
-            "the service cannot reach {url}: no storage account configured for it"
-        ))
-    })?;
+async fn read_and_validate(world: &World, url: &str) -> Result<Vec<super::validate::RequestLine>, Invalid> {
+    let no_access = |m: String| Invalid { code: "input_no_permissions", message: m, line: None };
+    let (storage, container, name) = world
+        .storage_for(url)
+        .ok_or_else(|| no_access(format!("the service cannot reach {url}: no storage account configured for it")))?;
     let blob = storage
         .get_blob(&container, &name)
         .await
         .map_err(|e| no_access(format!("reading {url} failed: {e}")))?
         .ok_or_else(|| no_access(format!("the input blob {url} does not exist")))?;
-    let max_tasks = world
-        .config
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .max_tasks;
+    let max_tasks = world.config.lock().unwrap_or_else(|e| e.into_inner()).max_tasks;
     validate(&blob.content, max_tasks)
 }
 
 async fn write(world: &World, url: &str, content: String) -> Result<(), String> {
-    let (storage, container, name) = world.storage_for(url).ok_or_else(|| {
-        format!("the service cannot write to {url}: no storage account configured for it")
-    })?;
+    let (storage, container, name) = world
+        .storage_for(url)
+        .ok_or_else(|| format!("the service cannot write to {url}: no storage account configured for it"))?;
+    storage.create_container(&container).await.map_err(|e| format!("creating container {container}: {e}"))?;
     storage
-        .create_container(&container)
-        .await
-        .map_err(|e| format!("creating container {container}: {e}"))?;
-    storage
-        .put_blob(
-            &container,
-            &name,
-            Bytes::from(content),
-            "application/jsonl",
-            Condition::None,
-            &[],
-        )
+        .put_blob(&container, &name, Bytes::from(content), "application/jsonl", Condition::None, &[])
         .await
         .map(|_| ())
         .map_err(|e| format!("writing {url}: {e}"))

@@ -14,11 +14,7 @@ pub struct Invalid {
 }
 
 fn invalid(code: &'static str, message: impl Into<String>, line: Option<usize>) -> Invalid {
-    Invalid {
-        code,
-        message: message.into(),
-        line,
-    }
+    Invalid { code, message: message.into(), line }
 }
 
 /// One accepted request line.
@@ -30,12 +26,7 @@ pub struct RequestLine {
 }
 
 /// The endpoints a batch line may target.
-const URLS: [&str; 4] = [
-    "/chat/completions",
-    "/v1/chat/completions",
-    "/responses",
-    "/v1/responses",
-];
+const URLS: [&str; 4] = ["/chat/completions", "/v1/chat/completions", "/responses", "/v1/responses"];
 
 /// Validates a whole input file. `max_tasks` is Azure's 100,000 unless a test lowers it.
 pub fn validate(content: &[u8], max_tasks: usize) -> Result<Vec<RequestLine>, Invalid> {
@@ -47,13 +38,8 @@ pub fn validate(content: &[u8], max_tasks: usize) -> Result<Vec<RequestLine>, In
             Some(1),
         ));
     }
-    let text = std::str::from_utf8(content).map_err(|e| {
-        invalid(
-            "invalid_json_line",
-            format!("the file is not UTF-8: {e}"),
-            None,
-        )
-    })?;
+    let text = std::str::from_utf8(content)
+        .map_err(|e| invalid("invalid_json_line", format!("the file is not UTF-8: {e}"), None))?;
     let mut lines = Vec::new();
     let mut ids = std::collections::HashSet::new();
     let mut first: Option<(String, String)> = None;
@@ -62,39 +48,21 @@ pub fn validate(content: &[u8], max_tasks: usize) -> Result<Vec<RequestLine>, In
         if raw.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(raw).map_err(|e| {
-            invalid(
-                "invalid_json_line",
-                format!("line {n} is not valid JSON: {e}"),
-                Some(n),
-            )
-        })?;
-        let custom_id = v.get("custom_id").and_then(Value::as_str).ok_or_else(|| {
-            invalid(
-                "invalid_request",
-                format!("line {n} has no string custom_id"),
-                Some(n),
-            )
-        })?;
+        let v: Value = serde_json::from_str(raw)
+            .map_err(|e| invalid("invalid_json_line", format!("line {n} is not valid JSON: {e}"), Some(n)))?;
+        let custom_id = v
+            .get("custom_id")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid("invalid_request", format!("line {n} has no string custom_id"), Some(n)))?;
         if v.get("method").and_then(Value::as_str) != Some("POST") {
-            return Err(invalid(
-                "invalid_request",
-                format!("line {n}: method must be POST"),
-                Some(n),
-            ));
+            return Err(invalid("invalid_request", format!("line {n}: method must be POST"), Some(n)));
         }
         let url = v.get("url").and_then(Value::as_str).unwrap_or_default();
-        let body = v.get("body").filter(|b| b.is_object()).ok_or_else(|| {
-            invalid(
-                "invalid_request",
-                format!("line {n} has no body object"),
-                Some(n),
-            )
-        })?;
-        let model = body
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+        let body = v
+            .get("body")
+            .filter(|b| b.is_object())
+            .ok_or_else(|| invalid("invalid_request", format!("line {n} has no body object"), Some(n)))?;
+        let model = body.get("model").and_then(Value::as_str).unwrap_or_default();
         if model.is_empty() {
             return Err(invalid(
                 "invalid_request",
@@ -124,9 +92,7 @@ pub fn validate(content: &[u8], max_tasks: usize) -> Result<Vec<RequestLine>, In
                 if model != m {
                     return Err(invalid(
                         "model_mismatch",
-                        format!(
-                            "line {n}: deployment `{model}` differs from `{m}` on the first line"
-                        ),
+                        format!("line {n}: deployment `{model}` differs from `{m}` on the first line"),
                         Some(n),
                     ));
                 }
@@ -139,25 +105,13 @@ pub fn validate(content: &[u8], max_tasks: usize) -> Result<Vec<RequestLine>, In
                 Some(n),
             ));
         }
-        lines.push(RequestLine {
-            custom_id: custom_id.to_string(),
-            url: url.to_string(),
-            body: body.clone(),
-        });
+        lines.push(RequestLine { custom_id: custom_id.to_string(), url: url.to_string(), body: body.clone() });
         if lines.len() > max_tasks {
-            return Err(invalid(
-                "too_many_tasks",
-                format!("the file has more than {max_tasks} requests"),
-                None,
-            ));
+            return Err(invalid("too_many_tasks", format!("the file has more than {max_tasks} requests"), None));
         }
     }
     if lines.is_empty() {
-        return Err(invalid(
-            "empty_file",
-            "the input file has no requests",
-            None,
-        ));
+        return Err(invalid("empty_file", "the input file has no requests", None));
     }
     Ok(lines)
 }
@@ -179,10 +133,8 @@ pub fn respond(line: &RequestLine, index: usize, created: u64) -> Result<Value, 
     };
     let Some(prompt) = prompt else {
         let field = if chat { "messages" } else { "input" };
-        return Err(
-            json!({"id": format!("batch_req_{index}"), "custom_id": line.custom_id, "response": null,
-            "error": {"code": "invalid_request", "message": format!("`{field}` is required")}}),
-        );
+        return Err(json!({"id": format!("batch_req_{index}"), "custom_id": line.custom_id, "response": null,
+            "error": {"code": "invalid_request", "message": format!("`{field}` is required")}}));
     };
     let answer = format!("Echo: {}", prompt.chars().take(200).collect::<String>());
     let (p, c) = ((prompt.len() / 4 + 1) as u64, (answer.len() / 4 + 1) as u64);
@@ -195,10 +147,8 @@ pub fn respond(line: &RequestLine, index: usize, created: u64) -> Result<Value, 
             "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": answer}]}],
             "usage": {"input_tokens": p, "output_tokens": c, "total_tokens": p + c}})
     };
-    Ok(
-        json!({"id": format!("batch_req_{index}"), "custom_id": line.custom_id,
-        "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": null}),
-    )
+    Ok(json!({"id": format!("batch_req_{index}"), "custom_id": line.custom_id,
+        "response": {"status_code": 200, "request_id": request_id, "body": body}, "error": null}))
 }
 
 fn text_of(v: &Value) -> String {
@@ -210,9 +160,7 @@ fn text_of(v: &Value) -> String {
 
 /// FNV-1a: a stable, dependency-free hash for deterministic ids.
 pub fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100000001b3)
-    })
+    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
 }
 
 #[cfg(test)]
@@ -229,53 +177,29 @@ mod tests {
 
     #[test]
     fn each_documented_code() {
-        let ok = format!(
-            "{}\n{}\n",
-            line("a", "/chat/completions", "gpt"),
-            line("b", "/chat/completions", "gpt")
-        );
+        let ok = format!("{}\n{}\n", line("a", "/chat/completions", "gpt"), line("b", "/chat/completions", "gpt"));
         assert_eq!(validate(ok.as_bytes(), 3).expect("valid").len(), 2);
         assert_eq!(code(""), "empty_file");
         assert_eq!(code("\n  \n"), "empty_file");
         assert_eq!(code("{not json"), "invalid_json_line");
         assert_eq!(
-            code(&format!(
-                "{}\n{}",
-                line("a", "/chat/completions", "g"),
-                line("a", "/chat/completions", "g")
-            )),
+            code(&format!("{}\n{}", line("a", "/chat/completions", "g"), line("a", "/chat/completions", "g"))),
             "duplicate_custom_id"
         );
         assert_eq!(
-            code(&format!(
-                "{}\n{}",
-                line("a", "/chat/completions", "g"),
-                line("b", "/v1/responses", "g")
-            )),
+            code(&format!("{}\n{}", line("a", "/chat/completions", "g"), line("b", "/v1/responses", "g"))),
             "url_mismatch"
         );
         assert_eq!(code(&line("a", "/v1/embeddings", "g")), "url_mismatch");
         assert_eq!(
-            code(&format!(
-                "{}\n{}",
-                line("a", "/chat/completions", "g"),
-                line("b", "/chat/completions", "h")
-            )),
+            code(&format!("{}\n{}", line("a", "/chat/completions", "g"), line("b", "/chat/completions", "h"))),
             "model_mismatch"
         );
-        let four: Vec<String> = (0..4)
-            .map(|i| line(&i.to_string(), "/chat/completions", "g"))
-            .collect();
+        let four: Vec<String> = (0..4).map(|i| line(&i.to_string(), "/chat/completions", "g")).collect();
         assert_eq!(code(&four.join("\n")), "too_many_tasks");
-        assert_eq!(
-            code(&format!("\u{feff}{}", line("a", "/chat/completions", "g"))),
-            "invalid_request"
-        );
-        let bad_line = validate(
-            format!("{}\nnope", line("a", "/chat/completions", "g")).as_bytes(),
-            3,
-        )
-        .expect_err("invalid");
+        assert_eq!(code(&format!("\u{feff}{}", line("a", "/chat/completions", "g"))), "invalid_request");
+        let bad_line =
+            validate(format!("{}\nnope", line("a", "/chat/completions", "g")).as_bytes(), 3).expect_err("invalid");
         assert_eq!(bad_line.line, Some(2));
     }
 
@@ -286,18 +210,9 @@ mod tests {
         assert_eq!(a, respond(&lines[0], 0, 1).expect("ok"));
         assert_eq!(a["custom_id"], "t-0");
         assert_eq!(a["response"]["status_code"], 200);
-        assert_eq!(
-            a["response"]["body"]["choices"][0]["message"]["content"],
-            "Echo: Hi"
-        );
-        let no_messages = RequestLine {
-            custom_id: "x".into(),
-            url: "/chat/completions".into(),
-            body: json!({"model": "g"}),
-        };
-        assert_eq!(
-            respond(&no_messages, 1, 1).expect_err("error line")["error"]["code"],
-            "invalid_request"
-        );
+        assert_eq!(a["response"]["body"]["choices"][0]["message"]["content"], "Echo: Hi");
+        let no_messages =
+            RequestLine { custom_id: "x".into(), url: "/chat/completions".into(), body: json!({"model": "g"}) };
+        assert_eq!(respond(&no_messages, 1, 1).expect_err("error line")["error"]["code"], "invalid_request");
     }
 }

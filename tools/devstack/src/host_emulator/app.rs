@@ -52,9 +52,7 @@ impl Function {
 
     /// Queue output bindings.
     pub fn queue_outputs(&self) -> impl Iterator<Item = &Binding> {
-        self.bindings
-            .iter()
-            .filter(|b| b.direction == "out" && b.kind == "queue")
+        self.bindings.iter().filter(|b| b.direction == "out" && b.kind == "queue")
     }
 }
 
@@ -86,17 +84,12 @@ impl App {
     pub fn load(root: &Path) -> anyhow::Result<Self> {
         let host_path = root.join("host.json");
         let host: Value = serde_json::from_str(
-            &std::fs::read_to_string(&host_path)
-                .with_context(|| format!("reading {}", host_path.display()))?,
+            &std::fs::read_to_string(&host_path).with_context(|| format!("reading {}", host_path.display()))?,
         )
         .with_context(|| format!("parsing {}", host_path.display()))?;
         let get = |p: &str| host.pointer(p);
-        let span = |p: &str, default: Duration| {
-            get(p)
-                .and_then(Value::as_str)
-                .and_then(parse_timespan)
-                .unwrap_or(default)
-        };
+        let span =
+            |p: &str, default: Duration| get(p).and_then(Value::as_str).and_then(parse_timespan).unwrap_or(default);
         let num = |p: &str, default: u64| get(p).and_then(Value::as_u64).unwrap_or(default);
         let executable = get("/customHandler/description/defaultExecutablePath")
             .and_then(Value::as_str)
@@ -104,37 +97,23 @@ impl App {
             .to_string();
         let arguments = get("/customHandler/description/arguments")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .unwrap_or_default();
         let encoding = match get("/extensions/queues/messageEncoding").and_then(Value::as_str) {
             None => MessageEncoding::Base64,
-            Some(s) => MessageEncoding::parse(s)
-                .with_context(|| format!("host.json messageEncoding `{s}`"))?,
+            Some(s) => MessageEncoding::parse(s).with_context(|| format!("host.json messageEncoding `{s}`"))?,
         };
         let batch_size = num("/extensions/queues/batchSize", 16).clamp(1, 32) as usize;
         let settings = HostSettings {
             executable,
             arguments,
-            function_timeout: get("/functionTimeout")
-                .and_then(Value::as_str)
-                .and_then(parse_timespan),
-            max_polling_interval: span(
-                "/extensions/queues/maxPollingInterval",
-                Duration::from_secs(60),
-            )
-            .max(Duration::from_millis(100)),
+            function_timeout: get("/functionTimeout").and_then(Value::as_str).and_then(parse_timespan),
+            max_polling_interval: span("/extensions/queues/maxPollingInterval", Duration::from_secs(60))
+                .max(Duration::from_millis(100)),
             visibility_timeout: span("/extensions/queues/visibilityTimeout", Duration::ZERO),
             batch_size,
             // N × batchSize / 2 with N = 1 (Consumption) by default.
-            new_batch_threshold: num(
-                "/extensions/queues/newBatchThreshold",
-                (batch_size / 2) as u64,
-            ) as usize,
+            new_batch_threshold: num("/extensions/queues/newBatchThreshold", (batch_size / 2) as u64) as usize,
             max_dequeue_count: num("/extensions/queues/maxDequeueCount", 5) as u32,
             message_encoding: encoding,
             blob_parallelism: num("/extensions/blobs/maxDegreeOfParallelism", 8) as usize,
@@ -142,10 +121,7 @@ impl App {
         };
 
         let mut functions = Vec::new();
-        let mut dirs: Vec<_> = std::fs::read_dir(root)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
+        let mut dirs: Vec<_> = std::fs::read_dir(root)?.filter_map(Result::ok).map(|e| e.path()).collect();
         dirs.sort();
         for dir in dirs {
             let fj = dir.join("function.json");
@@ -154,11 +130,7 @@ impl App {
             }
             let v: Value = serde_json::from_str(&std::fs::read_to_string(&fj)?)
                 .with_context(|| format!("parsing {}", fj.display()))?;
-            let name = dir
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default()
-                .to_string();
+            let name = dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             let bindings = v
                 .get("bindings")
                 .and_then(Value::as_array)
@@ -185,11 +157,7 @@ impl App {
         if functions.is_empty() {
             bail!("no */function.json under {}", root.display());
         }
-        Ok(App {
-            root: root.to_path_buf(),
-            host: settings,
-            functions,
-        })
+        Ok(App { root: root.to_path_buf(), host: settings, functions })
     }
 }
 
@@ -201,14 +169,8 @@ mod tests {
     fn timespans() {
         assert_eq!(parse_timespan("00:00:02"), Some(Duration::from_secs(2)));
         assert_eq!(parse_timespan("00:10:00"), Some(Duration::from_secs(600)));
-        assert_eq!(
-            parse_timespan("1.00:00:01"),
-            Some(Duration::from_secs(86_401))
-        );
-        assert_eq!(
-            parse_timespan("00:00:00.5"),
-            Some(Duration::from_millis(500))
-        );
+        assert_eq!(parse_timespan("1.00:00:01"), Some(Duration::from_secs(86_401)));
+        assert_eq!(parse_timespan("00:00:00.5"), Some(Duration::from_millis(500)));
         assert_eq!(parse_timespan("soon"), None);
     }
 
@@ -222,10 +184,7 @@ mod tests {
         let names: Vec<&str> = app.functions.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["BlobMonitor", "QueueMonitor"]);
         let blob = &app.functions[0];
-        assert_eq!(
-            blob.trigger().and_then(|t| t.path.as_deref()),
-            Some("batch-input/{name}")
-        );
+        assert_eq!(blob.trigger().and_then(|t| t.path.as_deref()), Some("batch-input/{name}"));
         assert_eq!(blob.queue_outputs().count(), 1);
     }
 }

@@ -22,29 +22,14 @@ use super::Ctx;
 const RECEIPTS: &str = "azure-webjobs-hosts";
 const POISON: &str = "webjobs-blobtrigger-poison";
 
-pub(super) fn spawn(
-    ctx: Arc<Ctx>,
-    function: Function,
-    trigger: Binding,
-) -> anyhow::Result<Vec<JoinHandle<()>>> {
-    let path = trigger
-        .path
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("{}: blobTrigger without path", function.name))?;
-    let (container, pattern) = path
-        .split_once('/')
-        .map(|(c, p)| (c.to_string(), p.to_string()))
-        .unwrap_or((path.clone(), "{name}".into()));
+pub(super) fn spawn(ctx: Arc<Ctx>, function: Function, trigger: Binding) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let path = trigger.path.clone().ok_or_else(|| anyhow::anyhow!("{}: blobTrigger without path", function.name))?;
+    let (container, pattern) =
+        path.split_once('/').map(|(c, p)| (c.to_string(), p.to_string())).unwrap_or((path.clone(), "{name}".into()));
     let account = ctx.account(&trigger.connection)?.clone();
     let internal = format!("azure-webjobs-blobtrigger-{}", ctx.options.host_id);
-    let scan = tokio::spawn(scanner(
-        ctx.clone(),
-        function.clone(),
-        account.clone(),
-        container,
-        pattern,
-        internal.clone(),
-    ));
+    let scan =
+        tokio::spawn(scanner(ctx.clone(), function.clone(), account.clone(), container, pattern, internal.clone()));
     let run = tokio::spawn(executor(ctx, function, trigger, account, internal));
     Ok(vec![scan, run])
 }
@@ -100,10 +85,7 @@ async fn scan_once(
         Ok(items) => items
             .into_iter()
             .map(|i| {
-                let incomplete = i
-                    .metadata
-                    .as_ref()
-                    .is_some_and(|m| m.contains_key("incomplete"));
+                let incomplete = i.metadata.as_ref().is_some_and(|m| m.contains_key("incomplete"));
                 (i.name, incomplete)
             })
             .collect(),
@@ -118,7 +100,7 @@ async fn scan_once(
         let receipt = format!("{prefix}{etag}/{container}/{}", blob.name);
         match receipts.get(&receipt) {
             Some(false) => continue, // done
-            Some(true) => {} // a previous run died between receipt and enqueue: enqueue again
+            Some(true) => {}         // a previous run died between receipt and enqueue: enqueue again
             None => {
                 match host
                     .put_blob(
@@ -132,22 +114,14 @@ async fn scan_once(
                     .await
                 {
                     Ok(_) => {}
-                    Err(StorageError::Status { code, .. }) if code == "BlobAlreadyExists" => {
-                        continue
-                    }
+                    Err(StorageError::Status { code, .. }) if code == "BlobAlreadyExists" => continue,
                     Err(e) => return Err(e.into()),
                 }
             }
         }
         let work = json!({"Type": "BlobTrigger", "FunctionId": function_id(f), "BlobType": "BlockBlob",
             "ContainerName": container, "BlobName": blob.name, "ETag": blob.properties.etag});
-        host.put_message(
-            internal,
-            work.to_string().as_bytes(),
-            ctx.app.host.message_encoding,
-            Duration::ZERO,
-        )
-        .await?;
+        host.put_message(internal, work.to_string().as_bytes(), ctx.app.host.message_encoding, Duration::ZERO).await?;
         ctx.wakeup("__internal", internal).notify_waiters();
         host.set_metadata(RECEIPTS, &receipt, &[], None).await?;
         tracing::info!(target: "host", "{}: new blob {container}/{} (ETag {etag})", f.name, blob.name);
@@ -155,13 +129,7 @@ async fn scan_once(
     Ok(())
 }
 
-async fn executor(
-    ctx: Arc<Ctx>,
-    f: Function,
-    trigger: Binding,
-    account: StorageClient,
-    internal: String,
-) {
+async fn executor(ctx: Arc<Ctx>, f: Function, trigger: Binding, account: StorageClient, internal: String) {
     let host = ctx.host_account(&account).clone();
     let _ = host.create_queue(&internal).await;
     let slots = Arc::new(Semaphore::new(ctx.app.host.blob_parallelism.max(1)));
@@ -171,24 +139,15 @@ async fn executor(
         let free = slots.available_permits().min(32);
         let mut got = 0;
         if free > 0 {
-            match host
-                .get_messages(&internal, free as u8, ctx.options.lease)
-                .await
-            {
+            match host.get_messages(&internal, free as u8, ctx.options.lease).await {
                 Ok(messages) => {
                     got = messages.len();
                     for m in messages {
                         let Ok(permit) = slots.clone().acquire_owned().await else {
                             return;
                         };
-                        let (ctx, f, t, a, h, q) = (
-                            ctx.clone(),
-                            f.clone(),
-                            trigger.clone(),
-                            account.clone(),
-                            host.clone(),
-                            internal.clone(),
-                        );
+                        let (ctx, f, t, a, h, q) =
+                            (ctx.clone(), f.clone(), trigger.clone(), account.clone(), host.clone(), internal.clone());
                         tokio::spawn(async move {
                             execute(&ctx, &f, &t, &a, &h, &q, m).await;
                             drop(permit);
@@ -200,11 +159,7 @@ async fn executor(
                 }
             }
         }
-        delay = if got > 0 {
-            Duration::from_millis(100)
-        } else {
-            (delay * 2).min(ctx.app.host.max_polling_interval)
-        };
+        delay = if got > 0 { Duration::from_millis(100) } else { (delay * 2).min(ctx.app.host.max_polling_interval) };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = wakeup.notified() => { delay = Duration::from_millis(100); }
@@ -225,26 +180,15 @@ async fn execute(
     let done = || async {
         let _ = host.delete_message(internal, &m.message_id, &pop).await;
     };
-    let Some(work) = ctx
-        .app
-        .host
-        .message_encoding
-        .decode(&m.message_text)
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+    let Some(work) =
+        ctx.app.host.message_encoding.decode(&m.message_text).and_then(|b| serde_json::from_slice::<Value>(&b).ok())
     else {
         return done().await; // the internal queue logs and deletes undecodable messages
     };
-    let s = |k: &str| {
-        work.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
-    };
+    let s = |k: &str| work.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
     if s("FunctionId") != function_id(f) {
         // Another function's work item: leave it for that function's executor.
-        let _ = host
-            .update_visibility(internal, &m.message_id, &pop, Duration::ZERO)
-            .await;
+        let _ = host.update_visibility(internal, &m.message_id, &pop, Duration::ZERO).await;
         return;
     }
     let (container, name, etag) = (s("ContainerName"), s("BlobName"), s("ETag"));
@@ -253,9 +197,7 @@ async fn execute(
         Ok(None) => return done().await, // deleted before execution: counts as done
         Err(e) => {
             tracing::warn!(target: "host", "{}: reading {container}/{name} failed: {e}", f.name);
-            let _ = host
-                .update_visibility(internal, &m.message_id, &pop, Duration::ZERO)
-                .await;
+            let _ = host.update_visibility(internal, &m.message_id, &pop, Duration::ZERO).await;
             return;
         }
     };
@@ -264,11 +206,7 @@ async fn execute(
     }
     let url = format!(
         "{}/{container}/{}",
-        account
-            .account()
-            .blob_endpoint
-            .as_str()
-            .trim_end_matches('/'),
+        account.account().blob_endpoint.as_str().trim_end_matches('/'),
         encode_path(&name)
     );
     let last_modified = match account.head_blob(&container, &name).await {
@@ -283,25 +221,14 @@ async fn execute(
         content_type: "application/octet-stream",
     };
     let body = blob_envelope(&f.name, &trigger.name, &blob.content, &info);
-    let outcome = ctx
-        .invoke(
-            f,
-            format!("blob {container}/{name} try {}", m.dequeue_count),
-            body,
-        )
-        .await;
+    let outcome = ctx.invoke(f, format!("blob {container}/{name} try {}", m.dequeue_count), body).await;
     if outcome.succeeded() {
         done().await;
     } else if m.dequeue_count >= ctx.app.host.poison_blob_threshold {
         let record = json!({"FunctionId": function_id(f), "BlobType": "BlockBlob", "ContainerName": container, "BlobName": name, "ETag": etag});
         tracing::error!(target: "host", "{}: blob {container}/{name} failed {} times → {POISON}", f.name, m.dequeue_count);
         if account
-            .put_message(
-                POISON,
-                record.to_string().as_bytes(),
-                ctx.app.host.message_encoding,
-                Duration::ZERO,
-            )
+            .put_message(POISON, record.to_string().as_bytes(), ctx.app.host.message_encoding, Duration::ZERO)
             .await
             .is_ok()
         {
@@ -309,9 +236,7 @@ async fn execute(
         }
     } else {
         // Blob-trigger retries are immediate.
-        let _ = host
-            .update_visibility(internal, &m.message_id, &pop, Duration::ZERO)
-            .await;
+        let _ = host.update_visibility(internal, &m.message_id, &pop, Duration::ZERO).await;
     }
 }
 

@@ -30,12 +30,7 @@ pub struct BlobInfo<'a> {
 }
 
 /// The BlobMonitor-style envelope: the whole blob, base64, under `Data.<binding>`.
-pub fn blob_envelope(
-    function: &str,
-    binding: &str,
-    content: &[u8],
-    blob: &BlobInfo<'_>,
-) -> Vec<u8> {
+pub fn blob_envelope(function: &str, binding: &str, content: &[u8], blob: &BlobInfo<'_>) -> Vec<u8> {
     let b64 = base64::engine::general_purpose::STANDARD.encode(content);
     let body = json!({
         "Data": {binding: b64},
@@ -65,13 +60,7 @@ pub struct QueueInfo<'a> {
 }
 
 /// The QueueMonitor-style envelope for message `text` (already decoded from the storage encoding).
-pub fn queue_envelope(
-    function: &str,
-    binding: &str,
-    text: &[u8],
-    binary: bool,
-    msg: &QueueInfo<'_>,
-) -> Vec<u8> {
+pub fn queue_envelope(function: &str, binding: &str, text: &[u8], binary: bool, msg: &QueueInfo<'_>) -> Vec<u8> {
     let text_str = String::from_utf8_lossy(text);
     let data = if binary {
         Value::String(base64::engine::general_purpose::STANDARD.encode(text))
@@ -80,23 +69,11 @@ pub fn queue_envelope(
         Value::String(Value::String(text_str.to_string()).to_string())
     };
     let mut metadata = Map::new();
-    metadata.insert(
-        "DequeueCount".into(),
-        Value::String(msg.dequeue_count.to_string()),
-    );
-    metadata.insert(
-        "ExpirationTime".into(),
-        Value::String(msg.expiration_time.into()),
-    );
+    metadata.insert("DequeueCount".into(), Value::String(msg.dequeue_count.to_string()));
+    metadata.insert("ExpirationTime".into(), Value::String(msg.expiration_time.into()));
     metadata.insert("Id".into(), quoted(msg.id));
-    metadata.insert(
-        "InsertionTime".into(),
-        Value::String(msg.insertion_time.into()),
-    );
-    metadata.insert(
-        "NextVisibleTime".into(),
-        Value::String(msg.next_visible_time.into()),
-    );
+    metadata.insert("InsertionTime".into(), Value::String(msg.insertion_time.into()));
+    metadata.insert("NextVisibleTime".into(), Value::String(msg.next_visible_time.into()));
     metadata.insert("PopReceipt".into(), quoted(msg.pop_receipt));
     metadata.insert("sys".into(), sys(function));
     let trimmed = text_str.trim();
@@ -118,9 +95,7 @@ pub fn queue_envelope(
             }
         }
     }
-    json!({"Data": {binding: data}, "Metadata": metadata})
-        .to_string()
-        .into_bytes()
+    json!({"Data": {binding: data}, "Metadata": metadata}).to_string().into_bytes()
 }
 
 /// RFC 3339 UTC time, with or without 7 fractional digits (the host's `UtcNow` has them, binding dates do not).
@@ -134,12 +109,7 @@ pub fn iso(t: std::time::SystemTime, fraction: bool) -> String {
     let secs = d.as_secs();
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, day) = civil_from_days(days as i64);
-    let base = format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    );
+    let base = format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
     if fraction {
         format!("{base}.{:07}Z", d.subsec_nanos() / 100)
     } else {
@@ -158,11 +128,9 @@ fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
     let [_, d, mon, y, hms, _] = parts.as_slice() else {
         return None;
     };
-    let month = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| m == mon)? as u32
+    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+        .iter()
+        .position(|m| m == mon)? as u32
         + 1;
     let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
     let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
@@ -198,12 +166,7 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 pub fn guid() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     let a = h.finish();
     h.write_u64(a);
     let b = h.finish();
@@ -224,7 +187,8 @@ mod tests {
 
     #[test]
     fn queue_envelope_matches_the_documented_example() {
-        let text = br#"{"batchId":"batch_72a2792ef7d24ba7b82c7fe4a37e379f","blob":"batch-input/job1.jsonl","attempt":1}"#;
+        let text =
+            br#"{"batchId":"batch_72a2792ef7d24ba7b82c7fe4a37e379f","blob":"batch-input/job1.jsonl","attempt":1}"#;
         let info = QueueInfo {
             id: "6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f",
             pop_receipt: "AgAAAAMAAAAAAAAAAgtnj8x+1QE=",
@@ -234,19 +198,12 @@ mod tests {
             next_visible_time: "2025-01-01T00:15:00+00:00",
         };
         let v: Value =
-            serde_json::from_slice(&queue_envelope("QueueMonitor", "job", text, false, &info))
-                .expect("json");
+            serde_json::from_slice(&queue_envelope("QueueMonitor", "job", text, false, &info)).expect("json");
         assert_eq!(v["Data"]["job"], "\"{\\\"batchId\\\":\\\"batch_72a2792ef7d24ba7b82c7fe4a37e379f\\\",\\\"blob\\\":\\\"batch-input/job1.jsonl\\\",\\\"attempt\\\":1}\"");
         assert_eq!(v["Metadata"]["DequeueCount"], "1");
-        assert_eq!(
-            v["Metadata"]["Id"],
-            "\"6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f\""
-        );
+        assert_eq!(v["Metadata"]["Id"], "\"6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f\"");
         assert_eq!(v["Metadata"]["attempt"], "\"1\"");
-        assert_eq!(
-            v["Metadata"]["batchId"],
-            "\"batch_72a2792ef7d24ba7b82c7fe4a37e379f\""
-        );
+        assert_eq!(v["Metadata"]["batchId"], "\"batch_72a2792ef7d24ba7b82c7fe4a37e379f\"");
         // And the handler's decoder reads it back.
         let req = InvokeRequest::from_slice(v.to_string().as_bytes()).expect("parses");
         assert_eq!(req.queue_text("job").expect("text").as_bytes(), text);
@@ -262,14 +219,9 @@ mod tests {
             expiration_time: "",
             next_visible_time: "",
         };
-        let v: Value = serde_json::from_slice(&queue_envelope(
-            "Q",
-            "job",
-            br#"{"Id":"fake","n":{"a":1},"l":[1]}"#,
-            false,
-            &info,
-        ))
-        .expect("json");
+        let v: Value =
+            serde_json::from_slice(&queue_envelope("Q", "job", br#"{"Id":"fake","n":{"a":1},"l":[1]}"#, false, &info))
+                .expect("json");
         assert_eq!(v["Metadata"]["Id"], "\"fake\"");
         assert_eq!(v["Metadata"]["n"], json!({"a": 1}));
         assert!(v["Metadata"].get("l").is_none());
@@ -285,26 +237,16 @@ mod tests {
             content_type: "application/octet-stream",
         };
         let v: Value =
-            serde_json::from_slice(&blob_envelope("BlobMonitor", "inputBlob", b"hi\n", &info))
-                .expect("json");
+            serde_json::from_slice(&blob_envelope("BlobMonitor", "inputBlob", b"hi\n", &info)).expect("json");
         assert_eq!(v["Data"]["inputBlob"], "aGkK");
-        assert_eq!(
-            v["Metadata"]["Uri"],
-            "\"http://127.0.0.1:1/acct/batch-input/a b.jsonl\""
-        );
+        assert_eq!(v["Metadata"]["Uri"], "\"http://127.0.0.1:1/acct/batch-input/a b.jsonl\"");
         assert_eq!(v["Metadata"]["name"], "\"a b.jsonl\"");
     }
 
     #[test]
     fn dates() {
-        assert_eq!(
-            iso_from_http_date("Sat, 28 Nov 2026 10:27:12 GMT"),
-            "2026-11-28T10:27:12+00:00"
-        );
-        assert_eq!(
-            iso(std::time::UNIX_EPOCH, true),
-            "1970-01-01T00:00:00.0000000Z"
-        );
+        assert_eq!(iso_from_http_date("Sat, 28 Nov 2026 10:27:12 GMT"), "2026-11-28T10:27:12+00:00");
+        assert_eq!(iso(std::time::UNIX_EPOCH, true), "1970-01-01T00:00:00.0000000Z");
         assert_eq!(iso_from_http_date("garbage"), "garbage");
     }
 }

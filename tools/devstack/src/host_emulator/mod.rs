@@ -79,9 +79,9 @@ pub(crate) struct Ctx {
 impl Ctx {
     /// The storage client for a binding's `connection` setting.
     pub fn account(&self, connection: &str) -> anyhow::Result<&StorageClient> {
-        self.accounts.get(connection).with_context(|| {
-            format!("app setting `{connection}` (a binding connection) is not set")
-        })
+        self.accounts
+            .get(connection)
+            .with_context(|| format!("app setting `{connection}` (a binding connection) is not set"))
     }
 
     /// Where receipts and the internal queue live: `AzureWebJobsStorage`, else the trigger's account.
@@ -92,9 +92,7 @@ impl Ctx {
     /// The notifier that cuts a queue listener's back-off short when this host writes to that queue.
     pub fn wakeup(&self, connection: &str, queue: &str) -> Arc<Notify> {
         let mut w = self.wakeups.lock().unwrap_or_else(|e| e.into_inner());
-        w.entry(format!("{connection}/{queue}"))
-            .or_default()
-            .clone()
+        w.entry(format!("{connection}/{queue}")).or_default().clone()
     }
 
     /// Invokes a function, applies its queue outputs on success, logs and records the invocation.
@@ -118,16 +116,8 @@ impl Ctx {
         for line in &outcome.logs {
             tracing::info!(target: "host", "    | {line}");
         }
-        let record = InvocationRecord {
-            function: function.name.clone(),
-            trigger,
-            outcome: outcome.clone(),
-            millis,
-        };
-        self.records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(record);
+        let record = InvocationRecord { function: function.name.clone(), trigger, outcome: outcome.clone(), millis };
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(record);
         outcome
     }
 
@@ -136,20 +126,12 @@ impl Ctx {
             let Some(value) = outcome.outputs.get(&binding.name) else {
                 continue;
             };
-            let binary = binding
-                .data_type
-                .as_deref()
-                .is_some_and(|d| d.eq_ignore_ascii_case("binary"));
+            let binary = binding.data_type.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("binary"));
             let messages = outputs::messages(value, binary).map_err(anyhow::Error::msg)?;
-            let queue = binding
-                .queue_name
-                .as_deref()
-                .context("queue output without queueName")?;
+            let queue = binding.queue_name.as_deref().context("queue output without queueName")?;
             let account = self.account(&binding.connection)?;
             for m in &messages {
-                account
-                    .put_message(queue, m, self.app.host.message_encoding, Duration::ZERO)
-                    .await?;
+                account.put_message(queue, m, self.app.host.message_encoding, Duration::ZERO).await?;
             }
             if !messages.is_empty() {
                 self.wakeup(&binding.connection, queue).notify_waiters();
@@ -174,10 +156,7 @@ impl FunctionsHost {
         for (k, v) in &options.settings {
             if let Ok(a) = StorageAccount::parse(v) {
                 if k == "AzureWebJobsStorage"
-                    || app
-                        .functions
-                        .iter()
-                        .any(|f| f.bindings.iter().any(|b| &b.connection == k))
+                    || app.functions.iter().any(|f| f.bindings.iter().any(|b| &b.connection == k))
                 {
                     accounts.insert(k.clone(), StorageClient::new(http.clone(), a));
                 }
@@ -199,14 +178,8 @@ impl FunctionsHost {
             function_timeout: app.host.function_timeout,
         })
         .await?;
-        let ctx = Arc::new(Ctx {
-            app,
-            options,
-            worker,
-            accounts,
-            wakeups: Mutex::default(),
-            records: Mutex::default(),
-        });
+        let ctx =
+            Arc::new(Ctx { app, options, worker, accounts, wakeups: Mutex::default(), records: Mutex::default() });
         let mut tasks = Vec::new();
         for f in ctx.app.functions.clone() {
             let Some(trigger) = f.trigger().cloned() else {
@@ -214,12 +187,8 @@ impl FunctionsHost {
             };
             ctx.account(&trigger.connection)?;
             match trigger.kind.as_str() {
-                "blobTrigger" => {
-                    tasks.extend(blob_trigger::spawn(ctx.clone(), f.clone(), trigger)?)
-                }
-                "queueTrigger" => {
-                    tasks.push(queue_trigger::spawn(ctx.clone(), f.clone(), trigger)?)
-                }
+                "blobTrigger" => tasks.extend(blob_trigger::spawn(ctx.clone(), f.clone(), trigger)?),
+                "queueTrigger" => tasks.push(queue_trigger::spawn(ctx.clone(), f.clone(), trigger)?),
                 other => {
                     tracing::warn!(target: "host", "{}: trigger type `{other}` is not emulated", f.name)
                 }
@@ -236,11 +205,7 @@ impl FunctionsHost {
 
     /// Every invocation so far.
     pub fn invocations(&self) -> Vec<InvocationRecord> {
-        self.ctx
-            .records
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.ctx.records.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Stops the listeners and the handler.

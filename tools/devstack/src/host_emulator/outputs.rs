@@ -31,8 +31,8 @@ fn string(s: &str, binary: bool) -> Result<Vec<Vec<u8>>, String> {
     let t = s.trim();
     if (t.starts_with('{') && t.ends_with('}')) || (t.starts_with('[') && t.ends_with(']')) {
         // Parsed as JSON; invalid JSON fails the invocation after the 2xx.
-        let parsed: Value = serde_json::from_str(t)
-            .map_err(|e| format!("output string looks like JSON but is not: {e}"))?;
+        let parsed: Value =
+            serde_json::from_str(t).map_err(|e| format!("output string looks like JSON but is not: {e}"))?;
         return messages(&parsed, binary);
     }
     if !binary {
@@ -50,39 +50,15 @@ mod tests {
 
     #[test]
     fn conversions() {
-        assert_eq!(
-            messages(&json!({"a": 1}), false).expect("ok"),
-            vec![b"{\n  \"a\": 1\n}".to_vec()]
-        );
-        assert_eq!(
-            messages(&json!(["x", {"b": 2}]), false).expect("ok").len(),
-            2
-        );
-        assert_eq!(
-            messages(&json!(null), false).expect("ok"),
-            Vec::<Vec<u8>>::new()
-        );
-        assert_eq!(
-            messages(&json!([]), false).expect("ok"),
-            Vec::<Vec<u8>>::new()
-        );
+        assert_eq!(messages(&json!({"a": 1}), false).expect("ok"), vec![b"{\n  \"a\": 1\n}".to_vec()]);
+        assert_eq!(messages(&json!(["x", {"b": 2}]), false).expect("ok").len(), 2);
+        assert_eq!(messages(&json!(null), false).expect("ok"), Vec::<Vec<u8>>::new());
+        assert_eq!(messages(&json!([]), false).expect("ok"), Vec::<Vec<u8>>::new());
         // The base64 quirk: "test" is valid base64 and is mangled, unless dataType is binary.
-        assert_eq!(
-            messages(&json!("test"), false).expect("ok"),
-            vec![vec![0xb5, 0xeb, 0x2d]]
-        );
-        assert_eq!(
-            messages(&json!("test"), true).expect("ok"),
-            vec![b"test".to_vec()]
-        );
-        assert_eq!(
-            messages(&json!("not base64!"), false).expect("ok"),
-            vec![b"not base64!".to_vec()]
-        );
-        assert_eq!(
-            messages(&json!("[\"a\",\"b\"]"), false).expect("ok").len(),
-            2
-        );
+        assert_eq!(messages(&json!("test"), false).expect("ok"), vec![vec![0xb5, 0xeb, 0x2d]]);
+        assert_eq!(messages(&json!("test"), true).expect("ok"), vec![b"test".to_vec()]);
+        assert_eq!(messages(&json!("not base64!"), false).expect("ok"), vec![b"not base64!".to_vec()]);
+        assert_eq!(messages(&json!("[\"a\",\"b\"]"), false).expect("ok").len(), 2);
         assert!(messages(&json!("{broken}"), false).is_err());
         assert_eq!(messages(&json!(5), false).expect("ok"), vec![b"5".to_vec()]);
     }

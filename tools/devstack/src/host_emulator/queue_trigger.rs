@@ -17,11 +17,7 @@ use super::Ctx;
 /// The shortest polling interval, right after messages were found.
 const MIN_POLL: Duration = Duration::from_millis(100);
 
-pub(super) fn spawn(
-    ctx: Arc<Ctx>,
-    function: Function,
-    trigger: Binding,
-) -> anyhow::Result<JoinHandle<()>> {
+pub(super) fn spawn(ctx: Arc<Ctx>, function: Function, trigger: Binding) -> anyhow::Result<JoinHandle<()>> {
     let queue = trigger
         .queue_name
         .clone()
@@ -30,13 +26,7 @@ pub(super) fn spawn(
     Ok(tokio::spawn(listen(ctx, function, trigger, queue, account)))
 }
 
-async fn listen(
-    ctx: Arc<Ctx>,
-    function: Function,
-    trigger: Binding,
-    queue: String,
-    account: StorageClient,
-) {
+async fn listen(ctx: Arc<Ctx>, function: Function, trigger: Binding, queue: String, account: StorageClient) {
     let host = ctx.app.host.clone();
     let wakeup = ctx.wakeup(&trigger.connection, &queue);
     let in_flight = Arc::new(AtomicUsize::new(0));
@@ -45,10 +35,7 @@ async fn listen(
     loop {
         let mut got = 0;
         if in_flight.load(Ordering::SeqCst) <= host.new_batch_threshold {
-            match account
-                .get_messages(&queue, host.batch_size as u8, ctx.options.lease)
-                .await
-            {
+            match account.get_messages(&queue, host.batch_size as u8, ctx.options.lease).await {
                 Ok(messages) => {
                     got = messages.len();
                     for m in messages {
@@ -72,11 +59,7 @@ async fn listen(
                 }
             }
         }
-        delay = if got > 0 {
-            MIN_POLL
-        } else {
-            (delay * 2).min(host.max_polling_interval)
-        };
+        delay = if got > 0 { MIN_POLL } else { (delay * 2).min(host.max_polling_interval) };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = wakeup.notified() => { delay = MIN_POLL; }
@@ -95,24 +78,13 @@ async fn process(
     let host = &ctx.app.host;
     let pop = m.pop_receipt.clone().unwrap_or_default();
     let Some(text) = host.message_encoding.decode(&m.message_text) else {
-        return to_poison(
-            ctx,
-            function,
-            queue,
-            account,
-            &m,
-            "the message is not valid base64 (messageEncoding)",
-        )
-        .await;
+        return to_poison(ctx, function, queue, account, &m, "the message is not valid base64 (messageEncoding)").await;
     };
     if m.dequeue_count > host.max_dequeue_count {
         let why = format!("dequeue count {} is over maxDequeueCount", m.dequeue_count);
         return to_poison(ctx, function, queue, account, &m, &why).await;
     }
-    let binary = trigger
-        .data_type
-        .as_deref()
-        .is_some_and(|d| d.eq_ignore_ascii_case("binary"));
+    let binary = trigger.data_type.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("binary"));
     let insertion = iso_from_http_date(m.insertion_time.as_deref().unwrap_or_default());
     let expiration = iso_from_http_date(m.expiration_time.as_deref().unwrap_or_default());
     let next_visible = iso_from_http_date(m.time_next_visible.as_deref().unwrap_or_default());
@@ -125,73 +97,36 @@ async fn process(
         next_visible_time: &next_visible,
     };
     let body = queue_envelope(&function.name, &trigger.name, &text, binary, &info);
-    let label = format!(
-        "queue {queue} #{} try {}",
-        short(&m.message_id),
-        m.dequeue_count
-    );
+    let label = format!("queue {queue} #{} try {}", short(&m.message_id), m.dequeue_count);
     let outcome = ctx.invoke(function, label, body).await;
     if outcome.succeeded() {
         if let Err(e) = account.delete_message(queue, &m.message_id, &pop).await {
             tracing::warn!(target: "host", "deleting message {} failed: {e}", m.message_id);
         }
     } else if m.dequeue_count >= host.max_dequeue_count {
-        to_poison(
-            ctx,
-            function,
-            queue,
-            account,
-            &m,
-            &format!("failed {} times", m.dequeue_count),
-        )
-        .await;
-    } else if let Err(e) = account
-        .update_visibility(queue, &m.message_id, &pop, host.visibility_timeout)
-        .await
-    {
+        to_poison(ctx, function, queue, account, &m, &format!("failed {} times", m.dequeue_count)).await;
+    } else if let Err(e) = account.update_visibility(queue, &m.message_id, &pop, host.visibility_timeout).await {
         tracing::warn!(target: "host", "releasing message {} failed: {e}", m.message_id);
     }
 }
 
 /// Copies the stored message to `<queue>-poison` as is, then deletes the original.
-async fn to_poison(
-    ctx: &Ctx,
-    function: &Function,
-    queue: &str,
-    account: &StorageClient,
-    m: &QueueMessage,
-    why: &str,
-) {
+async fn to_poison(ctx: &Ctx, function: &Function, queue: &str, account: &StorageClient, m: &QueueMessage, why: &str) {
     let poison = format!("{queue}-poison");
     tracing::warn!(target: "host", "{}: message {} → {poison}: {why}", function.name, m.message_id);
     let raw_text = m.message_text.as_bytes();
     // put_message encodes; the stored text is already encoded, so copy it with no further encoding.
     let stored = ctx.app.host.message_encoding.decode(&m.message_text);
     let result = match stored {
-        Some(raw) => {
-            account
-                .put_message(&poison, &raw, ctx.app.host.message_encoding, Duration::ZERO)
-                .await
-        }
+        Some(raw) => account.put_message(&poison, &raw, ctx.app.host.message_encoding, Duration::ZERO).await,
         None => {
             account
-                .put_message(
-                    &poison,
-                    raw_text,
-                    blob_batch_monitor::storage::MessageEncoding::None,
-                    Duration::ZERO,
-                )
+                .put_message(&poison, raw_text, blob_batch_monitor::storage::MessageEncoding::None, Duration::ZERO)
                 .await
         }
     };
     if result.is_ok() {
-        let _ = account
-            .delete_message(
-                queue,
-                &m.message_id,
-                m.pop_receipt.as_deref().unwrap_or_default(),
-            )
-            .await;
+        let _ = account.delete_message(queue, &m.message_id, m.pop_receipt.as_deref().unwrap_or_default()).await;
     }
 }
 

@@ -66,9 +66,7 @@ pub struct Worker {
 impl Worker {
     /// Starts the handler and waits until it answers `GET /`; then keeps it running in the background.
     pub async fn start(spec: WorkerSpec) -> anyhow::Result<Arc<Self>> {
-        let http = reqwest::Client::builder()
-            .pool_max_idle_per_host(64)
-            .build()?;
+        let http = reqwest::Client::builder().pool_max_idle_per_host(64).build()?;
         let (ready, mut ready_rx) = watch::channel(false);
         let worker = Arc::new(Worker {
             spec,
@@ -128,12 +126,7 @@ impl Worker {
         let mut cmd = Command::new(&self.spec.executable);
         cmd.args(&self.spec.arguments)
             .current_dir(&self.spec.app_root)
-            .envs(
-                self.spec
-                    .settings
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str())),
-            )
+            .envs(self.spec.settings.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .env("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string())
             .env("FUNCTIONS_CUSTOMHANDLER_WORKER_ID", guid())
             .env("FUNCTIONS_APP_ROOT_PATH", &self.spec.app_root)
@@ -141,9 +134,7 @@ impl Worker {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", self.spec.executable.display()))?;
+        let mut child = cmd.spawn().with_context(|| format!("starting {}", self.spec.executable.display()))?;
         self.starts.fetch_add(1, Ordering::SeqCst);
         let stderr_tail = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         if let Some(out) = child.stdout.take() {
@@ -174,13 +165,7 @@ impl Worker {
                 let tail = stderr_tail.lock().map(|t| t.join("\n")).unwrap_or_default();
                 anyhow::bail!("the handler exited with {status} before it was ready: {tail}");
             }
-            if self
-                .http
-                .get(format!("http://127.0.0.1:{port}/"))
-                .send()
-                .await
-                .is_ok()
-            {
+            if self.http.get(format!("http://127.0.0.1:{port}/")).send().await.is_ok() {
                 break;
             }
             if Instant::now() > deadline {
@@ -235,14 +220,8 @@ impl Worker {
     /// POSTs an envelope to `/<function>` and interprets the answer as the host does.
     pub async fn invoke(&self, function: &str, body: Vec<u8>) -> Outcome {
         let mut ready = self.ready.subscribe();
-        if tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r))
-            .await
-            .is_err()
-        {
-            return Outcome {
-                error: Some("the handler is not running".into()),
-                ..Default::default()
-            };
+        if tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await.is_err() {
+            return Outcome { error: Some("the handler is not running".into()), ..Default::default() };
         }
         let url = format!("{}/{function}", self.base_url());
         let request = self
@@ -261,10 +240,7 @@ impl Worker {
                     // The real host disposes of the single worker process, killing every invocation in flight.
                     tracing::error!(target: "host", "function timeout after {limit:?}: restarting the handler");
                     self.kill_handler();
-                    return Outcome {
-                        error: Some(format!("function timeout ({limit:?})")),
-                        ..Default::default()
-                    };
+                    return Outcome { error: Some(format!("function timeout ({limit:?})")), ..Default::default() };
                 }
             },
             None => request.await,
@@ -279,27 +255,16 @@ impl Worker {
             }
         };
         let status = response.status();
-        let content_type = response
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_string();
+        let content_type =
+            response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         let bytes = response.bytes().await.unwrap_or_default();
-        let mut outcome = Outcome {
-            status: Some(status.as_u16()),
-            ..Default::default()
-        };
+        let mut outcome = Outcome { status: Some(status.as_u16()), ..Default::default() };
         if !status.is_success() {
-            outcome.error = Some(format!(
-                "the handler answered {status}; outputs and logs dropped"
-            ));
+            outcome.error = Some(format!("the handler answered {status}; outputs and logs dropped"));
             return outcome;
         }
         if !content_type.starts_with("application/json") {
-            outcome.error = Some(format!(
-                "no MediaTypeFormatter is available for content type `{content_type}`"
-            ));
+            outcome.error = Some(format!("no MediaTypeFormatter is available for content type `{content_type}`"));
             return outcome;
         }
         match parse_result(&bytes) {
@@ -318,11 +283,7 @@ fn parse_result(bytes: &[u8]) -> Result<(Map<String, Value>, Vec<String>), Strin
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(bytes) else {
         return Err("the handler's 2xx body is not a JSON object".into());
     };
-    let get = |name: &str| {
-        top.iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v)
-    };
+    let get = |name: &str| top.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
     let outputs = match get("Outputs") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(o)) => o.clone(),
@@ -332,11 +293,7 @@ fn parse_result(bytes: &[u8]) -> Result<(Map<String, Value>, Vec<String>), Strin
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or("`Logs` must be an array of strings")
-            })
+            .map(|v| v.as_str().map(str::to_string).ok_or("`Logs` must be an array of strings"))
             .collect::<Result<_, _>>()?,
         Some(_) => return Err("`Logs` must be an array of strings".into()),
     };
@@ -344,9 +301,7 @@ fn parse_result(bytes: &[u8]) -> Result<(Map<String, Value>, Vec<String>), Strin
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 #[cfg(test)]
@@ -355,8 +310,7 @@ mod tests {
 
     #[test]
     fn result_parsing_follows_the_host() {
-        let (o, l) = parse_result(br#"{"Outputs":{"q":{"a":1}},"Logs":["x"],"ReturnValue":null}"#)
-            .expect("ok");
+        let (o, l) = parse_result(br#"{"Outputs":{"q":{"a":1}},"Logs":["x"],"ReturnValue":null}"#).expect("ok");
         assert_eq!(o.len(), 1);
         assert_eq!(l, ["x"]);
         assert!(parse_result(br#"{"outputs":{},"logs":[]}"#).is_ok());

@@ -1,0 +1,204 @@
+//! Job records: one small JSON blob per input blob version (name + ETag), in the input's storage account.
+//!
+//! A record makes submission exactly-once (it is created with `If-None-Match: *`, so one invocation wins, and the
+//! winner holds a lease on it while it creates the job) and doubles as the job's status: QueueMonitor writes the
+//! status, request counts and result locations after every check. `GET <container>?restype=container&comp=list`
+//! on the records container (prefix `batch-input/`) lists every job's state.
+//!
+//! The record's `checks` counter also de-duplicates monitoring: a monitor message whose `attempt` is behind the
+//! record was superseded by another delivery of the same check and is dropped.
+
+use bytes::Bytes;
+use reqwest::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use crate::batch_api::{Batch, RequestCounts};
+use crate::storage::blob::Condition;
+use crate::storage::{StorageClient, StorageError};
+
+/// Where records live unless `BATCH_RECORDS_CONTAINER` says otherwise.
+pub const DEFAULT_RECORDS_CONTAINER: &str = "batch-records";
+/// The submitter's lease on a record while it creates the job: longer than a create call may take
+/// ([`crate::batch_api::CREATE_TIMEOUT`]), short enough that a crashed submitter's blob is recovered within a minute.
+pub const SUBMIT_LEASE_SECS: u32 = 30;
+
+/// Where a blob version is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordState {
+    /// A job is being created (or a creation was interrupted).
+    #[default]
+    Submitting,
+    /// Creation is waiting for a delayed retry (quota full, throttled, service down, key refused).
+    Deferred,
+    /// The job exists and is being monitored.
+    Submitted,
+    /// The job reached a terminal status.
+    Ended,
+    /// No job will be created or followed; `reason` says why.
+    DeadLettered,
+}
+
+/// The record of one input blob version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct JobRecord {
+    /// `container/name` of the input.
+    pub blob: String,
+    pub blob_url: String,
+    /// The input's ETag, unquoted.
+    pub etag: String,
+    pub state: RecordState,
+    pub batch_id: Option<String>,
+    /// Jobs created for this blob version that were replaced (e.g. failed with `token_limit_exceeded`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub superseded_batch_ids: Vec<String>,
+    /// The job's last known status.
+    pub status: Option<String>,
+    pub request_counts: Option<RequestCounts>,
+    pub output_blob: Option<String>,
+    pub error_blob: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
+    /// Create attempts so far.
+    pub submit_attempts: u32,
+    /// The `attempt` of the newest monitor message put for this job.
+    pub checks: u32,
+    /// Consecutive failures of the current step (create or status check).
+    pub failures: u32,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub updated_at: u64,
+    /// Why the record is deferred or dead-lettered.
+    pub reason: Option<String>,
+}
+
+impl JobRecord {
+    /// Copies what a status check learned.
+    pub fn observe(&mut self, batch: &Batch) {
+        self.status = Some(batch.status.to_string());
+        self.request_counts = batch.request_counts.clone();
+        self.output_blob = batch.output_blob().map(str::to_string);
+        self.error_blob = batch.error_blob().map(str::to_string);
+        self.errors = batch.errors.iter().map(ToString::to_string).collect();
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Records in one container of one account.
+#[derive(Clone, Debug)]
+pub struct RecordStore {
+    storage: StorageClient,
+    container: String,
+}
+
+/// A record as read, with the ETag to update it under.
+pub type Versioned = (JobRecord, String);
+
+impl RecordStore {
+    pub fn new(storage: StorageClient, container: String) -> Self {
+        RecordStore { storage, container }
+    }
+
+    /// The record name of a blob version: `<container>/<name>/<etag>.json`.
+    pub fn key(blob: &str, etag: &str) -> String {
+        format!("{blob}/{}.json", crate::storage::blob::unquote_etag(etag))
+    }
+
+    /// Creates the record unless it exists. `Ok(None)`: another invocation created it first.
+    pub async fn create(&self, key: &str, record: &JobRecord) -> Result<Option<String>, StorageError> {
+        match self.put(key, record, Condition::IfNotExists).await {
+            Ok(etag) => Ok(Some(etag)),
+            Err(StorageError::Status { status: StatusCode::CONFLICT, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads a record; `None` if there is none (or it is unreadable, which is logged).
+    pub async fn read(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        let Some(blob) = self.storage.get_blob(&self.container, key).await? else { return Ok(None) };
+        match serde_json::from_slice::<JobRecord>(&blob.content) {
+            Ok(r) => Ok(Some((r, blob.etag))),
+            Err(e) => {
+                tracing::warn!(record = key, error = %e, "unreadable job record; ignoring it");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Writes a record under `condition`, creating the container on first use; returns the new ETag.
+    pub async fn put(&self, key: &str, record: &JobRecord, condition: Condition) -> Result<String, StorageError> {
+        let mut record = record.clone();
+        record.updated_at = unix_now();
+        let body = Bytes::from(serde_json::to_vec_pretty(&record).map_err(|e| StorageError::Parse(e.to_string()))?);
+        let put =
+            || self.storage.put_blob(&self.container, key, body.clone(), "application/json", condition.clone(), &[]);
+        match put().await {
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, code }) if code == "ContainerNotFound" => {
+                self.storage.create_container(&self.container).await?;
+                put().await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads, changes and writes back a record under `If-Match`, re-reading after a lost race (up to 5 times).
+    /// `change` returns `false` to leave the record as it is. `Ok(None)`: there is no record.
+    pub async fn update(
+        &self,
+        key: &str,
+        mut change: impl FnMut(&mut JobRecord) -> bool,
+    ) -> Result<Option<JobRecord>, StorageError> {
+        for _ in 0..5 {
+            let Some((mut record, etag)) = self.read(key).await? else { return Ok(None) };
+            if !change(&mut record) {
+                return Ok(Some(record));
+            }
+            match self.put(key, &record, Condition::IfMatch(etag)).await {
+                Ok(_) => return Ok(Some(record)),
+                Err(StorageError::Status { status: StatusCode::PRECONDITION_FAILED, .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StorageError::Parse(format!("record {key} kept changing under us")))
+    }
+
+    /// Takes the submitter's lease. `Ok(None)`: someone else holds it.
+    pub async fn lease(&self, key: &str) -> Result<Option<String>, StorageError> {
+        match self.storage.acquire_lease(&self.container, key, SUBMIT_LEASE_SECS).await {
+            Ok(id) => Ok(Some(id)),
+            Err(StorageError::Status { status: StatusCode::CONFLICT, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Releases a lease (best effort: it expires by itself).
+    pub async fn release(&self, key: &str, lease_id: &str) {
+        if let Err(e) = self.storage.release_lease(&self.container, key, lease_id).await {
+            tracing::warn!(record = key, error = %e, "releasing the record lease failed; it will expire");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_wire_shape() {
+        assert_eq!(RecordStore::key("batch-input/a/b.jsonl", "\"0x8D1\""), "batch-input/a/b.jsonl/0x8D1.json");
+        let r = JobRecord { blob: "batch-input/x".into(), state: RecordState::DeadLettered, ..Default::default() };
+        let v = serde_json::to_value(&r).expect("json");
+        assert_eq!(v["state"], "dead-lettered");
+        assert_eq!(v["batchId"], serde_json::Value::Null);
+        let back: JobRecord = serde_json::from_value(v).expect("back");
+        assert_eq!(back, r);
+        let lenient: JobRecord =
+            serde_json::from_str(r#"{"blob":"b","state":"submitted","future":1}"#).expect("unknown fields ok");
+        assert_eq!(lenient.state, RecordState::Submitted);
+    }
+}

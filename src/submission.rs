@@ -1,0 +1,310 @@
+//! Creating the batch job for a blob version exactly once, however often the trigger fires.
+//!
+//! The job record ([`crate::records`]) is created with `If-None-Match: *`; whoever then holds its lease may create
+//! the job, and counts the attempt in the record *before* calling the API. A later attempt that finds an earlier one
+//! recorded (a crash between the API's answer and the invocation's end) first looks for the job the API already has
+//! for that `input_blob` and adopts it. Creation that has to wait (quota full, throttled, service down, key refused)
+//! is deferred with a delayed `submit` message on the monitor queue, with exponential back-off; creation the API
+//! refuses for good is dead-lettered with the reason.
+
+use std::time::Duration;
+
+use tracing::{error, info, warn};
+
+use crate::batch_api::{Batch, BatchError, CreateBatch, ErrorKind, OutputFolder};
+use crate::dead_letter::{dead_letter, now, DeadLetter};
+use crate::error::FunctionError;
+use crate::functions::backoff;
+use crate::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
+use crate::records::{unix_now, JobRecord, RecordState, RecordStore};
+use crate::storage::blob::Condition;
+use crate::AppState;
+
+/// The only completion window blob mode accepts.
+const COMPLETION_WINDOW: &str = "24h";
+/// The endpoint sent on create; the service reads the file to choose between chat completions and responses.
+const BATCH_ENDPOINT: &str = "/chat/completions";
+/// BlobMonitor lets the host retry a transiently failed create this many times before deferring through the queue
+/// (the host's blob retries are immediate: five of them would not outlast a one-minute outage).
+const HOST_RETRY_ATTEMPTS: u32 = 2;
+/// How far back to look for a job an interrupted attempt may have created.
+const RECOVERY_SLACK_SECS: u64 = 300;
+/// Pages of 100 jobs to search when recovering.
+const RECOVERY_PAGES: usize = 10;
+/// How long to wait before looking again at a submission another invocation holds (its lease lasts at most
+/// [`crate::records::SUBMIT_LEASE_SECS`]; looking again costs one record read).
+const LEASE_HELD_DELAY: Duration = Duration::from_secs(10);
+/// Shortest deferral after a 401/403: long enough for an operator to fix a key or a role.
+pub const UNAUTHORIZED_MIN_DELAY: Duration = Duration::from_secs(300);
+
+/// One submission.
+pub struct Submission<'a> {
+    pub function: &'static str,
+    pub blob_url: &'a str,
+    /// `container/name`.
+    pub blob: &'a str,
+    /// Unquoted ETag.
+    pub etag: &'a str,
+    pub invocation_id: &'a str,
+    /// Deferrals before this attempt (0 from BlobMonitor).
+    pub deferrals: u32,
+    /// Whether a transient failure may be left to the host's retries (BlobMonitor) rather than deferred.
+    pub host_retries: bool,
+}
+
+/// What the caller does next.
+#[derive(Debug)]
+pub enum Submitted {
+    /// A job exists; start monitoring it with this message.
+    Monitor(MonitorMessage),
+    /// Nothing more to do; the line says why (already submitted, deferred, dead-lettered).
+    Done(String),
+}
+
+fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError {
+    FunctionError::unavailable(e.into().context(what))
+}
+
+/// Creates (or finds) the job for a blob version. See the module docs.
+pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Submitted, FunctionError> {
+    let key = RecordStore::key(s.blob, s.etag);
+    let fresh = JobRecord {
+        blob: s.blob.to_string(),
+        blob_url: s.blob_url.to_string(),
+        etag: s.etag.to_string(),
+        started_at: unix_now(),
+        ..Default::default()
+    };
+    let created = state.records.create(&key, &fresh).await.map_err(|e| unavailable(e, "creating the job record"))?;
+    if created.is_none() {
+        if let Err(done) = read(state, &key, s).await? {
+            return Ok(done);
+        }
+    }
+    let Some(lease) = state.records.lease(&key).await.map_err(|e| unavailable(e, "leasing the job record"))? else {
+        // Another invocation is creating this job now, or died doing so less than a lease ago: look again later.
+        let delay = LEASE_HELD_DELAY;
+        defer_message(state, s, delay).await?;
+        let line =
+            format!("{} is being submitted by another invocation; checking again in {} s", s.blob, delay.as_secs());
+        info!(blob = s.blob, "{line}");
+        return Ok(Submitted::Done(line));
+    };
+    let result = locked(state, s, &key, &lease).await;
+    state.records.release(&key, &lease).await;
+    result
+}
+
+/// Reads the record: `Err(done)` if it shows the blob version settled, `Ok(record)` to go on.
+async fn read(
+    state: &AppState,
+    key: &str,
+    s: &Submission<'_>,
+) -> Result<Result<Option<JobRecord>, Submitted>, FunctionError> {
+    let record = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?.map(|(r, _)| r);
+    Ok(match record.as_ref().and_then(|r| settled(r, s)) {
+        Some(done) => Err(done),
+        None => Ok(record),
+    })
+}
+
+/// What to do when the record shows the blob version settled (job known, or dead-lettered).
+fn settled(record: &JobRecord, s: &Submission<'_>) -> Option<Submitted> {
+    match (&record.batch_id, record.state) {
+        // Monitoring may never have started if the invocation that created the job died before answering: start it
+        // again. Duplicate first checks are dropped by QueueMonitor through the record's `checks`.
+        (Some(id), RecordState::Submitted) if record.checks == 0 => {
+            info!(blob = s.blob, batch_id = %id, "the job already exists; (re)starting its monitoring");
+            Some(Submitted::Monitor(monitor_message(id, s)))
+        }
+        (Some(id), st) => Some(Submitted::Done(format!("{} already has batch {id} ({st:?}); nothing to do", s.blob))),
+        (None, RecordState::DeadLettered) => Some(Submitted::Done(format!(
+            "{} was dead-lettered earlier: {}",
+            s.blob,
+            record.reason.as_deref().unwrap_or("-")
+        ))),
+        (None, _) => None,
+    }
+}
+
+fn monitor_message(batch_id: &str, s: &Submission<'_>) -> MonitorMessage {
+    MonitorMessage {
+        etag: Some(s.etag.to_string()),
+        ..MonitorMessage::new(batch_id.to_string(), Some(s.blob.to_string()))
+    }
+}
+
+/// The submission proper, under the record's lease.
+async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) -> Result<Submitted, FunctionError> {
+    let mut record = match read(state, key, s).await? {
+        Err(done) => return Ok(done),
+        Ok(Some(r)) => r,
+        Ok(None) => return Err(FunctionError::unavailable(anyhow::anyhow!("the job record {key} disappeared"))),
+    };
+    let held = Held { state, key, lease };
+
+    if record.submit_attempts > 0 {
+        // An earlier attempt may have reached the API before its invocation died: adopt that job if it exists.
+        match find_existing(state, &record).await {
+            Ok(Some(batch)) => {
+                info!(blob = s.blob, batch_id = %batch.id, "found the job an interrupted attempt created; adopting it");
+                record.batch_id = Some(batch.id.clone());
+                record.state = RecordState::Submitted;
+                record.observe(&batch);
+                held.write(&record).await?;
+                return Ok(Submitted::Monitor(monitor_message(&batch.id, s)));
+            }
+            Ok(None) => {}
+            Err(e) => return Err(unavailable(e, "listing batches to recover an interrupted submission")),
+        }
+    }
+
+    record.submit_attempts += 1;
+    record.state = RecordState::Submitting;
+    held.write(&record).await?;
+
+    let root = crate::functions::account_root(
+        &url::Url::parse(s.blob_url).map_err(FunctionError::bad_envelope)?,
+        &state.config.storage.blob_endpoint,
+    );
+    let output_folder = format!("{}/{}", root.as_str().trim_end_matches('/'), state.config.output_container);
+    info!(blob = s.blob, attempt = record.submit_attempts, output_folder = %output_folder, "creating the batch job");
+    let request = CreateBatch {
+        input_file_id: None,
+        endpoint: BATCH_ENDPOINT,
+        completion_window: COMPLETION_WINDOW,
+        input_blob: s.blob_url,
+        output_folder: OutputFolder { url: &output_folder },
+    };
+    match state.batch.create(&request).await {
+        Ok(batch) => {
+            info!(blob = s.blob, batch_id = %batch.id, status = %batch.status, "created the batch job");
+            record.batch_id = Some(batch.id.clone());
+            record.state = RecordState::Submitted;
+            record.failures = 0;
+            record.reason = None;
+            record.observe(&batch);
+            // If this write fails, the retry finds the job through the API (attempts > 0) instead of creating another.
+            held.write(&record).await?;
+            Ok(Submitted::Monitor(monitor_message(&batch.id, s)))
+        }
+        Err(e) => refused(&held, s, record, e).await,
+    }
+}
+
+/// A record under our lease.
+struct Held<'a> {
+    state: &'a AppState,
+    key: &'a str,
+    lease: &'a str,
+}
+
+impl Held<'_> {
+    async fn write(&self, record: &JobRecord) -> Result<(), FunctionError> {
+        self.state
+            .records
+            .put(self.key, record, Condition::Lease(self.lease.to_string()))
+            .await
+            .map(|_| ())
+            .map_err(|e| unavailable(e, "writing the job record"))
+    }
+}
+
+/// A failed create: let the host retry, defer, or dead-letter.
+async fn refused(
+    held: &Held<'_>,
+    s: &Submission<'_>,
+    mut record: JobRecord,
+    e: BatchError,
+) -> Result<Submitted, FunctionError> {
+    let state = held.state;
+    let kind = e.kind();
+    let config = &state.config;
+    record.failures += 1;
+    record.reason = Some(e.to_string());
+    let give_up = match kind {
+        ErrorKind::Permanent | ErrorKind::NotFound => true,
+        // The quota frees up as other jobs end: never give up on it.
+        ErrorKind::TokenLimit => false,
+        _ => record.failures >= config.max_check_failures,
+    };
+    if give_up {
+        error!(blob = s.blob, status = e.status.map(|s| s.as_u16()), code = e.code.as_deref().unwrap_or("-"), message = %e.message,
+            "the batch API refused the job; dead-lettering the blob");
+        record.state = RecordState::DeadLettered;
+        held.write(&record).await?;
+        let reason = format!("the batch API refused to create a job: {e}");
+        dead_letter(
+            state,
+            DeadLetter {
+                function: s.function,
+                reason: &reason,
+                code: e.code.as_deref(),
+                batch_id: None,
+                blob: Some(s.blob_url),
+                message: None,
+                invocation_id: s.invocation_id,
+                at: now(),
+            },
+        )
+        .await
+        .map_err(|e| unavailable(e, "dead-lettering the blob"))?;
+        return Ok(Submitted::Done(format!("no batch job for {}: {reason}", s.blob)));
+    }
+    if kind == ErrorKind::Transient && s.host_retries && record.submit_attempts <= HOST_RETRY_ATTEMPTS {
+        warn!(blob = s.blob, error = %e, "the job was not created (transient); failing so the host retries");
+        record.state = RecordState::Submitting;
+        held.write(&record).await?;
+        return Err(FunctionError::unavailable(e));
+    }
+    let mut delay = backoff(config.retry_delay, record.failures, config.backoff_cap, e.retry_after);
+    if kind == ErrorKind::Unauthorized {
+        delay = delay.max(UNAUTHORIZED_MIN_DELAY);
+    }
+    warn!(blob = s.blob, status = e.status.map(|s| s.as_u16()), code = e.code.as_deref().unwrap_or("-"), message = %e.message,
+        retry_in_secs = delay.as_secs(), "the job could not be created now; deferring the submission");
+    record.state = RecordState::Deferred;
+    held.write(&record).await?;
+    defer_message(state, s, delay).await?;
+    Ok(Submitted::Done(format!("creating the job for {} is deferred by {} s: {e}", s.blob, delay.as_secs())))
+}
+
+/// Puts the delayed `submit` message.
+pub async fn defer_message(state: &AppState, s: &Submission<'_>, delay: Duration) -> Result<(), FunctionError> {
+    let m = SubmitMessage {
+        submit: s.blob_url.to_string(),
+        blob: s.blob.to_string(),
+        etag: s.etag.to_string(),
+        attempt: s.deferrals + 1,
+    };
+    state
+        .storage
+        .put_message(MONITOR_QUEUE, m.to_json().as_bytes(), state.config.message_encoding, delay)
+        .await
+        .map_err(|e| unavailable(e, "putting the deferred submission on the queue"))
+}
+
+/// The job an earlier attempt created for this blob version, if the API has one.
+async fn find_existing(state: &AppState, record: &JobRecord) -> Result<Option<Batch>, BatchError> {
+    let since = record.started_at.saturating_sub(RECOVERY_SLACK_SECS);
+    let mut after: Option<String> = None;
+    for _ in 0..RECOVERY_PAGES {
+        let page = state.batch.list(after.as_deref(), 100).await?;
+        for b in &page.data {
+            let created = b.created_at.as_ref().and_then(serde_json::Value::as_u64);
+            if b.input_blob.as_deref() == Some(record.blob_url.as_str())
+                && !record.superseded_batch_ids.contains(&b.id)
+                && created.is_none_or(|c| c >= since)
+            {
+                return Ok(Some(b.clone()));
+            }
+        }
+        // Newest first: once a page reaches back past the attempt, older pages cannot hold it.
+        let oldest = page.data.last().and_then(|b| b.created_at.as_ref()).and_then(serde_json::Value::as_u64);
+        if !page.has_more || oldest.is_some_and(|c| c < since) {
+            break;
+        }
+        after = page.data.last().map(|b| b.id.clone());
+    }
+    Ok(None)
+}
