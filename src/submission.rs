@@ -55,8 +55,10 @@ pub struct Submission<'a> {
 /// What the caller does next.
 #[derive(Debug)]
 pub enum Submitted {
-    /// A job exists; start monitoring it with this message.
-    Monitor(MonitorMessage),
+    /// A job exists; start monitoring it with this message. `created`: this call created it (or adopted the job
+    /// of an interrupted attempt); otherwise an earlier invocation did, and monitoring is (re)started in case that
+    /// invocation's output was lost (duplicate checks are dropped by QueueMonitor).
+    Monitor { message: MonitorMessage, created: bool },
     /// Nothing more to do; the line says why (already submitted, deferred, dead-lettered).
     Done(String),
 }
@@ -115,7 +117,7 @@ fn settled(record: &JobRecord, s: &Submission<'_>) -> Option<Submitted> {
         // again. Duplicate first checks are dropped by QueueMonitor through the record's `checks`.
         (Some(id), RecordState::Submitted) if record.checks == 0 => {
             info!(blob = s.blob, batch_id = %id, "the job already exists; (re)starting its monitoring");
-            Some(Submitted::Monitor(monitor_message(id, s)))
+            Some(Submitted::Monitor { message: monitor_message(id, s), created: false })
         }
         (Some(id), st) => Some(Submitted::Done(format!("{} already has batch {id} ({st:?}); nothing to do", s.blob))),
         (None, RecordState::DeadLettered) => Some(Submitted::Done(format!(
@@ -152,10 +154,11 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
                 record.state = RecordState::Submitted;
                 record.observe(&batch);
                 held.write(&record).await?;
-                return Ok(Submitted::Monitor(monitor_message(&batch.id, s)));
+                return Ok(Submitted::Monitor { message: monitor_message(&batch.id, s), created: true });
             }
             Ok(None) => {}
-            Err(e) => return Err(unavailable(e, "listing batches to recover an interrupted submission")),
+            // Not knowing whether the job exists, creating one could duplicate it: wait like a failed create.
+            Err(e) => return refused(&held, s, record, e).await,
         }
     }
 
@@ -186,7 +189,7 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
             record.observe(&batch);
             // If this write fails, the retry finds the job through the API (attempts > 0) instead of creating another.
             held.write(&record).await?;
-            Ok(Submitted::Monitor(monitor_message(&batch.id, s)))
+            Ok(Submitted::Monitor { message: monitor_message(&batch.id, s), created: true })
         }
         Err(e) => refused(&held, s, record, e).await,
     }
@@ -251,7 +254,7 @@ async fn refused(
         .map_err(|e| unavailable(e, "dead-lettering the blob"))?;
         return Ok(Submitted::Done(format!("no batch job for {}: {reason}", s.blob)));
     }
-    if kind == ErrorKind::Transient && s.host_retries && record.submit_attempts <= HOST_RETRY_ATTEMPTS {
+    if kind == ErrorKind::Transient && s.host_retries && record.failures <= HOST_RETRY_ATTEMPTS {
         warn!(blob = s.blob, error = %e, "the job was not created (transient); failing so the host retries");
         record.state = RecordState::Submitting;
         held.write(&record).await?;

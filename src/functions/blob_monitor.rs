@@ -81,9 +81,10 @@ pub(super) async fn invoke(State(state): State<AppState>, headers: HeaderMap, bo
         host_retries: true,
     };
     match submit(&state, &submission).await? {
-        Submitted::Monitor(message) => {
+        Submitted::Monitor { message, created } => {
             info!(blob = %blob, batch_id = %message.batch_id, "handing the job to QueueMonitor");
-            Ok(InvokeResponse::log(format!("created batch {} for {blob}", message.batch_id))
+            let verb = if created { "created" } else { "monitoring existing" };
+            Ok(InvokeResponse::log(format!("{verb} batch {} for {blob}", message.batch_id))
                 .with_output(OUTPUT_BINDING, json!(message)))
         }
         Submitted::Done(line) => Ok(InvokeResponse::log(line)),

@@ -63,9 +63,10 @@ async fn deferred_submission(state: &AppState, invocation_id: &str, m: &SubmitMe
         host_retries: false,
     };
     match submit(state, &s).await? {
-        Submitted::Monitor(message) => {
+        Submitted::Monitor { message, created } => {
             requeue(state, &message, Duration::ZERO).await?;
-            Ok(InvokeResponse::log(format!("created batch {} for {}", message.batch_id, m.blob)))
+            let verb = if created { "created" } else { "monitoring existing" };
+            Ok(InvokeResponse::log(format!("{verb} batch {} for {}", message.batch_id, m.blob)))
         }
         Submitted::Done(line) => Ok(InvokeResponse::log(line)),
     }

@@ -113,10 +113,10 @@ async fn a_burst_of_429s_and_503s_delays_but_loses_no_job() {
     bounded(async {
         let stack = Stack::start(StackOptions::default()).await;
         stack.emulator.world.set_faults(Faults {
-            throttle_percent: 30,
+            throttle_percent: 25,
             retry_after_ms: 300,
-            unavailable_percent: 30,
-            delay_ms: 0,
+            unavailable_percent: 25,
+            ..Faults::default()
         });
         for i in 0..4 {
             stack.drop_blob(&format!("burst{i}.jsonl"), sample_jsonl(2).as_bytes()).await;

@@ -4,3 +4,4 @@ mod blob_monitor;
 mod e2e;
 mod helpers;
 mod queue_monitor;
+mod reliability;

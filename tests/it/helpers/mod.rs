@@ -31,8 +31,13 @@ static TRACING: LazyLock<()> = LazyLock::new(|| {
 
 /// Runs a test body under [`TEST_TIMEOUT`].
 pub async fn bounded<F: std::future::Future>(f: F) -> F::Output {
+    bounded_for(TEST_TIMEOUT, f).await
+}
+
+/// Runs a test body under a longer bound, for scenarios that last by design (an outage of a minute).
+pub async fn bounded_for<F: std::future::Future>(limit: Duration, f: F) -> F::Output {
     LazyLock::force(&TRACING);
-    tokio::time::timeout(TEST_TIMEOUT, f).await.expect("test exceeded TEST_TIMEOUT")
+    tokio::time::timeout(limit, f).await.expect("test exceeded its time limit")
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `limit` naming `what`.

@@ -17,11 +17,13 @@ use super::{azurite, API_KEY};
 pub struct StackOptions {
     pub timings: Timings,
     pub retry_delay_secs: u64,
+    /// A storage connection string to use instead of a fresh account on the shared Azurite.
+    pub connection: Option<String>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { timings: Timings::uniform(Duration::from_millis(300)), retry_delay_secs: 1 }
+        StackOptions { timings: Timings::uniform(Duration::from_millis(300)), retry_delay_secs: 1, connection: None }
     }
 }
 
@@ -57,7 +59,7 @@ fn app_dir() -> PathBuf {
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
-        let (_, conn) = azurite::shared().fresh_account();
+        let conn = options.connection.clone().unwrap_or_else(|| azurite::shared().fresh_account().1);
         let account = StorageAccount::parse(&conn).expect("conn");
         let storage = StorageClient::new(reqwest::Client::new(), account.clone());
         storage.create_container("batch-input").await.expect("container");
@@ -72,6 +74,8 @@ impl Stack {
             ("OPENAI_API_KEY".into(), API_KEY.into()),
             ("BATCH_OUTPUT_CONTAINER".into(), "batch-output".into()),
             ("BATCH_RETRY_DELAY".into(), options.retry_delay_secs.to_string()),
+            // Back-off doubles from the retry delay; a low cap keeps fault tests within seconds.
+            ("BATCH_BACKOFF_CAP".into(), "4".into()),
         ];
         let app_dir = app_dir();
         let mut host_options = HostOptions::new(app_dir.clone(), settings);
@@ -131,6 +135,17 @@ impl Stack {
                 .collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// The job records, parsed.
+    pub async fn records(&self) -> Vec<blob_batch_monitor::records::JobRecord> {
+        let mut out = Vec::new();
+        for item in self.storage.list_all_blobs("batch-records", None).await.unwrap_or_default() {
+            if let Ok(Some(b)) = self.storage.get_blob("batch-records", &item.name).await {
+                out.extend(serde_json::from_slice(&b.content).ok());
+            }
+        }
+        out
     }
 
     /// Names of blobs under `container`.

@@ -121,9 +121,14 @@ impl Azurite {
         self.connection_string(DEVSTORE_ACCOUNT, DEVSTORE_KEY)
     }
 
-    /// Stops Azurite (SIGKILL; data in a folder survives).
+    /// Stops Azurite gracefully (SIGTERM, so it saves its data), killing it after 10 s.
     pub async fn stop(mut self) {
-        let _ = self.child.kill().await;
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
     }
 
     /// Whether the process is still running.

@@ -17,6 +17,13 @@ pub struct Faults {
     pub unavailable_percent: u8,
     /// Delay before every API answer.
     pub delay_ms: u64,
+    /// Delay between accepting a create (the job exists) and answering it: the window in which a client that dies
+    /// leaves a job it never heard of.
+    pub hold_create_ms: u64,
+    /// The next N creates are refused with HTTP 400 `token_limit_exceeded` (the fail-fast regions).
+    pub token_limit_creates: u32,
+    /// The next N created jobs fail validation with `token_limit_exceeded` (the other regions).
+    pub token_limit_jobs: u32,
 }
 
 /// The injected answer, if any.
@@ -71,7 +78,7 @@ mod tests {
     #[test]
     fn shares_are_respected() {
         let rng = XorShift::new(42);
-        let f = Faults { throttle_percent: 30, unavailable_percent: 20, retry_after_ms: 5, delay_ms: 0 };
+        let f = Faults { throttle_percent: 30, unavailable_percent: 20, retry_after_ms: 5, ..Faults::default() };
         let (mut t, mut u) = (0, 0);
         for _ in 0..10_000 {
             match f.decide(&rng) {

@@ -123,7 +123,8 @@ impl Job {
     }
 }
 
-/// A request the emulator received: method, path (without query) and the status it answered.
+/// A request the emulator received: method, path (without query and surface prefix) and the status it answered
+/// (0 if it never did).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Recorded {
     pub method: String,
@@ -194,8 +195,18 @@ impl World {
         lock(&self.jobs).insert(job.id.clone(), job);
     }
 
-    pub(crate) fn record(&self, r: Recorded) {
-        lock(&self.requests).push(r);
+    /// Records a request as it arrives (status 0 until answered), so that a request whose client vanished
+    /// before the answer still counts.
+    pub(crate) fn record_start(&self, method: String, path: String) -> usize {
+        let mut r = lock(&self.requests);
+        r.push(Recorded { method, path, status: 0 });
+        r.len() - 1
+    }
+
+    pub(crate) fn record_status(&self, index: usize, status: u16) {
+        if let Some(r) = lock(&self.requests).get_mut(index) {
+            r.status = status;
+        }
     }
 
     pub(crate) fn order(&self) -> Vec<String> {

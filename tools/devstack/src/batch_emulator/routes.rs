@@ -15,7 +15,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::faults::{Injected, XorShift};
-use super::{runner, unix_now, Faults, Job, Recorded, World};
+use super::{runner, unix_now, Faults, Job, World};
 
 /// Which surface a request came through; it decides the error body shape and the create status.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -71,8 +71,7 @@ fn ok(status: StatusCode, body: Value) -> Response {
 
 /// Records every API call; checks the key and the api-version; injects faults.
 async fn gate(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
-    let method = request.method().to_string();
-    let path = request.uri().path().to_string();
+    let recorded = ctx.world.record_start(request.method().to_string(), request.uri().path().to_string());
     let query = query(request.uri());
     let (api_key, faults) = {
         let c = ctx.world.config.lock().unwrap_or_else(|e| e.into_inner());
@@ -105,7 +104,7 @@ async fn gate(State(ctx): State<Ctx>, request: Request, next: Next) -> Response 
         }
     }
     .await;
-    ctx.world.record(Recorded { method, path, status: response.status().as_u16() });
+    ctx.world.record_status(recorded, response.status().as_u16());
     response
 }
 
@@ -136,6 +135,22 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
     if req.get("input_file_id").is_some_and(|v| !v.is_null()) {
         return bad("This emulator supports blob storage input only; input_file_id must be null.");
     }
+    // Quota checks happen before the job exists.
+    let (token_limit_now, token_limit_later, hold) = {
+        let mut c = ctx.world.config.lock().unwrap_or_else(|e| e.into_inner());
+        let f = &mut c.faults;
+        let now = f.token_limit_creates > 0;
+        f.token_limit_creates = f.token_limit_creates.saturating_sub(1);
+        let later = !now && f.token_limit_jobs > 0;
+        if later {
+            f.token_limit_jobs -= 1;
+        }
+        (now, later, f.hold_create_ms)
+    };
+    if token_limit_now {
+        return error(ctx.surface, StatusCode::BAD_REQUEST, "token_limit_exceeded",
+            "Enqueued token limit reached for this deployment (token_limit_exceeded). Retry after existing jobs complete.");
+    }
     let input_blob = field("input_blob");
     let output_folder = req.pointer("/output_folder/url").and_then(Value::as_str).unwrap_or_default().to_string();
     if input_blob.is_empty() || output_folder.is_empty() {
@@ -161,7 +176,10 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
     let bad_window = field("completion_window") != "24h";
     let body = job.to_json();
     ctx.world.insert(job.clone());
-    tokio::spawn(runner::run(ctx.world.clone(), job.id, bad_window));
+    tokio::spawn(runner::run(ctx.world.clone(), job.id, bad_window, token_limit_later));
+    if hold > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
+    }
     ok(if ctx.surface == Surface::Dated { StatusCode::CREATED } else { StatusCode::OK }, body)
 }
 

@@ -43,9 +43,9 @@ async fn wait(world: &World, id: &str, d: Duration, stop_on_cancel: bool) -> Res
     }
 }
 
-pub(super) async fn run(world: Arc<World>, id: String, bad_window: bool) {
+pub(super) async fn run(world: Arc<World>, id: String, bad_window: bool, token_limit: bool) {
     let timings = world.config.lock().unwrap_or_else(|e| e.into_inner()).timings;
-    match lifecycle(&world, &id, bad_window, timings).await {
+    match lifecycle(&world, &id, bad_window, token_limit, timings).await {
         Ok(()) | Err(Interrupted::Ended) => {}
         Err(Interrupted::Cancel) => {
             if wait(&world, &id, timings.cancelling, false).await.is_ok() {
@@ -59,12 +59,24 @@ pub(super) async fn run(world: Arc<World>, id: String, bad_window: bool) {
     }
 }
 
-async fn lifecycle(world: &World, id: &str, bad_window: bool, t: super::Timings) -> Result<(), Interrupted> {
+async fn lifecycle(
+    world: &World,
+    id: &str,
+    bad_window: bool,
+    token_limit: bool,
+    t: super::Timings,
+) -> Result<(), Interrupted> {
     phase(world, id, t.validating).await?;
     let Some(job) = world.job(id) else {
         return Err(Interrupted::Ended);
     };
-    let checked = if bad_window {
+    let checked = if token_limit {
+        Err(Invalid {
+            code: "token_limit_exceeded",
+            message: "The enqueued token limit for this deployment was exceeded.".into(),
+            line: None,
+        })
+    } else if bad_window {
         Err(Invalid { code: "invalid_request", message: "completion_window must be 24h".into(), line: None })
     } else {
         read_and_validate(world, &job.input_blob).await
@@ -150,8 +162,7 @@ async fn read_and_validate(world: &World, url: &str) -> Result<Vec<super::valida
     let (storage, container, name) = world
         .storage_for(url)
         .ok_or_else(|| no_access(format!("the service cannot reach {url}: no storage account configured for it")))?;
-    let blob = storage
-        .get_blob(&container, &name)
+    let blob = retrying(|| storage.get_blob(&container, &name))
         .await
         .map_err(|e| no_access(format!("reading {url} failed: {e}")))?
         .ok_or_else(|| no_access(format!("the input blob {url} does not exist")))?;
@@ -163,10 +174,32 @@ async fn write(world: &World, url: &str, content: String) -> Result<(), String> 
     let (storage, container, name) = world
         .storage_for(url)
         .ok_or_else(|| format!("the service cannot write to {url}: no storage account configured for it"))?;
-    storage.create_container(&container).await.map_err(|e| format!("creating container {container}: {e}"))?;
-    storage
-        .put_blob(&container, &name, Bytes::from(content), "application/jsonl", Condition::None, &[])
+    retrying(|| storage.create_container(&container))
+        .await
+        .map_err(|e| format!("creating container {container}: {e}"))?;
+    let content = Bytes::from(content);
+    retrying(|| storage.put_blob(&container, &name, content.clone(), "application/jsonl", Condition::None, &[]))
         .await
         .map(|_| ())
         .map_err(|e| format!("writing {url}: {e}"))
+}
+
+/// Like the real service, rides out a storage hiccup (connection failures and 5xx, for up to a minute) before
+/// failing the job.
+async fn retrying<T, F, Fut>(mut op: F) -> Result<T, blob_batch_monitor::storage::StorageError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, blob_batch_monitor::storage::StorageError>>,
+{
+    use blob_batch_monitor::storage::StorageError;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match op().await {
+            Err(StorageError::Transport(_)) if tokio::time::Instant::now() < deadline => {}
+            Err(StorageError::Status { status, .. })
+                if status.is_server_error() && tokio::time::Instant::now() < deadline => {}
+            other => return other,
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }

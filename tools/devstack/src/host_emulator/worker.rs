@@ -61,6 +61,20 @@ pub struct Worker {
     stop: Notify,
     /// How many times the handler has been started.
     pub starts: AtomicU32,
+    /// The handler's recent stdout and stderr lines (the host keeps them as `Host.Function.Console` logs).
+    output: Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+}
+
+/// Lines of handler output kept for [`Worker::output`].
+const OUTPUT_LINES: usize = 50_000;
+
+fn keep(buffer: &std::sync::Mutex<std::collections::VecDeque<String>>, line: &str) {
+    if let Ok(mut b) = buffer.lock() {
+        if b.len() == OUTPUT_LINES {
+            b.pop_front();
+        }
+        b.push_back(line.to_string());
+    }
 }
 
 impl Worker {
@@ -76,6 +90,7 @@ impl Worker {
             kill: Notify::new(),
             stop: Notify::new(),
             starts: AtomicU32::new(0),
+            output: Arc::default(),
         });
         let (first_tx, first_rx) = tokio::sync::oneshot::channel();
         tokio::spawn(worker.clone().supervise(first_tx));
@@ -138,19 +153,23 @@ impl Worker {
         self.starts.fetch_add(1, Ordering::SeqCst);
         let stderr_tail = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         if let Some(out) = child.stdout.take() {
+            let output = self.output.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(out).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
                     tracing::info!(target: "handler", "{l}");
+                    keep(&output, &l);
                 }
             });
         }
         if let Some(err) = child.stderr.take() {
             let tail = stderr_tail.clone();
+            let output = self.output.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(err).lines();
                 while let Ok(Some(l)) = lines.next_line().await {
                     tracing::warn!(target: "handler", "{l}");
+                    keep(&output, &l);
                     if let Ok(mut t) = tail.lock() {
                         t.push(l);
                     }
@@ -200,6 +219,11 @@ impl Worker {
                 Ok(true)
             }
         }
+    }
+
+    /// The handler's recent output lines, stdout and stderr interleaved.
+    pub fn output(&self) -> Vec<String> {
+        self.output.lock().map(|b| b.iter().cloned().collect()).unwrap_or_default()
     }
 
     /// Kills the handler (SIGKILL); the supervisor restarts it.
