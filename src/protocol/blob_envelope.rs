@@ -130,10 +130,7 @@ impl ElidingReader {
                     && matches!(self.stack[1], Frame::Object { .. })
                     && self.top_key.eq_ignore_ascii_case(b"Data");
                 if self.eliding {
-                    self.elided.push(ElidedValue {
-                        binding: String::from_utf8_lossy(&self.data_key).into_owned(),
-                        ..Default::default()
-                    });
+                    self.elided.push(ElidedValue { binding: unescape(&self.data_key), ..Default::default() });
                 }
             }
             _ => {}
@@ -204,6 +201,15 @@ impl ElidingReader {
     pub fn finish(self) -> Result<(InvokeRequest, Vec<ElidedValue>), EnvelopeError> {
         Ok((InvokeRequest::from_slice(&self.kept)?, self.elided))
     }
+}
+
+/// A key's raw JSON string content, unescaped (`a\"b` → `a"b`).
+fn unescape(raw: &[u8]) -> String {
+    let mut quoted = Vec::with_capacity(raw.len() + 2);
+    quoted.push(b'"');
+    quoted.extend_from_slice(raw);
+    quoted.push(b'"');
+    serde_json::from_slice(&quoted).unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned())
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 
 mod blob_monitor;
 mod e2e;
+mod fuzz;
+mod load;
 mod helpers;
 mod queue_monitor;
 mod reliability;
