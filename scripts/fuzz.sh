@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_ITERATIONS="${1:-5000000}" FUZZ_SEED="${2:-$RANDOM$RANDOM}" \
-  cargo test --profile fuzz --test it fuzz::parsers_survive -- --nocapture
+  cargo test --profile tools --test it fuzz::parsers_survive -- --nocapture

@@ -83,7 +83,8 @@ fn check(input: &[u8], chunking: usize) {
     let fed = input.chunks(chunking.max(1)).try_for_each(|c| reader.feed(c));
     let streamed = fed.ok().and_then(|_| reader.finish().ok());
     if let Ok(Value::Object(full)) = serde_json::from_slice::<Value>(input) {
-        let data_is_strings = full.get("Data").and_then(Value::as_object).is_some_and(|d| d.values().all(Value::is_string));
+        let data_is_strings =
+            full.get("Data").and_then(Value::as_object).is_some_and(|d| d.values().all(Value::is_string));
         let keys_unique = serde_json::from_slice::<InvokeRequest>(input).is_ok();
         if data_is_strings && keys_unique && full.keys().filter(|k| k.eq_ignore_ascii_case("data")).count() == 1 {
             let (req, elided) = streamed.expect("the reader must accept what serde_json accepts");
@@ -91,7 +92,8 @@ fn check(input: &[u8], chunking: usize) {
             assert_eq!(req.metadata, expected_meta, "metadata differs from a full parse");
             // Every Data value is elided (a repeated key is elided each time; the parse keeps the last one).
             let names: std::collections::BTreeSet<&str> = elided.iter().map(|e| e.binding.as_str()).collect();
-            let keys: std::collections::BTreeSet<&str> = full["Data"].as_object().map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
+            let keys: std::collections::BTreeSet<&str> =
+                full["Data"].as_object().map(|d| d.keys().map(String::as_str).collect()).unwrap_or_default();
             assert_eq!(names, keys, "every Data string is elided");
         }
     }
@@ -111,7 +113,9 @@ fn check(input: &[u8], chunking: usize) {
 
 fn accept_work(text: &str) {
     match parse_work(text, "http://127.0.0.1:10000/devstoreaccount1") {
-        Ok(Work::Check(m)) => assert!(validate_batch_id(&m.batch_id).is_ok() && !m.batch_id.contains(['/', '?', '#', ' '])),
+        Ok(Work::Check(m)) => {
+            assert!(validate_batch_id(&m.batch_id).is_ok() && !m.batch_id.contains(['/', '?', '#', ' ']))
+        }
         Ok(Work::Submit(m)) => assert!(m.submit.starts_with("http://127.0.0.1:10000/devstoreaccount1/")),
         Err(reason) => assert!(!reason.is_empty()),
     }

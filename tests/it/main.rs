@@ -3,7 +3,7 @@
 mod blob_monitor;
 mod e2e;
 mod fuzz;
-mod load;
 mod helpers;
+mod load;
 mod queue_monitor;
 mod reliability;
