@@ -1,5 +1,6 @@
 //! Integration tests: one binary (style habit 13). Storage is a real Azurite, the batch API the stateful emulator.
 
+mod bench_smoke;
 mod blob_monitor;
 mod e2e;
 mod fuzz;

@@ -13,4 +13,5 @@
 
 pub mod azurite;
 pub mod batch_emulator;
+pub mod bench;
 pub mod host_emulator;

@@ -69,6 +69,18 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         phase_secs: u64,
     },
+    /// Measure the handler (see bench/run.sh and docs/performance.md): prints a Markdown table.
+    Bench {
+        /// The handler executable to measure.
+        #[arg(long, default_value = "target/release/handler")]
+        handler: PathBuf,
+        /// The static musl build, to report its size.
+        #[arg(long)]
+        musl: Option<PathBuf>,
+        /// A few seconds: check the harness, quote nothing.
+        #[arg(long)]
+        smoke: bool,
+    },
     /// Upload a file as a blob (by default into batch-input on the local Azurite).
     Upload {
         file: PathBuf,
@@ -117,6 +129,21 @@ async fn main() -> anyhow::Result<()> {
             )?;
             println!("batch API emulator on {}", emulator.uri());
             tokio::signal::ctrl_c().await?;
+            Ok(())
+        }
+        Command::Bench { handler, musl, smoke } => {
+            let root = project_root(&std::env::current_dir()?).context("run the bench from inside the checkout")?;
+            let work = root.join("target/bench");
+            let handler = handler.canonicalize().with_context(|| format!("{} (build it first)", handler.display()))?;
+            let mut options = if smoke {
+                devstack::bench::BenchOptions::smoke(handler, root.clone(), work)
+            } else {
+                devstack::bench::BenchOptions::full(handler, root.clone(), work)
+            };
+            options.musl_binary = musl;
+            // The bench drives blocking processes and its own runtimes: run it off this runtime.
+            let report = tokio::task::spawn_blocking(move || devstack::bench::run(&options)).await??;
+            println!("{}", report.markdown());
             Ok(())
         }
         Command::Upload { file, name, container, connection } => {

@@ -1,0 +1,34 @@
+//! A smoke pass of the benchmark suite (a few seconds, against the debug handler) so that `bench/run.sh` cannot
+//! rot: every measurement runs and produces a figure. The figures themselves are not judged here: timings belong to
+//! the benchmarks, not to tests.
+
+use std::path::Path;
+
+use devstack::bench::{run, BenchOptions};
+
+#[test]
+fn the_benchmark_harness_runs_end_to_end() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-smoke-{}", std::process::id()));
+    let options = BenchOptions::smoke(env!("CARGO_BIN_EXE_handler").into(), root, work.clone());
+    let report = run(&options).expect("the bench runs");
+    let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
+    for expected in [
+        "Cold start",
+        "Idle resident memory",
+        "terminal path: throughput",
+        "terminal path: median latency",
+        "running path",
+        "256 invocations in flight",
+        "Jobs one instance can monitor",
+        "Large blob",
+        "Chunked",
+        "ContentLength",
+        "Deploy size",
+    ] {
+        assert!(names.iter().any(|n| n.contains(expected)), "no `{expected}` row in {names:#?}");
+    }
+    assert!(report.rows.iter().all(|r| r.value.is_finite() && r.value > 0.0), "{}", report.markdown());
+    assert!(report.markdown().lines().count() == report.rows.len() + 2);
+    let _ = std::fs::remove_dir_all(work);
+}

@@ -1,0 +1,306 @@
+//! The measurements. Each function adds its rows to the report; see the module docs of `bench` for the method.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use blob_batch_monitor::storage::connection::{DEVSTORE_ACCOUNT, DEVSTORE_KEY};
+use blob_batch_monitor::storage::StorageAccount;
+
+use super::blob::{self, Framing};
+use super::nginx::{Nginx, DONE, RUNNING};
+use super::procs::{command, free_port, median, spawn, status_kb, wait_ready, wrk, wrk_post_script, Proc};
+use super::{BenchOptions, Report};
+use crate::batch_emulator::{BatchEmulator, EmulatorConfig, Faults, Timings};
+use crate::host_emulator::envelope::{queue_envelope, QueueInfo};
+
+/// The core the handler and its upstream share, and the core of the load generator.
+const SHARED_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+
+/// Runs every measurement.
+pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
+    std::fs::create_dir_all(&o.work_dir)?;
+    let pin = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) >= 2;
+    let (shared, load) = if pin { (Some(SHARED_CPU), Some(LOAD_CPU)) } else { (None, None) };
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let nginx = Nginx::start(&o.work_dir.join("nginx"), shared)?;
+    let mut report = Report::default();
+    startup(o, &nginx, &mut report)?;
+    overhead(o, &nginx, shared, load, &mut report)?;
+    in_flight_memory(o, &nginx, &runtime, load, &mut report)?;
+    scale(o, &nginx, &runtime, load, &mut report)?;
+    large_blob(o, &nginx, &runtime, &mut report)?;
+    deploy_size(o, &mut report)?;
+    Ok(report)
+}
+
+/// The handler's settings, with both upstreams pointing at `api` and `storage` ports.
+fn env(o: &BenchOptions, port: u16, api: u16, storage: u16) -> Vec<(String, String)> {
+    let conn = StorageAccount::shared_key_connection_string(
+        DEVSTORE_ACCOUNT,
+        DEVSTORE_KEY,
+        &format!("http://127.0.0.1:{storage}/{DEVSTORE_ACCOUNT}"),
+        &format!("http://127.0.0.1:{storage}/{DEVSTORE_ACCOUNT}"),
+    );
+    [
+        ("FUNCTIONS_CUSTOMHANDLER_PORT", port.to_string()),
+        ("FUNCTIONS_APP_ROOT_PATH", o.app_root.display().to_string()),
+        ("OPENAI_ENDPOINT", format!("http://127.0.0.1:{api}")),
+        ("OPENAI_API_KEY", "bench-key".into()),
+        ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
+        ("BATCH_RETRY_DELAY", "30".into()),
+        ("BlobStorageConnection", conn),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Starts the handler (pinned to `cpu`) and waits for it.
+fn handler(o: &BenchOptions, cpu: Option<usize>, api: u16, storage: u16) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let proc = spawn(command(cpu, &o.handler, &[]), &env(o, port, api, storage))?;
+    wait_ready(port, Duration::from_secs(10)).context("the handler did not start")?;
+    Ok((proc, port))
+}
+
+/// A QueueMonitor envelope for `text`, as the host sends it.
+fn queue_body(text: &str) -> String {
+    let info = QueueInfo {
+        id: "6c5d8a4e-2f1b-4c3d-9e8f-7a6b5c4d3e2f",
+        pop_receipt: "AgAAAAMAAAAAAAAAAgtnj8x+1QE=",
+        dequeue_count: 1,
+        insertion_time: "2026-11-28T10:00:00+00:00",
+        expiration_time: "2026-12-05T10:00:00+00:00",
+        next_visible_time: "2026-11-28T10:10:00+00:00",
+    };
+    String::from_utf8_lossy(&queue_envelope("QueueMonitor", "job", text.as_bytes(), false, &info)).into_owned()
+}
+
+fn startup(o: &BenchOptions, nginx: &Nginx, report: &mut Report) -> anyhow::Result<()> {
+    let mut times = Vec::new();
+    for _ in 0..o.starts {
+        let port = free_port()?;
+        let started = Instant::now();
+        let proc = spawn(command(None, &o.handler, &[]), &env(o, port, nginx.port, nginx.port))?;
+        wait_ready(port, Duration::from_secs(10))?;
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        drop(proc);
+    }
+    report.add(
+        "Cold start: process start to first answered `GET /` (median)",
+        median(times),
+        "ms",
+        Some(("<", 10.0)),
+        format!("{} starts, busy-polling every 0.2 ms (the host polls every 25 ms)", o.starts),
+    );
+    let (proc, _) = handler(o, None, nginx.port, nginx.port)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle = status_kb(proc.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0;
+    report.add("Idle resident memory (VmRSS 1 s after ready)", idle, "MB", Some(("<", 10.0)), "");
+    Ok(())
+}
+
+fn overhead(
+    o: &BenchOptions,
+    nginx: &Nginx,
+    shared: Option<usize>,
+    load: Option<usize>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let (_proc, port) = handler(o, shared, nginx.port, nginx.port)?;
+    let dir = &o.work_dir;
+    let plain = |id: &str| format!(r#"{{"batchId":"{id}","blob":"batch-input/job1.jsonl","attempt":3}}"#);
+    let terminal = wrk_post_script(dir, "terminal.lua", &queue_body(&plain(DONE)))?;
+    let running = wrk_post_script(dir, "running.lua", &queue_body(&plain(RUNNING)))?;
+    let fake_url = format!("http://127.0.0.1:{}/openai/batches/{DONE}?api-version=2025-04-01-preview", nginx.port);
+    let handler_url = format!("http://127.0.0.1:{port}/QueueMonitor");
+    // Warm both up (connection pools, page cache).
+    wrk(load, &handler_url, 8, 1.0, Some(&terminal))?;
+    let (mut ratios, mut p50s, mut running_ratios, mut running_p50s, mut fake_rps, mut handler_rps) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..o.runs {
+        let fake = wrk(load, &fake_url, 8, o.load_secs, None)?;
+        let done = wrk(load, &handler_url, 8, o.load_secs, Some(&terminal))?;
+        let run = wrk(load, &handler_url, 8, o.load_secs, Some(&running))?;
+        anyhow::ensure!(done.errors == 0 && run.errors == 0, "the handler answered errors under load");
+        ratios.push(done.requests_per_sec / fake.requests_per_sec);
+        running_ratios.push(run.requests_per_sec / fake.requests_per_sec);
+        p50s.push(done.p50_ms);
+        running_p50s.push(run.p50_ms);
+        fake_rps.push(fake.requests_per_sec);
+        handler_rps.push(done.requests_per_sec);
+    }
+    let pinned =
+        if shared.is_some() { "handler and nginx pinned to core 0, wrk to core 1" } else { "unpinned (one core)" };
+    report.add(
+        "QueueMonitor terminal path: throughput ÷ the fake API's own (median)",
+        median(ratios),
+        "×",
+        Some((">=", 0.2)),
+        format!("{:.0} vs {:.0} req/s; 8 connections; {pinned}", median(handler_rps), median(fake_rps)),
+    );
+    report.add("QueueMonitor terminal path: median latency at 8 connections", median(p50s), "ms", Some(("<", 1.0)), "");
+    report.add(
+        "QueueMonitor running path (GET + Put Message): throughput ÷ the fake API's own",
+        median(running_ratios),
+        "×",
+        None,
+        "two upstream calls per invocation against the fake's one",
+    );
+    report.add("QueueMonitor running path: median latency at 8 connections", median(running_p50s), "ms", None, "");
+    Ok(())
+}
+
+/// Runs `f` against a batch emulator on its own thread's runtime.
+fn emulator(runtime: &tokio::runtime::Runtime, timings: Timings) -> anyhow::Result<(BatchEmulator, String)> {
+    let _guard = runtime.enter();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    listener.set_nonblocking(true)?;
+    let emulator = BatchEmulator::start(
+        tokio::net::TcpListener::from_std(listener)?,
+        EmulatorConfig::new("bench-key", Vec::new(), timings),
+    )?;
+    let uri = emulator.uri();
+    let id = runtime.block_on(async {
+        let r = reqwest::Client::new()
+            .post(format!("{uri}/openai/v1/batches"))
+            .header("api-key", "bench-key")
+            .body(r#"{"input_file_id":null,"endpoint":"/chat/completions","completion_window":"24h","input_blob":"http://127.0.0.1/a/b/c.jsonl","output_folder":{"url":"http://127.0.0.1/a/out"}}"#)
+            .send()
+            .await?;
+        let v: serde_json::Value = serde_json::from_slice(&r.bytes().await?)?;
+        anyhow::Ok(v["id"].as_str().unwrap_or_default().to_string())
+    })?;
+    Ok((emulator, id))
+}
+
+fn port_of(uri: &str) -> u16 {
+    uri.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0)
+}
+
+fn in_flight_memory(
+    o: &BenchOptions,
+    nginx: &Nginx,
+    runtime: &tokio::runtime::Runtime,
+    load: Option<usize>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // A job that ends at once (its input is unreachable); then every answer is held for a second.
+    let (emulator, id) = emulator(runtime, Timings::uniform(Duration::from_millis(10)))?;
+    std::thread::sleep(Duration::from_millis(300));
+    emulator.world.set_faults(Faults { delay_ms: 1000, ..Faults::default() });
+    let (proc, port) = handler(o, None, port_of(&emulator.uri()), nginx.port)?;
+    let script =
+        wrk_post_script(&o.work_dir, "held.lua", &queue_body(&format!(r#"{{"batchId":"{id}","attempt":1}}"#)))?;
+    let pid = proc.pid();
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0;
+        let until = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < until {
+            match status_kb(pid, "VmRSS") {
+                Some(kb) => peak = peak.max(kb),
+                None => break,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        peak
+    });
+    let secs = o.load_secs.max(3.0);
+    let result = wrk(load, &format!("http://127.0.0.1:{port}/QueueMonitor"), 256, secs, Some(&script))?;
+    let hwm = status_kb(pid, "VmHWM").unwrap_or(0);
+    drop(proc);
+    let sampled = sampler.join().unwrap_or(0);
+    report.add(
+        "Resident memory with 256 invocations in flight (peak)",
+        hwm.max(sampled) as f64 / 1024.0,
+        "MB",
+        Some(("<", 40.0)),
+        format!(
+            "fake API holds each call 1 s; {:.0} req/s observed (256 would be every slot busy)",
+            result.requests_per_sec
+        ),
+    );
+    Ok(())
+}
+
+fn scale(
+    o: &BenchOptions,
+    nginx: &Nginx,
+    runtime: &tokio::runtime::Runtime,
+    load: Option<usize>,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    // Running jobs, an API that answers in 100 ms (a realistic Azure latency), the host's 16 + 8 concurrent checks.
+    let (emulator, id) = emulator(runtime, Timings::uniform(Duration::from_secs(3600)))?;
+    emulator.world.set_faults(Faults { delay_ms: 100, ..Faults::default() });
+    let (_proc, port) = handler(o, None, port_of(&emulator.uri()), nginx.port)?;
+    let script =
+        wrk_post_script(&o.work_dir, "scale.lua", &queue_body(&format!(r#"{{"batchId":"{id}","attempt":1}}"#)))?;
+    let r = wrk(load, &format!("http://127.0.0.1:{port}/QueueMonitor"), 24, o.load_secs.max(2.0), Some(&script))?;
+    report.add("Jobs one instance can monitor at BATCH_RETRY_DELAY=30 (checks/s × 30)", r.requests_per_sec * 30.0, "jobs", None,
+        format!("{:.0} checks/s with 24 in flight and a 100 ms API; sleeping in the function: 24 jobs (24 slots ÷ 1 job each)", r.requests_per_sec));
+    Ok(())
+}
+
+fn large_blob(
+    o: &BenchOptions,
+    nginx: &Nginx,
+    runtime: &tokio::runtime::Runtime,
+    report: &mut Report,
+) -> anyhow::Result<()> {
+    let url = format!("http://127.0.0.1:{}/{DEVSTORE_ACCOUNT}/batch-input/big.jsonl", nginx.port);
+    let body = blob::envelope(o.blob_bytes, &url);
+    let (proc, port) = handler(o, None, nginx.port, nginx.port)?;
+    let discard_port = {
+        let _guard = runtime.enter();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let port = listener.local_addr()?.port();
+        runtime.spawn(blob::discard_server(tokio::net::TcpListener::from_std(listener)?));
+        port
+    };
+    let mut rows = Vec::new();
+    for framing in [Framing::Chunked, Framing::ContentLength] {
+        let (mut handler_times, mut discard_times, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..o.runs {
+            let (_, d) = blob::post(discard_port, "/BlobMonitor", &body, framing)?;
+            let (_, h) = blob::post(port, "/BlobMonitor", &body, framing)?;
+            handler_times.push(h.as_secs_f64() * 1000.0);
+            discard_times.push(d.as_secs_f64() * 1000.0);
+            ratios.push(h.as_secs_f64() / d.as_secs_f64());
+        }
+        rows.push((framing, median(ratios), median(handler_times), median(discard_times)));
+    }
+    let hwm = status_kb(proc.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
+    let mb = body.len() as f64 / (1 << 20) as f64;
+    report.add(
+        &format!("Large blob ({} MB JSONL, {mb:.0} MB envelope): handler peak memory (VmHWM)", o.blob_bytes >> 20),
+        hwm,
+        "MB",
+        Some(("<", 64.0)),
+        "over every post, both framings",
+    );
+    for (framing, ratio, h, d) in rows {
+        report.add(
+            &format!("Large blob, {framing:?}: request time ÷ a read-and-discard server's"),
+            ratio,
+            "×",
+            Some(("<=", 1.3)),
+            format!("{h:.0} ms vs {d:.0} ms (medians)"),
+        );
+    }
+    Ok(())
+}
+
+fn deploy_size(o: &BenchOptions, report: &mut Report) -> anyhow::Result<()> {
+    let (path, note) = match &o.musl_binary {
+        Some(p) => (p.clone(), "static x86_64-unknown-linux-musl release build"),
+        None => (o.handler.clone(), "the binary under test (not the static musl build)"),
+    };
+    let size = std::fs::metadata(Path::new(&path)).with_context(|| format!("{}", path.display()))?.len() as f64
+        / (1 << 20) as f64;
+    report.add("Deploy size of `handler`", size, "MB", o.musl_binary.as_ref().map(|_| ("<", 10.0)), note);
+    Ok(())
+}
