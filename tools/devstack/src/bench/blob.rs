@@ -64,7 +64,7 @@ pub fn post(port: u16, path: &str, body: &[u8], framing: Framing) -> anyhow::Res
     let mut response = Vec::new();
     s.read_to_end(&mut response)?;
     let elapsed = start.elapsed();
-    let status = std::str::from_utf8(&response.get(9..12).unwrap_or_default())
+    let status = std::str::from_utf8(response.get(9..12).unwrap_or_default())
         .ok()
         .and_then(|c| c.parse().ok())
         .context("no status line")?;
