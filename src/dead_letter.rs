@@ -45,7 +45,7 @@ pub async fn dead_letter(state: &AppState, mut record: DeadLetter<'_>) -> Result
     }
     let json = serde_json::to_vec(&record).map_err(|e| StorageError::Parse(e.to_string()))?;
     state.storage.put_message(POISON_QUEUE, &json, state.config.message_encoding, Duration::ZERO).await?;
-    tracing::warn!(queue = POISON_QUEUE, reason = record.reason, "dead-lettered");
+    tracing::warn!(queue = POISON_QUEUE, reason = %record.reason, "dead-lettered");
     Ok(())
 }
 

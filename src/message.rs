@@ -143,18 +143,18 @@ pub fn parse_monitor_message(text: &str) -> Result<MonitorMessage, String> {
 
 /// Batch ids are opaque, but they go into a URL path: refuse anything that could leave its segment or is absurd.
 pub fn validate_batch_id(id: &str) -> Result<(), String> {
-    let shown: String = id.chars().take(64).collect::<String>().escape_debug().to_string();
+    let shown = || id.chars().take(64).collect::<String>().escape_debug().to_string();
     if id.is_empty() {
         return Err("the batch id is empty".into());
     }
     if id.len() > MAX_BATCH_ID {
-        return Err(format!("the batch id is {} bytes long (at most {MAX_BATCH_ID}): \"{shown}…\"", id.len()));
+        return Err(format!("the batch id is {} bytes long (at most {MAX_BATCH_ID}): \"{}…\"", id.len(), shown()));
     }
     if id.contains("..") {
-        return Err(format!("the batch id \"{shown}\" contains `..`"));
+        return Err(format!("the batch id \"{}\" contains `..`", shown()));
     }
     if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'))) {
-        return Err(format!("the batch id \"{shown}\" contains {c:?}, which is not allowed in a batch id"));
+        return Err(format!("the batch id \"{}\" contains {c:?}, which is not allowed in a batch id", shown()));
     }
     Ok(())
 }

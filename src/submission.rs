@@ -89,7 +89,7 @@ pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Submitted, F
         defer_message(state, s, delay).await?;
         let line =
             format!("{} is being submitted by another invocation; checking again in {} s", s.blob, delay.as_secs());
-        info!(blob = s.blob, "{line}");
+        info!(blob = %s.blob, "{line}");
         return Ok(Submitted::Done(line));
     };
     let result = locked(state, s, &key, &lease).await;
@@ -116,7 +116,7 @@ fn settled(record: &JobRecord, s: &Submission<'_>) -> Option<Submitted> {
         // Monitoring may never have started if the invocation that created the job died before answering: start it
         // again. Duplicate first checks are dropped by QueueMonitor through the record's `checks`.
         (Some(id), RecordState::Submitted) if record.checks == 0 => {
-            info!(blob = s.blob, batch_id = %id, "the job already exists; (re)starting its monitoring");
+            info!(blob = %s.blob, batch_id = %id, "the job already exists; (re)starting its monitoring");
             Some(Submitted::Monitor { message: monitor_message(id, s), created: false })
         }
         (Some(id), st) => Some(Submitted::Done(format!("{} already has batch {id} ({st:?}); nothing to do", s.blob))),
@@ -149,7 +149,7 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
         // An earlier attempt may have reached the API before its invocation died: adopt that job if it exists.
         match find_existing(state, &record).await {
             Ok(Some(batch)) => {
-                info!(blob = s.blob, batch_id = %batch.id, "found the job an interrupted attempt created; adopting it");
+                info!(blob = %s.blob, batch_id = %batch.id, "found the job an interrupted attempt created; adopting it");
                 record.batch_id = Some(batch.id.clone());
                 record.state = RecordState::Submitted;
                 record.observe(&batch);
@@ -171,7 +171,7 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
         &state.config.storage.blob_endpoint,
     );
     let output_folder = format!("{}/{}", root.as_str().trim_end_matches('/'), state.config.output_container);
-    info!(blob = s.blob, attempt = record.submit_attempts, output_folder = %output_folder, "creating the batch job");
+    info!(blob = %s.blob, attempt = record.submit_attempts, output_folder = %output_folder, "creating the batch job");
     let request = CreateBatch {
         input_file_id: None,
         endpoint: BATCH_ENDPOINT,
@@ -181,7 +181,7 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
     };
     match state.batch.create(&request).await {
         Ok(batch) => {
-            info!(blob = s.blob, batch_id = %batch.id, status = %batch.status, "created the batch job");
+            info!(blob = %s.blob, batch_id = %batch.id, status = %batch.status, "created the batch job");
             record.batch_id = Some(batch.id.clone());
             record.state = RecordState::Submitted;
             record.failures = 0;
@@ -232,7 +232,7 @@ async fn refused(
         _ => record.failures >= config.max_check_failures,
     };
     if give_up {
-        error!(blob = s.blob, status = e.status.map(|s| s.as_u16()), code = e.code.as_deref().unwrap_or("-"), message = %e.message,
+        error!(blob = %s.blob, status = e.status.map(|s| s.as_u16()), code = %e.code.as_deref().unwrap_or("-"), message = %e.message,
             "the batch API refused the job; dead-lettering the blob");
         record.state = RecordState::DeadLettered;
         held.write(&record).await?;
@@ -255,7 +255,7 @@ async fn refused(
         return Ok(Submitted::Done(format!("no batch job for {}: {reason}", s.blob)));
     }
     if kind == ErrorKind::Transient && s.host_retries && record.failures <= HOST_RETRY_ATTEMPTS {
-        warn!(blob = s.blob, error = %e, "the job was not created (transient); failing so the host retries");
+        warn!(blob = %s.blob, error = %e, "the job was not created (transient); failing so the host retries");
         record.state = RecordState::Submitting;
         held.write(&record).await?;
         return Err(FunctionError::unavailable(e));
@@ -264,7 +264,7 @@ async fn refused(
     if kind == ErrorKind::Unauthorized {
         delay = delay.max(UNAUTHORIZED_MIN_DELAY);
     }
-    warn!(blob = s.blob, status = e.status.map(|s| s.as_u16()), code = e.code.as_deref().unwrap_or("-"), message = %e.message,
+    warn!(blob = %s.blob, status = e.status.map(|s| s.as_u16()), code = %e.code.as_deref().unwrap_or("-"), message = %e.message,
         retry_in_secs = delay.as_secs(), "the job could not be created now; deferring the submission");
     record.state = RecordState::Deferred;
     held.write(&record).await?;

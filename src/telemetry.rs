@@ -3,15 +3,18 @@
 
 use std::io::IsTerminal;
 
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let builder = tracing_subscriber::fmt()
         .with_ansi(std::io::stdout().is_terminal())
         .with_target(false)
-        .with_writer(std::io::stdout)
-        .try_init();
+        .with_writer(std::io::stdout);
+    // A plain level filter unless RUST_LOG asks for more: EnvFilter's per-span matching costs on every invocation.
+    let _ = match std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok()) {
+        Some(filter) => builder.with_env_filter(filter).try_init(),
+        None => builder.with_max_level(LevelFilter::INFO).try_init(),
+    };
 }

@@ -23,6 +23,10 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// A create must end well within the submitter's record lease ([`crate::records::SUBMIT_LEASE_SECS`]).
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Everything but RFC 3986 unreserved characters is percent-encoded in a path segment.
+const PATH_SEGMENT: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+
 /// Which REST surface to call (`OPENAI_API_VERSION`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ApiSurface {
@@ -67,6 +71,9 @@ pub struct BatchClient {
     endpoint: Url,
     api_key: SecretString,
     surface: ApiSurface,
+    /// `{endpoint}/openai[/v1]/batches/` and `[?api-version=…]`, prepared once: retrieve runs on every check.
+    item_prefix: String,
+    item_suffix: String,
 }
 
 impl std::fmt::Debug for BatchClient {
@@ -82,7 +89,13 @@ impl std::fmt::Debug for BatchClient {
 impl BatchClient {
     /// `endpoint` is the resource root, e.g. `https://res.openai.azure.com` (a trailing `/` or `/openai` is tolerated).
     pub fn new(http: reqwest::Client, endpoint: Url, api_key: SecretString, surface: ApiSurface) -> Self {
-        BatchClient { http, endpoint, api_key, surface }
+        let mut client =
+            BatchClient { http, endpoint, api_key, surface, item_prefix: String::new(), item_suffix: String::new() };
+        let sample = client.url(&["ID"]);
+        let (prefix, suffix) = sample.as_str().split_once("/ID").unwrap_or((sample.as_str(), ""));
+        client.item_prefix = format!("{prefix}/");
+        client.item_suffix = suffix.to_string();
+        client
     }
 
     /// `{endpoint}/openai[/v1]/batches[/segments…][?api-version=…]`, each segment percent-encoded.
@@ -121,11 +134,12 @@ impl BatchClient {
         }
         let response = request.send().await.map_err(BatchError::from_reqwest)?;
         let status = response.status();
-        let headers = response.headers().clone();
-        let bytes = response.bytes().await.map_err(BatchError::from_reqwest)?;
         if !status.is_success() {
+            let headers = response.headers().clone();
+            let bytes = response.bytes().await.map_err(BatchError::from_reqwest)?;
             return Err(BatchError::from_response(status, &headers, &bytes));
         }
+        let bytes = response.bytes().await.map_err(BatchError::from_reqwest)?;
         serde_json::from_slice(&bytes).map_err(|e| BatchError::malformed(status, &e.to_string()))
     }
 
@@ -137,7 +151,10 @@ impl BatchClient {
 
     /// Retrieves a batch job. `id` is percent-encoded into the path; callers validate it first anyway.
     pub async fn retrieve(&self, id: &str) -> Result<Batch, BatchError> {
-        self.call(Method::GET, self.url(&[id]), None, REQUEST_TIMEOUT).await
+        let encoded = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
+        let url = Url::parse(&format!("{}{encoded}{}", self.item_prefix, self.item_suffix))
+            .map_err(|e| BatchError::transport(&format!("bad batch URL: {e}")))?;
+        self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
     }
 
     /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
@@ -177,6 +194,12 @@ mod tests {
         let v1 = client("https://res.openai.azure.com", ApiSurface::parse("V1"));
         assert_eq!(v1.url(&["b", "cancel"]).as_str(), "https://res.openai.azure.com/openai/v1/batches/b/cancel");
         assert_eq!(v1.url(&[]).as_str(), "https://res.openai.azure.com/openai/v1/batches");
+        assert_eq!(format!("{}x{}", dated.item_prefix, dated.item_suffix), dated.url(&["x"]).as_str());
+        assert_eq!(format!("{}x{}", v1.item_prefix, v1.item_suffix), v1.url(&["x"]).as_str());
+        let id = "batch_fe3f047a-de39.x~y";
+        let encoded = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT).to_string();
+        assert_eq!(encoded, id, "unreserved characters stay as they are");
+        assert_eq!(percent_encoding::utf8_percent_encode("a/b?c#d e", PATH_SEGMENT).to_string(), "a%2Fb%3Fc%23d%20e");
         // Belt and braces: even an unvalidated id cannot leave its path segment.
         assert_eq!(v1.url(&["../x?y#z"]).as_str(), "https://res.openai.azure.com/openai/v1/batches/..%2Fx%3Fy%23z");
     }

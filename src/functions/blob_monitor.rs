@@ -10,7 +10,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use http_body_util::BodyExt;
 use serde_json::json;
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument};
 use url::Url;
 
 use crate::dead_letter::{dead_letter, now, DeadLetter};
@@ -20,6 +20,7 @@ use crate::protocol::{EnvelopeError, InvokeRequest, InvokeResponse};
 use crate::storage::blob::unquote_etag;
 use crate::submission::{submit, Submission, Submitted};
 use crate::AppState;
+use std::sync::Arc;
 
 /// The queue output binding's name in `BlobMonitor/function.json`.
 const OUTPUT_BINDING: &str = "outQueue";
@@ -28,7 +29,16 @@ pub const MAX_BLOB_ENVELOPE: u64 = 1 << 30;
 /// Largest part of the envelope kept in memory: everything except the blob content.
 const MAX_KEPT: usize = 4 << 20;
 
-pub(super) async fn invoke(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
+pub(super) async fn invoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<InvokeResponse> {
+    let span = super::invocation_span("BlobMonitor", &headers);
+    run(state, headers, body).instrument(span).await
+}
+
+async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
     let (request, elided) = read_envelope(body).await.map_err(FunctionError::bad_envelope)?;
     let uri = request.metadata_str("Uri").ok_or(FunctionError::bad_envelope(EnvelopeError::MissingMetadata("Uri")))?;
     let blob_url = Url::parse(&uri)

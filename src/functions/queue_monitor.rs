@@ -11,16 +11,17 @@ use std::time::Duration;
 use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::HeaderMap;
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
 use crate::dead_letter::{dead_letter, now, DeadLetter};
 use crate::error::{FunctionError, Result};
 use crate::message::{parse_work, MonitorMessage, SubmitMessage, Work, MONITOR_QUEUE};
-use crate::protocol::{InvokeRequest, InvokeResponse};
+use crate::protocol::InvokeResponse;
 use crate::records::{JobRecord, RecordState};
 use crate::submission::{defer_message, submit, Submission, Submitted, UNAUTHORIZED_MIN_DELAY};
 use crate::AppState;
+use std::sync::Arc;
 
 /// The trigger binding's name in `QueueMonitor/function.json`.
 const TRIGGER_BINDING: &str = "job";
@@ -31,12 +32,20 @@ fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError
     FunctionError::unavailable(e.into().context(what))
 }
 
-pub(super) async fn invoke(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
+pub(super) async fn invoke(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<InvokeResponse> {
+    let span = super::invocation_span("QueueMonitor", &headers);
+    run(state, headers, body).instrument(span).await
+}
+
+async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
     let body = to_bytes(body, MAX_QUEUE_ENVELOPE)
         .await
         .map_err(|e| FunctionError::bad_envelope(anyhow::anyhow!("unreadable or oversized envelope: {e}")))?;
-    let request = InvokeRequest::from_slice(&body).map_err(FunctionError::bad_envelope)?;
-    let text = request.queue_text(TRIGGER_BINDING).map_err(FunctionError::bad_envelope)?;
+    let text = crate::protocol::queue_text(&body, TRIGGER_BINDING).map_err(FunctionError::bad_envelope)?;
     let invocation_id = super::invocation_id(&headers);
     let work = match parse_work(&text, state.config.storage.blob_endpoint.as_str()) {
         Ok(w) => w,
@@ -103,7 +112,7 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
                 r.reason = None;
             })
             .await?;
-            info!(batch_id = %message.batch_id, blob = message.blob_or_dash(), status = %batch.status,
+            info!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), status = %batch.status,
                 check = next.attempt, next_check_secs = delay.as_secs(), "batch job still running");
             Ok(InvokeResponse::log(format!(
                 "batch {} is {}; next check in {} s",
@@ -114,7 +123,7 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let reason = format!("the batch API does not know batch {}: {e}", message.batch_id);
-            error!(batch_id = %message.batch_id, blob = message.blob_or_dash(), error = %e, "unknown batch; dead-lettering");
+            error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, "unknown batch; dead-lettering");
             give_up(state, invocation_id, &message, &reason, text).await
         }
         Err(e) => check_failed(state, invocation_id, &message, text, e).await,
@@ -184,7 +193,7 @@ async fn check_failed(
     let config = &state.config;
     if failures >= config.max_check_failures {
         let reason = format!("{failures} consecutive status checks of batch {} failed; last: {e}", message.batch_id);
-        error!(batch_id = %message.batch_id, blob = message.blob_or_dash(), error = %e, failures, "giving up on the batch job; dead-lettering");
+        error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, failures, "giving up on the batch job; dead-lettering");
         return give_up(state, invocation_id, message, &reason, text).await;
     }
     let mut delay = backoff(config.retry_delay, failures, config.backoff_cap, e.retry_after);
@@ -199,7 +208,7 @@ async fn check_failed(
         r.reason = Some(reason.clone());
     })
     .await?;
-    warn!(batch_id = %message.batch_id, blob = message.blob_or_dash(), error = %e, failures,
+    warn!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, failures,
         next_check_secs = delay.as_secs(), "status check failed; will check again");
     Ok(InvokeResponse::log(format!(
         "status check of {} failed ({e}); retrying in {} s",
@@ -233,14 +242,11 @@ fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
         batch.error_blob().unwrap_or("none"),
         if errors.is_empty() { String::new() } else { format!("; errors: {errors}") },
     );
-    let clean = batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0;
-    if clean {
-        info!(batch_id = %batch.id, blob = message.blob_or_dash(), status = %batch.status, checks = message.attempt + 1,
-            output_blob = batch.output_blob().unwrap_or("none"), error_blob = batch.error_blob().unwrap_or("none"), "{line}");
+    // The line carries every detail; the fields are for filtering. Strings as Display: Debug would escape them.
+    if batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0 {
+        info!(batch_id = %batch.id, status = %batch.status, checks = message.attempt + 1, "{line}");
     } else {
-        warn!(batch_id = %batch.id, blob = message.blob_or_dash(), status = %batch.status, checks = message.attempt + 1,
-            output_blob = batch.output_blob().unwrap_or("none"), error_blob = batch.error_blob().unwrap_or("none"),
-            errors = %errors, "{line}");
+        warn!(batch_id = %batch.id, status = %batch.status, checks = message.attempt + 1, "{line}");
     }
     InvokeResponse::log(line)
 }

@@ -83,6 +83,30 @@ impl InvokeRequest {
     }
 }
 
+/// The queue message text of a QueueMonitor-style envelope, read without building the `Metadata` map: the hot path
+/// of every check. Same rules as [`InvokeRequest::queue_text`].
+pub fn queue_text(body: &[u8], binding: &str) -> Result<String, EnvelopeError> {
+    #[derive(Deserialize)]
+    struct Lean<'a> {
+        #[serde(rename = "Data", borrow, default)]
+        data: std::collections::BTreeMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>,
+    }
+    let lean: Lean<'_> = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+    let raw = match lean.data.get(binding) {
+        Some(v) => *v,
+        None if lean.data.len() == 1 => *lean.data.values().next().ok_or(EnvelopeError::NoBinding)?,
+        None => return Err(EnvelopeError::NoBinding),
+    };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'"') => {
+            serde_json::from_str::<String>(text).map(|s| unquote(&s)).map_err(|e| EnvelopeError::NotJson(e.to_string()))
+        }
+        Some(b'{') => Ok(text.to_string()),
+        _ => Err(EnvelopeError::BadTriggerValue),
+    }
+}
+
 /// Undoes one level of JSON string quoting if `s` is a JSON string literal; otherwise returns `s` as is.
 pub fn unquote(s: &str) -> String {
     let t = s.trim();

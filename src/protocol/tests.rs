@@ -50,6 +50,32 @@ fn plain_and_object_queue_values() {
 }
 
 #[test]
+fn the_lean_reader_agrees_with_the_full_one() {
+    for body in [
+        QUEUE_ENVELOPE,
+        DOCS_QUEUE_SAMPLE,
+        r#"{"Data":{"job":"\"batch_abc\""}}"#,
+        r#"{"Data":{"job":{"batchId":"b1"}}}"#,
+        r#"{"Data":{}}"#,
+        r#"{"Data":{"job":5}}"#,
+        r#"{"Data":{"a":"1","b":"2"}}"#,
+        "[1]",
+        "",
+    ] {
+        let full = InvokeRequest::from_slice(body.as_bytes()).and_then(|r| r.queue_text("job"));
+        let lean = queue_text(body.as_bytes(), "job");
+        assert_eq!(full.is_ok(), lean.is_ok(), "{body}");
+        if let (Ok(f), Ok(l)) = (&full, &lean) {
+            let (f, l): (serde_json::Value, serde_json::Value) = (
+                serde_json::from_str(f).unwrap_or(Value::String(f.clone())),
+                serde_json::from_str(l).unwrap_or(Value::String(l.clone())),
+            );
+            assert_eq!(f, l, "{body}");
+        }
+    }
+}
+
+#[test]
 fn unquote_only_undoes_real_string_literals() {
     assert_eq!(unquote(r#""\"x\"""#), r#""x""#);
     assert_eq!(unquote(r#""x""#), "x");
