@@ -6,11 +6,6 @@ use std::process::ExitCode;
 
 use blob_batch_monitor::{config::Config, run, telemetry, AppState};
 
-/// mimalloc: every invocation allocates (envelopes, JSON, headers), and the static musl build's own allocator is
-/// slow under that load; mimalloc is also faster than glibc's here (docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     telemetry::init();
     let port = match port_from_env() {
