@@ -110,6 +110,26 @@ fn overhead(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     let (_proc, port) = handler(o, shared, nginx.port, nginx.port)?;
+    overhead_of(o, nginx, shared, load, port, "", report)?;
+    if let Some(musl) = &o.musl_binary {
+        // The deployed build: same protocol, the static binary.
+        let musl_options = BenchOptions { handler: musl.clone(), ..o.clone() };
+        let (_musl_proc, musl_port) = handler(&musl_options, shared, nginx.port, nginx.port)?;
+        overhead_of(o, nginx, shared, load, musl_port, " (static musl build)", report)?;
+    }
+    Ok(())
+}
+
+/// The overhead rows for the handler listening on `port`.
+fn overhead_of(
+    o: &BenchOptions,
+    nginx: &Nginx,
+    shared: Option<usize>,
+    load: Option<usize>,
+    port: u16,
+    label: &str,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let dir = &o.work_dir;
     let plain = |id: &str| format!(r#"{{"batchId":"{id}","blob":"batch-input/job1.jsonl","attempt":3}}"#);
     let terminal = wrk_post_script(dir, "terminal.lua", &queue_body(&plain(DONE)))?;
@@ -135,21 +155,23 @@ fn overhead(
     let pinned =
         if shared.is_some() { "handler and nginx pinned to core 0, wrk to core 1" } else { "unpinned (one core)" };
     report.add(
-        "QueueMonitor terminal path: throughput ÷ the fake API's own (median)",
+        &format!("QueueMonitor terminal path{label}: throughput ÷ the fake API's own (median)"),
         median(ratios),
         "×",
         Some((">=", 0.2)),
         format!("{:.0} vs {:.0} req/s; 8 connections; {pinned}", median(handler_rps), median(fake_rps)),
     );
-    report.add("QueueMonitor terminal path: median latency at 8 connections", median(p50s), "ms", Some(("<", 1.0)), "");
+    let latency = format!("QueueMonitor terminal path{label}: median latency at 8 connections");
+    report.add(&latency, median(p50s), "ms", Some(("<", 1.0)), "");
     report.add(
-        "QueueMonitor running path (GET + Put Message): throughput ÷ the fake API's own",
+        &format!("QueueMonitor running path{label} (GET + Put Message): throughput ÷ the fake API's own"),
         median(running_ratios),
         "×",
         None,
         "two upstream calls per invocation against the fake's one",
     );
-    report.add("QueueMonitor running path: median latency at 8 connections", median(running_p50s), "ms", None, "");
+    let running_latency = format!("QueueMonitor running path{label}: median latency at 8 connections");
+    report.add(&running_latency, median(running_p50s), "ms", None, "");
     Ok(())
 }
 
