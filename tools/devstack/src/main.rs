@@ -81,6 +81,17 @@ enum Command {
         #[arg(long)]
         smoke: bool,
     },
+    /// Print a blob (e.g. a job's results.jsonl, by the URL the final log line names).
+    Cat {
+        url: String,
+        #[arg(
+            long,
+            env = "BlobStorageConnection",
+            default_value = "UseDevelopmentStorage=true",
+            hide_env_values = true
+        )]
+        connection: String,
+    },
     /// Upload a file as a blob (by default into batch-input on the local Azurite).
     Upload {
         file: PathBuf,
@@ -116,7 +127,7 @@ async fn main() -> anyhow::Result<()> {
             options.executable = executable;
             options.blob_scan_interval = Duration::from_secs(scan_secs.max(1));
             let host = FunctionsHost::start(options).await?;
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await;
             host.stop().await;
             Ok(())
         }
@@ -128,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
                 EmulatorConfig::new(&api_key, accounts, Timings::uniform(Duration::from_secs(phase_secs))),
             )?;
             println!("batch API emulator on {}", emulator.uri());
-            tokio::signal::ctrl_c().await?;
+            stop_signal().await;
             Ok(())
         }
         Command::Bench { handler, musl, smoke } => {
@@ -146,6 +157,13 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", report.markdown());
             Ok(())
         }
+        Command::Cat { url, connection } => {
+            let storage = StorageClient::new(reqwest::Client::new(), StorageAccount::parse(&connection)?);
+            let blob = storage.get_blob_by_url(&url).await?.with_context(|| format!("{url} does not exist"))?;
+            use std::io::Write;
+            std::io::stdout().write_all(&blob.content)?;
+            Ok(())
+        }
         Command::Upload { file, name, container, connection } => {
             let content = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name =
@@ -157,6 +175,22 @@ async fn main() -> anyhow::Result<()> {
             println!("uploaded {container}/{name} (ETag {etag})");
             Ok(())
         }
+    }
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stop_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 
@@ -250,8 +284,11 @@ async fn up(
     println!("  handler         {}", host.worker().base_url());
     println!();
     println!("Drop a JSONL file into batch-input, e.g.:  cargo run -p devstack -- upload samples/chat.jsonl");
-    println!("Results land in the batch-output container; Ctrl-C stops everything.");
-    tokio::signal::ctrl_c().await?;
+    println!(
+        "Results land in the batch-output container; read one with:  cargo run -p devstack -- cat <output_blob URL>"
+    );
+    println!("Ctrl-C stops everything.");
+    stop_signal().await;
     println!("stopping…");
     host.stop().await;
     drop(emulator);
