@@ -172,17 +172,7 @@ impl TestApp {
 
     /// Uploads `content` to `batch-input/<name>`.
     pub async fn upload(&self, name: &str, content: &[u8]) -> String {
-        self.storage
-            .put_blob(
-                "batch-input",
-                name,
-                bytes::Bytes::copy_from_slice(content),
-                "application/jsonl",
-                Condition::None,
-                &[],
-            )
-            .await
-            .expect("upload")
+        upload(&self.storage, name, content).await
     }
 
     /// Uploads a blob and invokes BlobMonitor for it with the host's envelope.
@@ -241,6 +231,21 @@ impl TestApp {
             Err(e) => panic!("peek {queue}: {e}"),
         }
     }
+}
+
+/// Uploads `content` to `batch-input/<name>`; returns the ETag.
+pub async fn upload(storage: &StorageClient, name: &str, content: &[u8]) -> String {
+    storage
+        .put_blob(
+            "batch-input",
+            name,
+            bytes::Bytes::copy_from_slice(content),
+            "application/jsonl",
+            Condition::None,
+            &[],
+        )
+        .await
+        .expect("upload")
 }
 
 /// A valid input file with `n` chat requests.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use blob_batch_monitor::storage::blob::Condition;
 use blob_batch_monitor::storage::{MessageEncoding, StorageAccount, StorageClient};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
 use devstack::host_emulator::{FunctionsHost, HostOptions, InvocationRecord};
@@ -88,17 +87,7 @@ impl Stack {
 
     /// Drops a blob into batch-input.
     pub async fn drop_blob(&self, name: &str, content: &[u8]) {
-        self.storage
-            .put_blob(
-                "batch-input",
-                name,
-                bytes::Bytes::copy_from_slice(content),
-                "application/jsonl",
-                Condition::None,
-                &[],
-            )
-            .await
-            .expect("upload");
+        super::upload(&self.storage, name, content).await;
     }
 
     /// The final report lines QueueMonitor logged so far.

@@ -158,8 +158,8 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Cat { url, connection } => {
-            let storage = StorageClient::new(reqwest::Client::new(), StorageAccount::parse(&connection)?);
-            let blob = storage.get_blob_by_url(&url).await?.with_context(|| format!("{url} does not exist"))?;
+            let blob =
+                storage(&connection)?.get_blob_by_url(&url).await?.with_context(|| format!("{url} does not exist"))?;
             use std::io::Write;
             std::io::stdout().write_all(&blob.content)?;
             Ok(())
@@ -168,7 +168,7 @@ async fn main() -> anyhow::Result<()> {
             let content = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name =
                 name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-            let storage = StorageClient::new(reqwest::Client::new(), StorageAccount::parse(&connection)?);
+            let storage = storage(&connection)?;
             storage.create_container(&container).await?;
             let etag =
                 storage.put_blob(&container, &name, content.into(), "application/jsonl", Condition::None, &[]).await?;
@@ -176,6 +176,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// A storage client for a connection string.
+fn storage(connection: &str) -> anyhow::Result<StorageClient> {
+    Ok(StorageClient::new(reqwest::Client::new(), StorageAccount::parse(connection)?))
 }
 
 /// Ctrl-C or SIGTERM.

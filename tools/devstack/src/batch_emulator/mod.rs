@@ -218,15 +218,7 @@ impl World {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let seed = validate::fnv(format!("{n}-{:?}-{}", std::time::SystemTime::now(), std::process::id()).as_bytes());
         let r = faults::XorShift::new(seed);
-        let (a, b) = (r.next(), r.next());
-        format!(
-            "batch_{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            0x8000 | (b >> 48) & 0x3fff,
-            b & 0xffff_ffff_ffff
-        )
+        format!("batch_{}", crate::host_emulator::envelope::format_guid(r.next(), r.next()))
     }
 
     /// The storage client for a blob URL, if the URL belongs to a known account.

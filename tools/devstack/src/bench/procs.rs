@@ -119,7 +119,11 @@ pub fn parse_wrk(text: &str) -> Option<WrkResult> {
     let errors = text
         .lines()
         .filter(|l| l.contains("Non-2xx or 3xx responses:") || l.contains("Socket errors:"))
-        .flat_map(|l| l.split(|c: char| !c.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>())
+        // The counts follow the colon ("Non-2xx or 3xx responses: 3", "Socket errors: connect 0, read 1, …").
+        .filter_map(|l| l.split_once(':').map(|(_, counts)| counts))
+        .flat_map(|c| {
+            c.split(|ch: char| !ch.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>()
+        })
         .sum();
     Some(WrkResult { requests_per_sec: rps, p50_ms: p50, errors })
 }
@@ -162,11 +166,11 @@ mod tests {
 
     #[test]
     fn parses_wrk_output() {
-        let out = "Running 3s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   210.00us   40.00us   1.20ms   90.00%\n  Latency Distribution\n     50%  198.00us\n     75%  220.00us\n     90%  250.00us\n     99%  400.00us\n  120000 requests in 3.00s, 20.00MB read\n  Non-2xx or 3xx responses: 3\nRequests/sec:  40000.12\nTransfer/sec:      6.67MB\n";
+        let out = "Running 3s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   210.00us   40.00us   1.20ms   90.00%\n  Latency Distribution\n     50%  198.00us\n     75%  220.00us\n     90%  250.00us\n     99%  400.00us\n  120000 requests in 3.00s, 20.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 3\nRequests/sec:  40000.12\nTransfer/sec:      6.67MB\n";
         let r = parse_wrk(out).expect("parses");
         assert_eq!(r.requests_per_sec, 40000.12);
         assert!((r.p50_ms - 0.198).abs() < 1e-9);
-        assert_eq!(r.errors, 3);
+        assert_eq!(r.errors, 6);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
     }
 }

@@ -170,6 +170,11 @@ pub fn guid() -> String {
     let a = h.finish();
     h.write_u64(a);
     let b = h.finish();
+    format_guid(a, b)
+}
+
+/// Formats 128 random bits as a version-4 GUID.
+pub fn format_guid(a: u64, b: u64) -> String {
     format!(
         "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
         a >> 32,
