@@ -109,15 +109,25 @@ impl StorageClient {
             headers
                 .insert(AUTHORIZATION, HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?);
         }
-        let response = self
-            .http
-            .request(method, url)
-            .headers(headers)
-            .body(body)
-            .timeout(REQUEST_TIMEOUT)
-            .send()
-            .await
-            .map_err(|e| StorageError::Transport(e.without_url()))?;
+        let attempt = || {
+            self.http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone())
+                .body(body.clone())
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+        };
+        // One retry when the request never got an answer: a pooled keep-alive connection that the server closed at
+        // the moment it was reused fails this way. Every caller tolerates a repeated write (create-only puts answer
+        // 409, duplicate messages are de-duplicated by the job record), as the Azure SDKs' own retries require too.
+        let response = match attempt().await {
+            Err(e) if e.is_request() || e.is_connect() => {
+                tracing::debug!(error = %e.without_url(), "storage request failed before an answer; retrying once");
+                attempt().await
+            }
+            other => other,
+        }
+        .map_err(|e| StorageError::Transport(e.without_url()))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
