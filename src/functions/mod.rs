@@ -34,7 +34,7 @@ pub fn router(state: AppState) -> Router {
 fn invocation_span(function: &'static str, headers: &axum::http::HeaderMap) -> tracing::Span {
     let invocation_id = headers.get(INVOCATION_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
     let invocation_id = &invocation_id[..invocation_id.len().min(64)];
-    tracing::info_span!("invocation", function, invocation_id)
+    tracing::info_span!("invocation", function = %function, invocation_id = %invocation_id)
 }
 
 /// The invocation id of the current request, for records (`-` when the host sent none).
