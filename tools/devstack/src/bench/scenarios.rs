@@ -175,7 +175,7 @@ fn overhead_of(
     Ok(())
 }
 
-/// Runs `f` against a batch emulator on its own thread's runtime.
+/// Starts a batch emulator on `runtime` and creates one job in it; returns both.
 fn emulator(runtime: &tokio::runtime::Runtime, timings: Timings) -> anyhow::Result<(BatchEmulator, String)> {
     let _guard = runtime.enter();
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
