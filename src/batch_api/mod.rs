@@ -169,11 +169,6 @@ impl BatchClient {
         }
         self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
     }
-
-    /// Requests cancellation of a batch job.
-    pub async fn cancel(&self, id: &str) -> Result<Batch, BatchError> {
-        self.call(Method::POST, self.url(&[id, "cancel"]), Some(b"{}".to_vec()), REQUEST_TIMEOUT).await
-    }
 }
 
 #[cfg(test)]

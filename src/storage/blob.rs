@@ -1,4 +1,4 @@
-//! Blob operations: containers, put/get/head/delete with ETag conditions, listing, metadata and leases.
+//! Blob operations: containers, put/get/head with ETag and lease conditions, listing, metadata and leases.
 //!
 //! The handler keeps its submission records with these (create-only puts, `If-Match` updates); the host emulator
 //! scans containers and keeps trigger receipts; the batch emulator reads inputs and writes results.
@@ -167,15 +167,6 @@ impl StorageClient {
             }
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),
-        }
-    }
-
-    /// Deletes a blob; a missing one is fine.
-    pub async fn delete_blob(&self, container: &str, name: &str) -> Result<(), StorageError> {
-        let url = self.blob_url(&format!("{container}/{name}"));
-        match self.send(Method::DELETE, url, HeaderMap::new(), Bytes::new()).await {
-            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(()),
-            other => other.map(|_| ()),
         }
     }
 

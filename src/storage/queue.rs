@@ -1,4 +1,4 @@
-//! Queue operations: create, put (with a visibility delay), get, peek, delete, update, clear.
+//! Queue operations: create, put (with a visibility delay), get, peek, delete, update.
 //!
 //! Put Message is what makes QueueMonitor's delayed re-checks possible (functions-protocol.md §8, option A); the rest
 //! serve the host emulator and the tests. Message text is encoded per `messageEncoding`, as the Functions queue
@@ -187,12 +187,6 @@ impl StorageClient {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .ok_or_else(|| StorageError::Parse("update answered without x-ms-popreceipt".into()))
-    }
-
-    /// Deletes every message in a queue.
-    pub async fn clear_messages(&self, queue: &str) -> Result<(), StorageError> {
-        self.send(Method::DELETE, self.queue_url(&format!("{queue}/messages")), HeaderMap::new(), Bytes::new()).await?;
-        Ok(())
     }
 }
 

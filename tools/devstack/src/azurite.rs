@@ -130,11 +130,6 @@ impl Azurite {
             let _ = self.child.kill().await;
         }
     }
-
-    /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.try_wait(), Ok(None))
-    }
 }
 
 /// Azurite's command-line arguments for `options` (loopback only, telemetry off).
