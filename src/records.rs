@@ -147,14 +147,20 @@ impl RecordStore {
     }
 
     /// Reads, changes and writes back a record under `If-Match`, re-reading after a lost race (up to 5 times).
+    /// `known` is a version the caller has just read: the first try starts from it instead of reading again.
     /// `change` returns `false` to leave the record as it is. `Ok(None)`: there is no record.
     pub async fn update(
         &self,
         key: &str,
+        mut known: Option<Versioned>,
         mut change: impl FnMut(&mut JobRecord) -> bool,
     ) -> Result<Option<JobRecord>, StorageError> {
         for _ in 0..5 {
-            let Some((mut record, etag)) = self.read(key).await? else { return Ok(None) };
+            let current = match known.take() {
+                Some(v) => Some(v),
+                None => self.read(key).await?,
+            };
+            let Some((mut record, etag)) = current else { return Ok(None) };
             if !change(&mut record) {
                 return Ok(Some(record));
             }

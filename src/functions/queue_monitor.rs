@@ -18,7 +18,7 @@ use crate::dead_letter::{dead_letter, now, DeadLetter};
 use crate::error::{FunctionError, Result};
 use crate::message::{parse_work, MonitorMessage, SubmitMessage, Work, MONITOR_QUEUE};
 use crate::protocol::InvokeResponse;
-use crate::records::{JobRecord, RecordState};
+use crate::records::{JobRecord, RecordState, Versioned};
 use crate::submission::{defer_message, submit, Submission, Submitted, UNAUTHORIZED_MIN_DELAY};
 use crate::AppState;
 use std::sync::Arc;
@@ -83,17 +83,19 @@ async fn deferred_submission(state: &AppState, invocation_id: &str, m: &SubmitMe
 
 async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, text: &str) -> Result<InvokeResponse> {
     let key = message.record_key();
+    // The record read here is reused for this check's one update (saves a read per check).
+    let mut known = None;
     if let Some(key) = &key {
-        let record = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?;
-        if let Some(reason) = record.and_then(|(r, _)| superseded(&r, &message)) {
+        known = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?;
+        if let Some(reason) = known.as_ref().and_then(|(r, _)| superseded(r, &message)) {
             info!(batch_id = %message.batch_id, attempt = message.attempt, "dropping a superseded check: {reason}");
             return Ok(InvokeResponse::log(format!("dropped a superseded check of {}: {reason}", message.batch_id)));
         }
     }
     match state.batch.retrieve(&message.batch_id).await {
-        Ok(batch) if is_token_limit_failure(&batch) && key.is_some() => resubmit(state, &message, &batch).await,
+        Ok(batch) if is_token_limit_failure(&batch) && key.is_some() => resubmit(state, &message, known, &batch).await,
         Ok(batch) if batch.status.is_terminal() => {
-            record(state, &message, |r| {
+            record(state, &message, known, |r| {
                 r.observe(&batch);
                 r.state = RecordState::Ended;
                 r.failures = 0;
@@ -106,7 +108,7 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
             let delay = state.config.retry_delay;
             let next = MonitorMessage { attempt: message.attempt + 1, failures: 0, ..message.clone() };
             requeue(state, &next, delay).await?;
-            record(state, &next, |r| {
+            record(state, &next, known, |r| {
                 r.observe(&batch);
                 r.failures = 0;
                 r.reason = None;
@@ -124,9 +126,9 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let reason = format!("the batch API does not know batch {}: {e}", message.batch_id);
             error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, "unknown batch; dead-lettering");
-            give_up(state, invocation_id, &message, &reason, text).await
+            give_up(state, invocation_id, &message, known, &reason, text).await
         }
-        Err(e) => check_failed(state, invocation_id, &message, text, e).await,
+        Err(e) => check_failed(state, invocation_id, &message, known, text, e).await,
     }
 }
 
@@ -150,10 +152,15 @@ fn is_token_limit_failure(batch: &Batch) -> bool {
 }
 
 /// The job failed only because the enqueued-token quota was full: submit the blob again later, never poison it.
-async fn resubmit(state: &AppState, message: &MonitorMessage, batch: &Batch) -> Result<InvokeResponse> {
+async fn resubmit(
+    state: &AppState,
+    message: &MonitorMessage,
+    known: Option<Versioned>,
+    batch: &Batch,
+) -> Result<InvokeResponse> {
     let mut snapshot = None;
     let reason = format!("batch {} failed with token_limit_exceeded", batch.id);
-    record(state, message, |r| {
+    record(state, message, known, |r| {
         r.superseded_batch_ids.push(batch.id.clone());
         r.batch_id = None;
         r.state = RecordState::Deferred;
@@ -186,6 +193,7 @@ async fn check_failed(
     state: &AppState,
     invocation_id: &str,
     message: &MonitorMessage,
+    known: Option<Versioned>,
     text: &str,
     e: BatchError,
 ) -> Result<InvokeResponse> {
@@ -194,7 +202,7 @@ async fn check_failed(
     if failures >= config.max_check_failures {
         let reason = format!("{failures} consecutive status checks of batch {} failed; last: {e}", message.batch_id);
         error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, failures, "giving up on the batch job; dead-lettering");
-        return give_up(state, invocation_id, message, &reason, text).await;
+        return give_up(state, invocation_id, message, known, &reason, text).await;
     }
     let mut delay = backoff(config.retry_delay, failures, config.backoff_cap, e.retry_after);
     if e.kind() == ErrorKind::Unauthorized {
@@ -203,7 +211,7 @@ async fn check_failed(
     let next = MonitorMessage { attempt: message.attempt + 1, failures, ..message.clone() };
     requeue(state, &next, delay).await?;
     let reason = e.to_string();
-    record(state, &next, |r| {
+    record(state, &next, known, |r| {
         r.failures = failures;
         r.reason = Some(reason.clone());
     })
@@ -262,11 +270,17 @@ async fn requeue(state: &AppState, next: &MonitorMessage, delay: Duration) -> Re
 }
 
 /// Applies `change` to the job's record (if the message names one) and counts `message.attempt` as the newest check.
-async fn record(state: &AppState, message: &MonitorMessage, mut change: impl FnMut(&mut JobRecord)) -> Result<()> {
+/// `known` is the version this invocation read first, if any.
+async fn record(
+    state: &AppState,
+    message: &MonitorMessage,
+    known: Option<Versioned>,
+    mut change: impl FnMut(&mut JobRecord),
+) -> Result<()> {
     let Some(key) = message.record_key() else { return Ok(()) };
     state
         .records
-        .update(&key, |r| {
+        .update(&key, known, |r| {
             if r.batch_id.as_deref() != Some(message.batch_id.as_str()) {
                 return false;
             }
@@ -284,11 +298,12 @@ async fn give_up(
     state: &AppState,
     invocation_id: &str,
     message: &MonitorMessage,
+    known: Option<Versioned>,
     reason: &str,
     text: &str,
 ) -> Result<InvokeResponse> {
     poison(state, invocation_id, reason, Some(&message.batch_id), text).await?;
-    record(state, message, |r| {
+    record(state, message, known, |r| {
         r.state = RecordState::DeadLettered;
         r.reason = Some(reason.to_string());
     })
