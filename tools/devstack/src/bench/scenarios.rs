@@ -175,6 +175,31 @@ fn overhead_of(
     Ok(())
 }
 
+/// A handler whose batch API is an emulator holding every answer for `delay_ms`, with one job in it, and a wrk
+/// script that checks that job.
+struct HeldUpstream {
+    _emulator: BatchEmulator,
+    handler: Proc,
+    port: u16,
+    script: std::path::PathBuf,
+}
+
+fn held_upstream(
+    o: &BenchOptions,
+    nginx: &Nginx,
+    runtime: &tokio::runtime::Runtime,
+    timings: Timings,
+    delay_ms: u64,
+    script: &str,
+) -> anyhow::Result<HeldUpstream> {
+    let (emulator, id) = emulator(runtime, timings)?;
+    // Faults apply to API answers only, not to the job's own progress.
+    emulator.world.set_faults(Faults { delay_ms, ..Faults::default() });
+    let (handler, port) = handler(o, None, port_of(&emulator.uri()), nginx.port)?;
+    let script = wrk_post_script(&o.work_dir, script, &queue_body(&format!(r#"{{"batchId":"{id}","attempt":1}}"#)))?;
+    Ok(HeldUpstream { _emulator: emulator, handler, port, script })
+}
+
 /// Starts a batch emulator on `runtime` and creates one job in it; returns both.
 fn emulator(runtime: &tokio::runtime::Runtime, timings: Timings) -> anyhow::Result<(BatchEmulator, String)> {
     let _guard = runtime.enter();
@@ -209,13 +234,10 @@ fn in_flight_memory(
     load: Option<usize>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    // A job that ends at once (its input is unreachable); then every answer is held for a second.
-    let (emulator, id) = emulator(runtime, Timings::uniform(Duration::from_millis(10)))?;
+    // A job that ends at once (its input is unreachable); every answer is held for a second.
+    let up = held_upstream(o, nginx, runtime, Timings::uniform(Duration::from_millis(10)), 1000, "held.lua")?;
     std::thread::sleep(Duration::from_millis(300));
-    emulator.world.set_faults(Faults { delay_ms: 1000, ..Faults::default() });
-    let (proc, port) = handler(o, None, port_of(&emulator.uri()), nginx.port)?;
-    let script =
-        wrk_post_script(&o.work_dir, "held.lua", &queue_body(&format!(r#"{{"batchId":"{id}","attempt":1}}"#)))?;
+    let (proc, port, script) = (up.handler, up.port, up.script);
     let pid = proc.pid();
     let sampler = std::thread::spawn(move || {
         let mut peak = 0;
@@ -255,12 +277,9 @@ fn scale(
     report: &mut Report,
 ) -> anyhow::Result<()> {
     // Running jobs, an API that answers in 100 ms (a realistic Azure latency), the host's 16 + 8 concurrent checks.
-    let (emulator, id) = emulator(runtime, Timings::uniform(Duration::from_secs(3600)))?;
-    emulator.world.set_faults(Faults { delay_ms: 100, ..Faults::default() });
-    let (_proc, port) = handler(o, None, port_of(&emulator.uri()), nginx.port)?;
-    let script =
-        wrk_post_script(&o.work_dir, "scale.lua", &queue_body(&format!(r#"{{"batchId":"{id}","attempt":1}}"#)))?;
-    let r = wrk(load, &format!("http://127.0.0.1:{port}/QueueMonitor"), 24, o.load_secs.max(2.0), Some(&script))?;
+    let up = held_upstream(o, nginx, runtime, Timings::uniform(Duration::from_secs(3600)), 100, "scale.lua")?;
+    let (port, script) = (up.port, &up.script);
+    let r = wrk(load, &format!("http://127.0.0.1:{port}/QueueMonitor"), 24, o.load_secs.max(2.0), Some(script))?;
     report.add("Jobs one instance can monitor at BATCH_RETRY_DELAY=30 (checks/s × 30)", r.requests_per_sec * 30.0, "jobs", None,
         format!("{:.0} checks/s with 24 in flight and a 100 ms API; sleeping in the function: 24 jobs (24 slots ÷ 1 job each)", r.requests_per_sec));
     Ok(())
