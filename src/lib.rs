@@ -11,6 +11,7 @@
 //! - [`records`]: the job record per blob version: the submission lock and the job's visible status.
 //! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
 //! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
+//! - [`http_client`]: the pooled HTTP/1.1 + rustls client both of those use.
 //! - [`storage`]: the Blob and Queue REST client (Shared Key or SAS), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
@@ -25,6 +26,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod error;
 pub mod functions;
+pub mod http_client;
 pub mod message;
 pub mod protocol;
 pub mod records;
@@ -34,15 +36,18 @@ pub mod telemetry;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use tokio::net::TcpListener;
 
 use batch_api::BatchClient;
 use config::Config;
+use http_client::HttpClient;
 use records::RecordStore;
 use storage::StorageClient;
+
+/// Largest answer the handler reads from either API: a page of 100 batch objects or a record is far smaller.
+const MAX_RESPONSE_BODY: usize = 8 << 20;
 
 /// Everything an invocation needs, shared by all of them.
 #[derive(Clone, Debug)]
@@ -54,14 +59,9 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the clients. One `reqwest::Client` serves both APIs, so connections are pooled per process.
+    /// Builds the clients. One [`HttpClient`] serves both APIs, so connections are pooled per process.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(90))
-            .tcp_nodelay(true)
-            .user_agent(concat!("blob-batch-monitor/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = HttpClient::new(MAX_RESPONSE_BODY)?;
         let batch = BatchClient::new(
             http.clone(),
             config.openai_endpoint.clone(),

@@ -9,7 +9,7 @@
 //! record was superseded by another delivery of the same check and is dropped.
 
 use bytes::Bytes;
-use reqwest::StatusCode;
+use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::batch_api::{Batch, RequestCounts};

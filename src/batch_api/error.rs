@@ -6,8 +6,9 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use reqwest::header::HeaderMap;
-use reqwest::StatusCode;
+use http::{HeaderMap, StatusCode};
+
+use crate::http_client::TransportError;
 use serde_json::Value;
 
 /// What a caller should do about a failure.
@@ -48,16 +49,9 @@ impl BatchError {
         BatchError { status: None, code: None, message: bounded(message), retry_after: None }
     }
 
-    pub(crate) fn from_reqwest(e: reqwest::Error) -> Self {
-        let what = if e.is_timeout() {
-            "timed out"
-        } else if e.is_connect() {
-            "could not connect"
-        } else {
-            "failed"
-        };
-        // without_url: never echo the request URL into logs.
-        Self::transport(&format!("batch API request {what}: {}", e.without_url()))
+    /// Transport errors never hold the URL, so nothing here can echo the key or a SAS token into logs.
+    pub(crate) fn from_transport(e: TransportError) -> Self {
+        Self::transport(&format!("batch API request failed: {e}"))
     }
 
     pub(crate) fn malformed(status: StatusCode, detail: &str) -> Self {
@@ -148,7 +142,7 @@ pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::HeaderValue;
+    use http::HeaderValue;
 
     fn err(status: u16, body: &str) -> BatchError {
         BatchError::from_response(StatusCode::from_u16(status).expect("status"), &HeaderMap::new(), body.as_bytes())

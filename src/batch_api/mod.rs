@@ -1,6 +1,6 @@
 //! Client for the Azure OpenAI Batch REST API (azure-openai-batch.md), both the dated and the v1 surface.
 //!
-//! [`BatchClient`] is concrete: a shared `reqwest::Client`, the endpoint, the key and the surface. Every call returns a
+//! [`BatchClient`] is concrete: the shared [`HttpClient`], the endpoint, the key and the surface. Every call returns a
 //! [`BatchError`] that classifies what the caller should do (retry soon, back off, give up) from the status, the
 //! error code and the retry headers; the wire types live in [`model`].
 
@@ -9,11 +9,14 @@ pub mod model;
 
 use std::time::Duration;
 
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
-use reqwest::Method;
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::{Method, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use url::Url;
+
+use crate::http_client::HttpClient;
 
 pub use error::{BatchError, ErrorKind};
 pub use model::{Batch, BatchList, BatchStatus, RequestCounts};
@@ -67,7 +70,7 @@ pub struct OutputFolder<'a> {
 /// A client for one Azure OpenAI resource.
 #[derive(Clone)]
 pub struct BatchClient {
-    http: reqwest::Client,
+    http: HttpClient,
     endpoint: Url,
     api_key: SecretString,
     surface: ApiSurface,
@@ -88,7 +91,7 @@ impl std::fmt::Debug for BatchClient {
 
 impl BatchClient {
     /// `endpoint` is the resource root, e.g. `https://res.openai.azure.com` (a trailing `/` or `/openai` is tolerated).
-    pub fn new(http: reqwest::Client, endpoint: Url, api_key: SecretString, surface: ApiSurface) -> Self {
+    pub fn new(http: HttpClient, endpoint: Url, api_key: SecretString, surface: ApiSurface) -> Self {
         let mut client =
             BatchClient { http, endpoint, api_key, surface, item_prefix: String::new(), item_suffix: String::new() };
         let sample = client.url(&["ID"]);
@@ -119,42 +122,41 @@ impl BatchClient {
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
-        url: Url,
+        url: &str,
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, BatchError> {
+        let uri = Uri::try_from(url).map_err(|e| BatchError::transport(&format!("bad batch API URL: {e}")))?;
         let mut headers = HeaderMap::new();
         let mut key = HeaderValue::from_str(self.api_key.expose_secret())
             .map_err(|_| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
         key.set_sensitive(true);
         headers.insert("api-key", key);
-        let mut request = self.http.request(method, url).headers(headers).timeout(timeout);
-        if let Some(body) = body {
-            request = request.header(CONTENT_TYPE, "application/json").body(body);
+        let body = match body {
+            Some(body) => {
+                headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Bytes::from(body)
+            }
+            None => Bytes::new(),
+        };
+        let response = self.http.send(method, uri, headers, body, timeout).await.map_err(BatchError::from_transport)?;
+        if !response.status.is_success() {
+            return Err(BatchError::from_response(response.status, &response.headers, &response.body));
         }
-        let response = request.send().await.map_err(BatchError::from_reqwest)?;
-        let status = response.status();
-        if !status.is_success() {
-            let headers = response.headers().clone();
-            let bytes = response.bytes().await.map_err(BatchError::from_reqwest)?;
-            return Err(BatchError::from_response(status, &headers, &bytes));
-        }
-        let bytes = response.bytes().await.map_err(BatchError::from_reqwest)?;
-        serde_json::from_slice(&bytes).map_err(|e| BatchError::malformed(status, &e.to_string()))
+        serde_json::from_slice(&response.body).map_err(|e| BatchError::malformed(response.status, &e.to_string()))
     }
 
     /// Creates a batch job.
     pub async fn create(&self, request: &CreateBatch<'_>) -> Result<Batch, BatchError> {
         let body = serde_json::to_vec(request).map_err(|e| BatchError::transport(&e.to_string()))?;
-        self.call(Method::POST, self.url(&[]), Some(body), CREATE_TIMEOUT).await
+        self.call(Method::POST, self.url(&[]).as_str(), Some(body), CREATE_TIMEOUT).await
     }
 
     /// Retrieves a batch job. `id` is percent-encoded into the path; callers validate it first anyway.
     pub async fn retrieve(&self, id: &str) -> Result<Batch, BatchError> {
         let encoded = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
-        let url = Url::parse(&format!("{}{encoded}{}", self.item_prefix, self.item_suffix))
-            .map_err(|e| BatchError::transport(&format!("bad batch URL: {e}")))?;
-        self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
+        let url = format!("{}{encoded}{}", self.item_prefix, self.item_suffix);
+        self.call(Method::GET, &url, None, REQUEST_TIMEOUT).await
     }
 
     /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
@@ -167,7 +169,7 @@ impl BatchClient {
                 q.append_pair("after", after);
             }
         }
-        self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
+        self.call(Method::GET, url.as_str(), None, REQUEST_TIMEOUT).await
     }
 }
 
@@ -176,7 +178,12 @@ mod tests {
     use super::*;
 
     fn client(endpoint: &str, surface: ApiSurface) -> BatchClient {
-        BatchClient::new(reqwest::Client::new(), Url::parse(endpoint).expect("url"), SecretString::from("k"), surface)
+        BatchClient::new(
+            HttpClient::new(1 << 20).expect("client"),
+            Url::parse(endpoint).expect("url"),
+            SecretString::from("k"),
+            surface,
+        )
     }
 
     #[test]

@@ -4,11 +4,11 @@
 //! scans containers and keeps trigger receipts; the batch emulator reads inputs and writes results.
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED};
-use reqwest::{Method, StatusCode};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE_MATCH, LAST_MODIFIED};
+use http::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{body_bytes, StorageClient, StorageError};
+use super::{StorageClient, StorageError};
 
 /// A precondition on a blob write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -123,7 +123,7 @@ impl StorageClient {
             headers.insert(meta_name(k)?, header_value(v)?);
         }
         let response = self.send(Method::PUT, self.blob_url(&format!("{container}/{name}")), headers, content).await?;
-        Ok(etag_of(response.headers()))
+        Ok(etag_of(&response.headers))
     }
 
     /// Reads a blob; `None` if it does not exist.
@@ -131,8 +131,8 @@ impl StorageClient {
         let url = self.blob_url(&format!("{container}/{name}"));
         match self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await {
             Ok(response) => {
-                let etag = etag_of(response.headers());
-                Ok(Some(Blob { content: body_bytes(response).await?, etag }))
+                let etag = etag_of(&response.headers);
+                Ok(Some(Blob { content: response.body, etag }))
             }
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -162,8 +162,8 @@ impl StorageClient {
         let url = self.blob_url(&format!("{container}/{name}"));
         match self.send(Method::HEAD, url, HeaderMap::new(), Bytes::new()).await {
             Ok(r) => {
-                let modified = r.headers().get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).unwrap_or("");
-                Ok(Some((etag_of(r.headers()), modified.to_string())))
+                let modified = &r.headers.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).unwrap_or("");
+                Ok(Some((etag_of(&r.headers), modified.to_string())))
             }
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -189,7 +189,7 @@ impl StorageClient {
             }
         }
         let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
-        let xml = body_bytes(response).await?;
+        let xml = response.body;
         let xml = std::str::from_utf8(&xml).map_err(|e| StorageError::Parse(e.to_string()))?;
         let parsed: EnumerationResults =
             quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
@@ -239,7 +239,7 @@ impl StorageClient {
         headers.insert("x-ms-lease-action", HeaderValue::from_static("acquire"));
         headers.insert("x-ms-lease-duration", HeaderValue::from(seconds.clamp(15, 60)));
         let r = self.send(Method::PUT, url, headers, Bytes::new()).await?;
-        r.headers()
+        r.headers
             .get("x-ms-lease-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
@@ -266,12 +266,12 @@ fn header_value(v: &str) -> Result<HeaderValue, StorageError> {
     HeaderValue::from_str(v).map_err(|_| StorageError::Parse(format!("`{v}` cannot be sent as a header value")))
 }
 
-fn meta_name(k: &str) -> Result<reqwest::header::HeaderName, StorageError> {
+fn meta_name(k: &str) -> Result<http::header::HeaderName, StorageError> {
     // Lowercase alphanumeric names only: other characters sort differently in Azurite and Azure (§4.3).
     if k.is_empty() || !k.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
         return Err(StorageError::Parse(format!("metadata name `{k}` must be lowercase alphanumeric")));
     }
-    reqwest::header::HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes())
+    http::header::HeaderName::from_bytes(format!("x-ms-meta-{k}").as_bytes())
         .map_err(|e| StorageError::Parse(e.to_string()))
 }
 

@@ -1,6 +1,6 @@
-//! A small Blob and Queue Storage REST client on reqwest (azure-storage-rest.md §10 explains why it is hand-written).
+//! A small Blob and Queue Storage REST client (azure-storage-rest.md §10 explains why it is hand-written).
 //!
-//! [`StorageClient`] owns one `reqwest::Client` and one [`StorageAccount`]; `queue.rs` and `blob.rs` add the operations.
+//! [`StorageClient`] holds the shared [`HttpClient`] and one [`StorageAccount`]; `queue.rs` and `blob.rs` add the operations.
 //! Every request carries a pinned `x-ms-version` and is signed last, from its final headers ([`shared_key`]), or gets
 //! the SAS token appended. Errors never carry the request URL, which may hold a SAS signature.
 
@@ -12,9 +12,11 @@ pub mod shared_key;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
-use reqwest::{Method, Response, StatusCode};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
+use http::{Method, StatusCode, Uri};
 use url::Url;
+
+use crate::http_client::{HttpClient, Response, TransportError};
 
 pub use connection::{ConnectionStringError, Credential, StorageAccount};
 pub use queue::{MessageEncoding, QueueMessage};
@@ -33,7 +35,7 @@ pub enum StorageError {
     Status { status: StatusCode, code: String },
     /// No usable answer: connection refused, timeout, reset. Always worth retrying.
     #[error("storage request failed: {0}")]
-    Transport(reqwest::Error),
+    Transport(TransportError),
     /// The answer could not be read.
     #[error("storage response could not be parsed: {0}")]
     Parse(String),
@@ -60,13 +62,13 @@ impl StorageError {
 /// A client for one storage account's Blob and Queue services.
 #[derive(Clone, Debug)]
 pub struct StorageClient {
-    http: reqwest::Client,
+    http: HttpClient,
     account: StorageAccount,
 }
 
 impl StorageClient {
-    /// Wraps a shared `reqwest::Client` (connection pools are per client, so share one per process).
-    pub fn new(http: reqwest::Client, account: StorageAccount) -> Self {
+    /// Wraps the shared client (connection pools are per client, so share one per process).
+    pub fn new(http: HttpClient, account: StorageAccount) -> Self {
         StorageClient { http, account }
     }
 
@@ -109,35 +111,24 @@ impl StorageClient {
             headers
                 .insert(AUTHORIZATION, HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?);
         }
-        let attempt = || {
-            self.http
-                .request(method.clone(), url.clone())
-                .headers(headers.clone())
-                .body(body.clone())
-                .timeout(REQUEST_TIMEOUT)
-                .send()
-        };
+        let uri = Uri::try_from(url.as_str()).map_err(|e| StorageError::Parse(format!("unusable storage URL: {e}")))?;
+        let attempt = || self.http.send(method.clone(), uri.clone(), headers.clone(), body.clone(), REQUEST_TIMEOUT);
         // One retry when the request never got an answer: a pooled keep-alive connection that the server closed at
         // the moment it was reused fails this way. Every caller tolerates a repeated write (create-only puts answer
         // 409, duplicate messages are de-duplicated by the job record), as the Azure SDKs' own retries require too.
         let response = match attempt().await {
-            Err(e) if e.is_request() || e.is_connect() => {
-                tracing::debug!(error = %e.without_url(), "storage request failed before an answer; retrying once");
+            Err(e) if e.before_answer() => {
+                tracing::debug!(error = %e, "storage request failed before an answer; retrying once");
                 attempt().await
             }
             other => other,
         }
-        .map_err(|e| StorageError::Transport(e.without_url()))?;
-        let status = response.status();
+        .map_err(StorageError::Transport)?;
+        let status = response.status;
         if status.is_success() {
             return Ok(response);
         }
-        let code = response.headers().get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+        let code = response.headers.get("x-ms-error-code").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
         Err(StorageError::Status { status, code })
     }
-}
-
-/// Reads a successful response's body, mapping transport failures.
-pub(crate) async fn body_bytes(response: Response) -> Result<Bytes, StorageError> {
-    response.bytes().await.map_err(|e| StorageError::Transport(e.without_url()))
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
-use reqwest::{Method, StatusCode};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::{Method, StatusCode};
 use serde::Deserialize;
 
-use super::{body_bytes, StorageClient, StorageError};
+use super::{StorageClient, StorageError};
 
 /// How message text is stored, as `extensions.queues.messageEncoding` in host.json says.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -154,7 +154,7 @@ impl StorageClient {
 
     async fn list_messages(&self, url: url::Url) -> Result<Vec<QueueMessage>, StorageError> {
         let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
-        let xml = body_bytes(response).await?;
+        let xml = response.body;
         let xml = std::str::from_utf8(&xml).map_err(|e| StorageError::Parse(e.to_string()))?;
         let list: QueueMessagesList = quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
         Ok(list.messages)
@@ -182,7 +182,7 @@ impl StorageClient {
             .append_pair("visibilitytimeout", &visibility.as_secs().to_string());
         let response = self.send(Method::PUT, url, HeaderMap::new(), Bytes::new()).await?;
         response
-            .headers()
+            .headers
             .get("x-ms-popreceipt")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)

@@ -1,12 +1,12 @@
 //! Shared Key request signing for the Blob and Queue services (azure-storage-rest.md §4).
 //!
 //! The signature is computed from the request exactly as it will go on the wire, so callers build the whole
-//! `reqwest::Request` first and sign it last.
+//! request first and sign it last.
 
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use http::header::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode_str;
-use reqwest::header::{HeaderMap, HeaderName};
 use sha2::Sha256;
 use url::Url;
 
@@ -103,7 +103,7 @@ mod tests {
     //! The three test vectors of azure-storage-rest.md §4.4, each accepted by Azurite 3.35.
     use super::*;
     use crate::storage::connection::DEVSTORE_KEY;
-    use reqwest::header::HeaderValue;
+    use http::header::HeaderValue;
 
     fn key() -> Vec<u8> {
         base64::engine::general_purpose::STANDARD.decode(DEVSTORE_KEY).expect("key")

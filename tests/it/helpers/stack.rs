@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use blob_batch_monitor::http_client::HttpClient;
 use blob_batch_monitor::storage::{MessageEncoding, StorageAccount, StorageClient};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
 use devstack::host_emulator::{FunctionsHost, HostOptions, InvocationRecord};
@@ -60,7 +61,7 @@ impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
         let conn = options.connection.clone().unwrap_or_else(|| azurite::shared().fresh_account().1);
         let account = StorageAccount::parse(&conn).expect("conn");
-        let storage = StorageClient::new(reqwest::Client::new(), account.clone());
+        let storage = StorageClient::new(HttpClient::new(1 << 30).expect("client"), account.clone());
         storage.create_container("batch-input").await.expect("container");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let emulator = BatchEmulator::start(listener, EmulatorConfig::new(API_KEY, vec![account], options.timings))

@@ -15,3 +15,6 @@ pub mod azurite;
 pub mod batch_emulator;
 pub mod bench;
 pub mod host_emulator;
+
+/// The devstack's tools read whole blobs (inputs, results) through the handler's storage client: allow up to 1 GiB.
+pub const TOOL_BODY_LIMIT: usize = 1 << 30;

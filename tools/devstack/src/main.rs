@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use blob_batch_monitor::http_client::HttpClient;
 use blob_batch_monitor::storage::blob::Condition;
 use blob_batch_monitor::storage::{StorageAccount, StorageClient};
 use clap::{Parser, Subcommand};
@@ -180,7 +181,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// A storage client for a connection string.
 fn storage(connection: &str) -> anyhow::Result<StorageClient> {
-    Ok(StorageClient::new(reqwest::Client::new(), StorageAccount::parse(connection)?))
+    Ok(StorageClient::new(HttpClient::new(devstack::TOOL_BODY_LIMIT)?, StorageAccount::parse(connection)?))
 }
 
 /// Ctrl-C or SIGTERM.
@@ -244,7 +245,7 @@ async fn up(
     };
     let storage_conn = "UseDevelopmentStorage=true";
     let account = StorageAccount::parse(storage_conn)?;
-    let storage = StorageClient::new(reqwest::Client::new(), account.clone());
+    let storage = StorageClient::new(HttpClient::new(devstack::TOOL_BODY_LIMIT)?, account.clone());
     for c in ["batch-input", "batch-output"] {
         storage.create_container(c).await.with_context(|| format!("creating container {c}"))?;
     }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use blob_batch_monitor::http_client::HttpClient;
 use blob_batch_monitor::storage::{StorageAccount, StorageClient};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -237,7 +238,7 @@ pub struct BatchEmulator {
 impl BatchEmulator {
     /// Serves the emulator on `listener` (bind port 0 in tests).
     pub fn start(listener: TcpListener, config: EmulatorConfig) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder().build()?;
+        let http = HttpClient::new(crate::TOOL_BODY_LIMIT)?;
         let storage = config.accounts.iter().map(|a| StorageClient::new(http.clone(), a.clone())).collect();
         let world = Arc::new(World {
             config: Mutex::new(config),

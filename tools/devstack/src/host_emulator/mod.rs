@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
+use blob_batch_monitor::http_client::HttpClient;
 use blob_batch_monitor::storage::{StorageAccount, StorageClient};
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
@@ -151,7 +152,7 @@ impl FunctionsHost {
     /// Loads the app, starts the handler and the trigger listeners.
     pub async fn start(options: HostOptions) -> anyhow::Result<Self> {
         let app = App::load(&options.app_root)?;
-        let http = reqwest::Client::new();
+        let http = HttpClient::new(crate::TOOL_BODY_LIMIT)?;
         let mut accounts = HashMap::new();
         for (k, v) in &options.settings {
             if let Ok(a) = StorageAccount::parse(v) {
