@@ -51,12 +51,13 @@ async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Inv
         Ok(w) => w,
         Err(reason) => {
             error!(reason = %reason, "refusing a queue message; it never reaches the batch API");
-            poison(&state, &invocation_id, &reason, None, &text).await?;
+            Box::pin(poison(&state, &invocation_id, &reason, None, &text)).await?;
             return Ok(InvokeResponse::log(format!("dead-lettered a queue message: {reason}")));
         }
     };
     match work {
-        Work::Submit(m) => deferred_submission(&state, &invocation_id, &m).await,
+        // Rare paths are boxed so that the hot one's future stays small (it is moved into a box per request).
+        Work::Submit(m) => Box::pin(deferred_submission(&state, &invocation_id, &m)).await,
         Work::Check(m) => check(&state, &invocation_id, m, &text).await,
     }
 }
@@ -93,7 +94,9 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
         }
     }
     match state.batch.retrieve(&message.batch_id).await {
-        Ok(batch) if is_token_limit_failure(&batch) && key.is_some() => resubmit(state, &message, known, &batch).await,
+        Ok(batch) if is_token_limit_failure(&batch) && key.is_some() => {
+            Box::pin(resubmit(state, &message, known, &batch)).await
+        }
         Ok(batch) if batch.status.is_terminal() => {
             record(state, &message, known, |r| {
                 r.observe(&batch);
@@ -126,9 +129,9 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
         Err(e) if e.kind() == ErrorKind::NotFound => {
             let reason = format!("the batch API does not know batch {}: {e}", message.batch_id);
             error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, "unknown batch; dead-lettering");
-            give_up(state, invocation_id, &message, known, &reason, text).await
+            Box::pin(give_up(state, invocation_id, &message, known, &reason, text)).await
         }
-        Err(e) => check_failed(state, invocation_id, &message, known, text, e).await,
+        Err(e) => Box::pin(check_failed(state, invocation_id, &message, known, text, e)).await,
     }
 }
 
