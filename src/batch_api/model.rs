@@ -24,17 +24,20 @@ pub enum BatchStatus {
 impl BatchStatus {
     /// Parses the wire value, in any case.
     pub fn parse(s: &str) -> Self {
-        match s.to_ascii_lowercase().as_str() {
-            "validating" => BatchStatus::Validating,
-            "failed" => BatchStatus::Failed,
-            "in_progress" => BatchStatus::InProgress,
-            "finalizing" => BatchStatus::Finalizing,
-            "completed" => BatchStatus::Completed,
-            "expired" => BatchStatus::Expired,
-            "cancelling" => BatchStatus::Cancelling,
-            "cancelled" => BatchStatus::Cancelled,
-            _ => BatchStatus::Unknown(s.to_string()),
-        }
+        const KNOWN: [(&str, BatchStatus); 8] = [
+            ("validating", BatchStatus::Validating),
+            ("failed", BatchStatus::Failed),
+            ("in_progress", BatchStatus::InProgress),
+            ("finalizing", BatchStatus::Finalizing),
+            ("completed", BatchStatus::Completed),
+            ("expired", BatchStatus::Expired),
+            ("cancelling", BatchStatus::Cancelling),
+            ("cancelled", BatchStatus::Cancelled),
+        ];
+        KNOWN
+            .into_iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map_or_else(|| BatchStatus::Unknown(s.to_string()), |(_, status)| status)
     }
 
     /// Exactly `completed`, `failed`, `expired` and `cancelled` end a job (§5). `canceled` is not a status the API
@@ -67,7 +70,18 @@ impl fmt::Display for BatchStatus {
 
 impl<'de> Deserialize<'de> for BatchStatus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Ok(BatchStatus::parse(&String::deserialize(d)?))
+        // A visitor rather than `String::deserialize`: the known statuses are matched without allocating.
+        struct Status;
+        impl serde::de::Visitor<'_> for Status {
+            type Value = BatchStatus;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a batch status string")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BatchStatus, E> {
+                Ok(BatchStatus::parse(v))
+            }
+        }
+        d.deserialize_str(Status)
     }
 }
 
@@ -90,8 +104,14 @@ pub struct RequestCounts {
 
 impl fmt::Display for RequestCounts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let n = |v: Option<u64>| v.map_or_else(|| "?".to_string(), |v| v.to_string());
-        write!(f, "total={} completed={} failed={}", n(self.total), n(self.completed), n(self.failed))
+        for (name, value) in [("total=", self.total), (" completed=", self.completed), (" failed=", self.failed)] {
+            f.write_str(name)?;
+            match value {
+                Some(v) => write!(f, "{v}")?,
+                None => f.write_str("?")?,
+            }
+        }
+        Ok(())
     }
 }
 

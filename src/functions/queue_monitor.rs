@@ -13,7 +13,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use tracing::{error, info, warn, Instrument};
 
-use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
+use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind, RequestCounts};
 use crate::dead_letter::{dead_letter, now, DeadLetter};
 use crate::error::{FunctionError, Result};
 use crate::message::{parse_work, MonitorMessage, SubmitMessage, Work, MONITOR_QUEUE};
@@ -241,18 +241,20 @@ pub fn backoff(base: Duration, failures: u32, cap: Duration, server_hint: Option
 
 /// The final report of a job that reached a terminal status.
 fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
-    let counts = batch.request_counts.clone().unwrap_or_default();
-    let errors = batch.errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
-    let line = format!(
-        "batch {} for {} ended {}: requests {}; output_blob={}; error_blob={}{}",
+    use std::fmt::Write as _;
+    let counts = batch.request_counts.as_ref().map_or(RequestCounts::default(), Clone::clone);
+    let mut line = format!(
+        "batch {} for {} ended {}: requests {}; output_blob={}; error_blob={}",
         batch.id,
         message.blob_or_dash(),
         batch.status,
         counts,
         batch.output_blob().unwrap_or("none"),
         batch.error_blob().unwrap_or("none"),
-        if errors.is_empty() { String::new() } else { format!("; errors: {errors}") },
     );
+    for (i, e) in batch.errors.iter().enumerate() {
+        let _ = write!(line, "{}{e}", if i == 0 { "; errors: " } else { "; " });
+    }
     // The line carries every detail; the fields are for filtering. Strings as Display: Debug would escape them.
     if batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0 {
         info!(batch_id = %batch.id, status = %batch.status, checks = message.attempt + 1, "{line}");

@@ -7,6 +7,7 @@
 
 pub mod blob_envelope;
 
+use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -144,9 +145,13 @@ impl InvokeResponse {
 
     /// Renders the body with a given status (non-2xx bodies are ignored by the host but stay well-formed).
     pub fn into_response_with(self, status: StatusCode) -> Response {
-        let body =
-            serde_json::to_vec(&self).unwrap_or_else(|_| b"{\"Outputs\":{},\"Logs\":[],\"ReturnValue\":null}".to_vec());
-        let mut response = (status, body).into_response();
+        // Sized up front: the log lines dominate the body, and growing the buffer would copy them again.
+        let mut body = Vec::with_capacity(64 + self.logs.iter().map(|l| l.len() + 8).sum::<usize>());
+        if serde_json::to_writer(&mut body, &self).is_err() {
+            body = b"{\"Outputs\":{},\"Logs\":[],\"ReturnValue\":null}".to_vec();
+        }
+        let mut response = Response::new(Body::from(body));
+        *response.status_mut() = status;
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
