@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use tracing::{error, info, warn, Instrument};
 
@@ -32,13 +32,11 @@ fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError
     FunctionError::unavailable(e.into().context(what))
 }
 
-pub(super) async fn invoke(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<InvokeResponse> {
-    let span = super::invocation_span("QueueMonitor", &headers);
-    run(state, headers, body).instrument(span).await
+pub(super) async fn invoke(State(state): State<Arc<AppState>>, request: Request) -> Result<InvokeResponse> {
+    // The request is taken whole: the `HeaderMap` extractor would copy every header.
+    let (parts, body) = request.into_parts();
+    let span = super::invocation_span("QueueMonitor", &parts.headers);
+    run(state, parts.headers, body).instrument(span).await
 }
 
 async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
@@ -255,11 +253,12 @@ fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
     for (i, e) in batch.errors.iter().enumerate() {
         let _ = write!(line, "{}{e}", if i == 0 { "; errors: " } else { "; " });
     }
-    // The line carries every detail; the fields are for filtering. Strings as Display: Debug would escape them.
+    let _ = write!(line, "; checks: {}", message.attempt + 1);
+    // One line with every detail (the host keeps stdout lines as text; fields would repeat the line's content).
     if batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0 {
-        info!(batch_id = %batch.id, status = %batch.status, checks = message.attempt + 1, "{line}");
+        info!("{line}");
     } else {
-        warn!(batch_id = %batch.id, status = %batch.status, checks = message.attempt + 1, "{line}");
+        warn!("{line}");
     }
     InvokeResponse::log(line)
 }

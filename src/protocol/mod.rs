@@ -11,7 +11,9 @@ use axum::body::Body;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
+use std::borrow::Cow;
 
 /// The header the host sets on every invocation.
 pub const INVOCATION_ID_HEADER: &str = "x-azure-functions-invocationid";
@@ -89,31 +91,78 @@ impl InvokeRequest {
 pub fn queue_text(body: &[u8], binding: &str) -> Result<String, EnvelopeError> {
     #[derive(Deserialize)]
     struct Lean<'a> {
-        #[serde(rename = "Data", borrow, default)]
-        data: std::collections::BTreeMap<std::borrow::Cow<'a, str>, &'a serde_json::value::RawValue>,
+        #[serde(rename = "Data", borrow, default, deserialize_with = "entries")]
+        data: Vec<(Cow<'a, str>, &'a RawValue)>,
     }
     let lean: Lean<'_> = serde_json::from_slice(body).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
-    let raw = match lean.data.get(binding) {
-        Some(v) => *v,
-        None if lean.data.len() == 1 => *lean.data.values().next().ok_or(EnvelopeError::NoBinding)?,
+    let raw = match lean.data.iter().find(|(k, _)| k == binding) {
+        Some((_, v)) => *v,
+        None if lean.data.len() == 1 => lean.data[0].1,
         None => return Err(EnvelopeError::NoBinding),
     };
     let text = raw.get();
     match text.as_bytes().first() {
         Some(b'"') => {
-            serde_json::from_str::<String>(text).map(|s| unquote(&s)).map_err(|e| EnvelopeError::NotJson(e.to_string()))
+            let outer = json_str(text).map_err(|e| EnvelopeError::NotJson(e.to_string()))?;
+            Ok(unquote(&outer))
         }
         Some(b'{') => Ok(text.to_string()),
         _ => Err(EnvelopeError::BadTriggerValue),
     }
 }
 
+/// A JSON object's entries in order, keys borrowed when they have no escapes (no map is built for one binding).
+fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Cow<'de, str>, &'de RawValue)>, D::Error> {
+    struct Entries;
+    impl<'de> serde::de::Visitor<'de> for Entries {
+        type Value = Vec<(Cow<'de, str>, &'de RawValue)>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut out = Vec::with_capacity(map.size_hint().unwrap_or(1));
+            while let Some(key) = map.next_key::<Key<'de>>()? {
+                out.push((key.0, map.next_value()?));
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Entries)
+}
+
+/// A string, borrowed from the input when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Str;
+        impl<'de> serde::de::Visitor<'de> for Str {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(Str)
+    }
+}
+
+/// The value of a JSON string literal, borrowed from `text` when it has no escapes.
+fn json_str(text: &str) -> serde_json::Result<Cow<'_, str>> {
+    serde_json::from_str::<Key<'_>>(text).map(|k| k.0)
+}
+
 /// Undoes one level of JSON string quoting if `s` is a JSON string literal; otherwise returns `s` as is.
 pub fn unquote(s: &str) -> String {
     let t = s.trim();
     if t.len() >= 2 && t.starts_with('"') && t.ends_with('"') {
-        if let Ok(inner) = serde_json::from_str::<String>(t) {
-            return inner;
+        if let Ok(inner) = json_str(t) {
+            return inner.into_owned();
         }
     }
     s.to_string()
