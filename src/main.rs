@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use blob_batch_monitor::{config::Config, run, telemetry, AppState};
 
+/// The static musl build (the one deployed) allocates through mimalloc: musl's own allocator made a QueueMonitor check
+/// cost 60 µs of CPU against 35 µs with mimalloc (docs/performance.md). Idle memory rises from 3 to 9 MB. The glibc
+/// build keeps glibc's allocator, which is already fast.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     telemetry::init();
     let port = match port_from_env() {
