@@ -26,9 +26,16 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     let nginx = Nginx::start(&o.work_dir.join("nginx"), shared)?;
     let mut report = Report::default();
-    startup(o, &nginx, &mut report)?;
+    // Start-up and memory for each build: the static musl build has its own allocator (mimalloc).
+    let musl = o.musl_binary.as_ref().map(|m| BenchOptions { handler: m.clone(), ..o.clone() });
+    let builds = std::iter::once((o, "")).chain(musl.as_ref().map(|m| (m, " (static musl build)")));
+    for (build, label) in builds.clone() {
+        startup(build, &nginx, label, &mut report)?;
+    }
     overhead(o, &nginx, shared, load, &mut report)?;
-    in_flight_memory(o, &nginx, &runtime, load, &mut report)?;
+    for (build, label) in builds {
+        in_flight_memory(build, &nginx, &runtime, load, label, &mut report)?;
+    }
     scale(o, &nginx, &runtime, load, &mut report)?;
     large_blob(o, &nginx, &runtime, &mut report)?;
     deploy_size(o, &mut report)?;
@@ -78,7 +85,7 @@ fn queue_body(text: &str) -> String {
     String::from_utf8_lossy(&queue_envelope("QueueMonitor", "job", text.as_bytes(), false, &info)).into_owned()
 }
 
-fn startup(o: &BenchOptions, nginx: &Nginx, report: &mut Report) -> anyhow::Result<()> {
+fn startup(o: &BenchOptions, nginx: &Nginx, label: &str, report: &mut Report) -> anyhow::Result<()> {
     let mut times = Vec::new();
     for _ in 0..o.starts {
         let port = free_port()?;
@@ -89,7 +96,7 @@ fn startup(o: &BenchOptions, nginx: &Nginx, report: &mut Report) -> anyhow::Resu
         drop(proc);
     }
     report.add(
-        "Cold start: process start to first answered `GET /` (median)",
+        &format!("Cold start{label}: process start to first answered `GET /` (median)"),
         median(times),
         "ms",
         Some(("<", 10.0)),
@@ -98,7 +105,7 @@ fn startup(o: &BenchOptions, nginx: &Nginx, report: &mut Report) -> anyhow::Resu
     let (proc, _) = handler(o, None, nginx.port, nginx.port)?;
     std::thread::sleep(Duration::from_secs(1));
     let idle = status_kb(proc.pid(), "VmRSS").unwrap_or(0) as f64 / 1024.0;
-    report.add("Idle resident memory (VmRSS 1 s after ready)", idle, "MB", Some(("<", 10.0)), "");
+    report.add(&format!("Idle resident memory{label} (VmRSS 1 s after ready)"), idle, "MB", Some(("<", 10.0)), "");
     Ok(())
 }
 
@@ -232,6 +239,7 @@ fn in_flight_memory(
     nginx: &Nginx,
     runtime: &tokio::runtime::Runtime,
     load: Option<usize>,
+    label: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
     // A job that ends at once (its input is unreachable); every answer is held for a second.
@@ -257,7 +265,7 @@ fn in_flight_memory(
     drop(proc);
     let sampled = sampler.join().unwrap_or(0);
     report.add(
-        "Resident memory with 256 invocations in flight (peak)",
+        &format!("Resident memory{label} with 256 invocations in flight (peak)"),
         hwm.max(sampled) as f64 / 1024.0,
         "MB",
         Some(("<", 40.0)),
