@@ -24,6 +24,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Idle pooled connections are closed after this (Azure's front ends drop idle connections after about 4 minutes).
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
+/// Sent on every request that does not set its own.
+const USER_AGENT_VALUE: &str = concat!("blob-batch-monitor/", env!("CARGO_PKG_VERSION"));
+
 /// A buffered answer.
 #[derive(Debug)]
 pub struct Response {
@@ -64,7 +67,6 @@ impl TransportError {
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
-    user_agent: HeaderValue,
     max_body: usize,
 }
 
@@ -85,8 +87,7 @@ impl HttpClient {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .pool_timer(TokioTimer::new())
             .build(https);
-        let user_agent = HeaderValue::from_static(concat!("blob-batch-monitor/", env!("CARGO_PKG_VERSION")));
-        Ok(HttpClient { inner, user_agent, max_body })
+        Ok(HttpClient { inner, max_body })
     }
 
     /// Sends one request and reads the whole answer within `timeout`.
@@ -98,7 +99,7 @@ impl HttpClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        headers.entry(USER_AGENT).or_insert_with(|| self.user_agent.clone());
+        headers.entry(USER_AGENT).or_insert_with(|| HeaderValue::from_static(USER_AGENT_VALUE));
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
         *request.uri_mut() = uri;

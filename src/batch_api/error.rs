@@ -7,9 +7,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, StatusCode};
+use serde_json::Value;
 
 use crate::http_client::TransportError;
-use serde_json::Value;
 
 /// What a caller should do about a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::HeaderMap;
 use tracing::{error, info, warn, Instrument};
 
-use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind, RequestCounts};
+use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
 use crate::dead_letter::{dead_letter, now, DeadLetter};
 use crate::error::{FunctionError, Result};
 use crate::message::{parse_work, MonitorMessage, SubmitMessage, Work, MONITOR_QUEUE};
@@ -242,7 +242,7 @@ pub fn backoff(base: Duration, failures: u32, cap: Duration, server_hint: Option
 /// The final report of a job that reached a terminal status.
 fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
     use std::fmt::Write as _;
-    let counts = batch.request_counts.as_ref().map_or(RequestCounts::default(), Clone::clone);
+    let counts = batch.request_counts.clone().unwrap_or_default();
     let mut line = format!(
         "batch {} for {} ended {}: requests {}; output_blob={}; error_blob={}",
         batch.id,

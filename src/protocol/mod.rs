@@ -121,7 +121,7 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Cow<'de, str>,
         }
         fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
             let mut out = Vec::with_capacity(map.size_hint().unwrap_or(1));
-            while let Some(key) = map.next_key::<Key<'de>>()? {
+            while let Some(key) = map.next_key::<BorrowedStr<'de>>()? {
                 out.push((key.0, map.next_value()?));
             }
             Ok(out)
@@ -130,22 +130,22 @@ fn entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<(Cow<'de, str>,
     d.deserialize_map(Entries)
 }
 
-/// A string, borrowed from the input when it has no escapes.
-struct Key<'a>(Cow<'a, str>);
+/// A JSON string, borrowed from the input when it has no escapes (serde's own `Cow<str>` always copies).
+struct BorrowedStr<'a>(Cow<'a, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de> Deserialize<'de> for BorrowedStr<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Str;
         impl<'de> serde::de::Visitor<'de> for Str {
-            type Value = Key<'de>;
+            type Value = BorrowedStr<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<BorrowedStr<'de>, E> {
+                Ok(BorrowedStr(Cow::Borrowed(v)))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
+            fn visit_str<E>(self, v: &str) -> Result<BorrowedStr<'de>, E> {
+                Ok(BorrowedStr(Cow::Owned(v.to_string())))
             }
         }
         d.deserialize_str(Str)
@@ -154,7 +154,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 
 /// The value of a JSON string literal, borrowed from `text` when it has no escapes.
 fn json_str(text: &str) -> serde_json::Result<Cow<'_, str>> {
-    serde_json::from_str::<Key<'_>>(text).map(|k| k.0)
+    serde_json::from_str::<BorrowedStr<'_>>(text).map(|k| k.0)
 }
 
 /// Undoes one level of JSON string quoting if `s` is a JSON string literal; otherwise returns `s` as is.

@@ -162,7 +162,7 @@ impl StorageClient {
         let url = self.blob_url(&format!("{container}/{name}"));
         match self.send(Method::HEAD, url, HeaderMap::new(), Bytes::new()).await {
             Ok(r) => {
-                let modified = &r.headers.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).unwrap_or("");
+                let modified = r.headers.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).unwrap_or("");
                 Ok(Some((etag_of(&r.headers), modified.to_string())))
             }
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),

@@ -85,13 +85,8 @@ enum Command {
     /// Print a blob (e.g. a job's results.jsonl, by the URL the final log line names).
     Cat {
         url: String,
-        #[arg(
-            long,
-            env = "BlobStorageConnection",
-            default_value = "UseDevelopmentStorage=true",
-            hide_env_values = true
-        )]
-        connection: String,
+        #[command(flatten)]
+        storage: Connection,
     },
     /// Upload a file as a blob (by default into batch-input on the local Azurite).
     Upload {
@@ -101,13 +96,8 @@ enum Command {
         name: Option<String>,
         #[arg(long, default_value = "batch-input")]
         container: String,
-        #[arg(
-            long,
-            env = "BlobStorageConnection",
-            default_value = "UseDevelopmentStorage=true",
-            hide_env_values = true
-        )]
-        connection: String,
+        #[command(flatten)]
+        storage: Connection,
     },
 }
 
@@ -158,14 +148,14 @@ async fn main() -> anyhow::Result<()> {
             println!("{}", report.markdown());
             Ok(())
         }
-        Command::Cat { url, connection } => {
+        Command::Cat { url, storage: Connection { connection } } => {
             let blob =
                 storage(&connection)?.get_blob_by_url(&url).await?.with_context(|| format!("{url} does not exist"))?;
             use std::io::Write;
             std::io::stdout().write_all(&blob.content)?;
             Ok(())
         }
-        Command::Upload { file, name, container, connection } => {
+        Command::Upload { file, name, container, storage: Connection { connection } } => {
             let content = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name =
                 name.unwrap_or_else(|| file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
@@ -177,6 +167,13 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The storage account a command reads or writes: local Azurite unless told otherwise.
+#[derive(clap::Args)]
+struct Connection {
+    #[arg(long, env = "BlobStorageConnection", default_value = "UseDevelopmentStorage=true", hide_env_values = true)]
+    connection: String,
 }
 
 /// A storage client for a connection string.
