@@ -96,9 +96,7 @@ pub enum Work {
 /// message must not be able to make the service read arbitrary URLs.
 pub fn parse_work(text: &str, blob_endpoint: &str) -> Result<Work, String> {
     let trimmed = text.trim();
-    let is_submit = trimmed.starts_with('{')
-        && serde_json::from_str::<serde_json::Value>(trimmed).is_ok_and(|v| v.get("submit").is_some());
-    if !is_submit {
+    if !(trimmed.starts_with('{') && has_submit_key(trimmed)) {
         return parse_monitor_message(text).map(Work::Check);
     }
     let m: SubmitMessage =
@@ -112,6 +110,25 @@ pub fn parse_work(text: &str, blob_endpoint: &str) -> Result<Work, String> {
         return Err("the submission's blob name is not usable".into());
     }
     Ok(Work::Submit(m))
+}
+
+/// Whether a JSON object has a `submit` key (whatever its value), read without building a map: this runs on every
+/// check, and a `serde_json::Value` would allocate each key and value.
+fn has_submit_key(json: &str) -> bool {
+    /// Set when the key is present; its value is skipped unread.
+    #[derive(Default)]
+    struct Present(bool);
+    impl<'de> Deserialize<'de> for Present {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            serde::de::IgnoredAny::deserialize(d).map(|_| Present(true))
+        }
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default)]
+        submit: Present,
+    }
+    serde_json::from_str::<Probe>(json).is_ok_and(|p| p.submit.0)
 }
 
 fn validate_etag(etag: &str) -> Result<(), String> {
@@ -174,6 +191,24 @@ mod tests {
         assert_eq!(m.failures, 0);
         let plain = parse_monitor_message(" batch_fe3f047a-de39-4068-9008-346795bfc1db\n").expect("plain id");
         assert_eq!(plain, MonitorMessage::new("batch_fe3f047a-de39-4068-9008-346795bfc1db".into(), None));
+    }
+
+    #[test]
+    fn a_submit_key_at_the_top_makes_a_submission_whatever_its_value() {
+        for yes in
+            [r#"{"submit":null}"#, r#"{"blob":"x","submit":5}"#, r#"{"\u0073ubmit":"u"}"#, r#"{"submit":{"a":[1]}}"#]
+        {
+            assert!(has_submit_key(yes), "{yes}");
+        }
+        for no in [r#"{"batchId":"b"}"#, r#"{"a":{"submit":1}}"#, r#"{"submits":1}"#, r#"{"submit":1"#, "[]"] {
+            assert!(!has_submit_key(no), "{no}");
+        }
+        let root = "http://127.0.0.1:10000/devstoreaccount1";
+        let submit =
+            format!(r#"{{"submit":"{root}/batch-input/a.jsonl","blob":"batch-input/a.jsonl","etag":"0x8D1"}}"#);
+        assert!(matches!(parse_work(&submit, root), Ok(Work::Submit(m)) if m.blob == "batch-input/a.jsonl"));
+        assert!(matches!(parse_work(r#"{"batchId":"b1","attempt":2}"#, root), Ok(Work::Check(m)) if m.attempt == 2));
+        assert!(parse_work(r#"{"submit":null,"batchId":"b1"}"#, root).is_err(), "a null submission is refused");
     }
 
     #[test]

@@ -72,7 +72,8 @@ pub struct OutputFolder<'a> {
 pub struct BatchClient {
     http: HttpClient,
     endpoint: Url,
-    api_key: SecretString,
+    /// The `api-key` header, built once and marked sensitive; `None` if the key cannot be a header value.
+    api_key: Option<HeaderValue>,
     surface: ApiSurface,
     /// `{endpoint}/openai[/v1]/batches/` and `[?api-version=…]`, prepared once: retrieve runs on every check.
     item_prefix: String,
@@ -92,6 +93,10 @@ impl std::fmt::Debug for BatchClient {
 impl BatchClient {
     /// `endpoint` is the resource root, e.g. `https://res.openai.azure.com` (a trailing `/` or `/openai` is tolerated).
     pub fn new(http: HttpClient, endpoint: Url, api_key: SecretString, surface: ApiSurface) -> Self {
+        let api_key = HeaderValue::from_str(api_key.expose_secret()).ok().map(|mut key| {
+            key.set_sensitive(true);
+            key
+        });
         let mut client =
             BatchClient { http, endpoint, api_key, surface, item_prefix: String::new(), item_suffix: String::new() };
         let sample = client.url(&["ID"]);
@@ -122,15 +127,18 @@ impl BatchClient {
     async fn call<T: serde::de::DeserializeOwned>(
         &self,
         method: Method,
-        url: &str,
+        url: String,
         body: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<T, BatchError> {
-        let uri = Uri::try_from(url).map_err(|e| BatchError::transport(&format!("bad batch API URL: {e}")))?;
+        // Built from the owned text (`Bytes` takes the `String`'s buffer), not copied from a `&str`.
+        let uri = Uri::from_maybe_shared(Bytes::from(url))
+            .map_err(|e| BatchError::transport(&format!("bad batch API URL: {e}")))?;
         let mut headers = HeaderMap::new();
-        let mut key = HeaderValue::from_str(self.api_key.expose_secret())
-            .map_err(|_| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
-        key.set_sensitive(true);
+        let key = self
+            .api_key
+            .clone()
+            .ok_or_else(|| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
         headers.insert("api-key", key);
         let body = match body {
             Some(body) => {
@@ -149,14 +157,14 @@ impl BatchClient {
     /// Creates a batch job.
     pub async fn create(&self, request: &CreateBatch<'_>) -> Result<Batch, BatchError> {
         let body = serde_json::to_vec(request).map_err(|e| BatchError::transport(&e.to_string()))?;
-        self.call(Method::POST, self.url(&[]).as_str(), Some(body), CREATE_TIMEOUT).await
+        self.call(Method::POST, self.url(&[]).into(), Some(body), CREATE_TIMEOUT).await
     }
 
     /// Retrieves a batch job. `id` is percent-encoded into the path; callers validate it first anyway.
     pub async fn retrieve(&self, id: &str) -> Result<Batch, BatchError> {
         let encoded = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
         let url = format!("{}{encoded}{}", self.item_prefix, self.item_suffix);
-        self.call(Method::GET, &url, None, REQUEST_TIMEOUT).await
+        self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
     }
 
     /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
@@ -169,7 +177,7 @@ impl BatchClient {
                 q.append_pair("after", after);
             }
         }
-        self.call(Method::GET, url.as_str(), None, REQUEST_TIMEOUT).await
+        self.call(Method::GET, url.into(), None, REQUEST_TIMEOUT).await
     }
 }
 

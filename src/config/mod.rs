@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use url::Url;
 
 use crate::batch_api::ApiSurface;
@@ -79,6 +79,13 @@ impl Config {
         };
         let openai_endpoint = parse_endpoint(&required("OPENAI_ENDPOINT")?)?;
         let openai_api_key = SecretString::from(required("OPENAI_API_KEY")?.trim().to_string());
+        // It travels as the `api-key` header; say so now rather than failing every call. The value is not shown.
+        if !openai_api_key.expose_secret().bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+            return Err(bad(
+                "OPENAI_API_KEY",
+                "contains characters an HTTP header cannot carry (a pasted line break?)",
+            ));
+        }
         let api_surface = ApiSurface::parse(&get("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()));
         if let ApiSurface::Dated(v) = &api_surface {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {

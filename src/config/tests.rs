@@ -65,6 +65,7 @@ fn each_bad_setting_is_named() {
         ("OPENAI_ENDPOINT", "http://res.openai.azure.com"),
         ("OPENAI_ENDPOINT", "ftp://res"),
         ("OPENAI_API_KEY", ""),
+        ("OPENAI_API_KEY", "secret-part-one\nsecret-part-two"),
         ("OPENAI_API_VERSION", "2025/04"),
         ("BATCH_OUTPUT_CONTAINER", "Batch_Output"),
         ("BATCH_OUTPUT_CONTAINER", ""),
@@ -80,6 +81,7 @@ fn each_bad_setting_is_named() {
         let e = refused(&[(setting, value)]);
         assert_eq!(e.setting, *setting, "{setting}={value:?} gave {e}");
         assert!(e.to_string().starts_with(&format!("setting `{setting}`")), "{e}");
+        assert!(!e.to_string().contains("secret-part"), "a refused key is not shown: {e}");
     }
 }
 

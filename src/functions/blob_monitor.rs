@@ -72,7 +72,7 @@ async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Inv
                 batch_id: None,
                 blob: Some(blob_url.as_str()),
                 message: None,
-                invocation_id: &invocation_id,
+                invocation_id,
                 at: now(),
             },
         )
@@ -86,7 +86,7 @@ async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<Inv
         blob_url: blob_url.as_str(),
         blob: &blob,
         etag: &etag,
-        invocation_id: &invocation_id,
+        invocation_id,
         deferrals: 0,
         host_retries: true,
     };

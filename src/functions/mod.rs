@@ -32,16 +32,12 @@ pub fn router(state: AppState) -> Router {
 /// handler rather than by a middleware layer, which would box every request's future (measured: ~13 % of the
 /// QueueMonitor hot path, docs/performance.md).
 fn invocation_span(function: &'static str, headers: &axum::http::HeaderMap) -> tracing::Span {
-    let invocation_id = headers.get(INVOCATION_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
-    let invocation_id = &invocation_id[..invocation_id.len().min(64)];
-    tracing::info_span!("invocation", function = %function, invocation_id = %invocation_id)
+    tracing::info_span!("invocation", function = %function, invocation_id = %invocation_id(headers))
 }
 
-/// The invocation id of the current request, for records (`-` when the host sent none).
-fn invocation_id(headers: &axum::http::HeaderMap) -> String {
-    headers
-        .get(INVOCATION_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(|s| s.chars().take(64).collect())
-        .unwrap_or_else(|| "-".to_string())
+/// The host's invocation id for logs and records, at most 64 bytes (`-` when the host sent none). Borrowed: a
+/// header value that passes `to_str` is visible ASCII, so any byte offset is a character boundary.
+fn invocation_id(headers: &axum::http::HeaderMap) -> &str {
+    let id = headers.get(INVOCATION_ID_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+    &id[..id.len().min(64)]
 }

@@ -93,3 +93,32 @@ fn response_shape_is_what_the_host_deserializes() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
 }
+
+#[test]
+fn the_fast_string_decoder_agrees_with_serde_json() {
+    // Every literal a JSON encoder writes for a message, and near misses, from a small alphabet of awkward bytes.
+    let alphabet = ["\"", "\\", "/", "\\\"", "\\\\", "\\/", "\\n", "\\u0041", "\\x", "a", "é", "\n", "\u{1}", " "];
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut fast_paths = 0;
+    for _ in 0..20_000 {
+        let mut text = String::from("\"");
+        for _ in 0..(seed % 9) {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            text.push_str(alphabet[(seed % alphabet.len() as u64) as usize]);
+        }
+        if seed % 5 != 0 {
+            text.push('"');
+        }
+        let expected = serde_json::from_str::<String>(&text).ok();
+        assert_eq!(json_str(&text).ok().map(|c| c.into_owned()), expected, "{text:?}");
+        if let Some(fast) = plain_json_str(&text) {
+            fast_paths += 1;
+            assert_eq!(Some(fast.into_owned()), expected, "{text:?}");
+        }
+    }
+    assert!(fast_paths > 1_000, "the fast path was taken only {fast_paths} times");
+    let doubly = r#""{\"batchId\":\"batch_1\",\"blob\":\"batch-input/a\/b.jsonl\"}""#;
+    assert_eq!(plain_json_str(doubly).as_deref(), Some(r#"{"batchId":"batch_1","blob":"batch-input/a/b.jsonl"}"#));
+}
