@@ -166,20 +166,30 @@ fn json_str(text: &str) -> serde_json::Result<Cow<'_, str>> {
 fn plain_json_str(text: &str) -> Option<Cow<'_, str>> {
     let inner = text.strip_prefix('"')?.strip_suffix('"')?;
     let bytes = inner.as_bytes();
-    if !bytes.contains(&b'\\') {
-        return (!bytes.iter().any(|&b| b < 0x20 || b == b'"')).then_some(Cow::Borrowed(inner));
+    // Vectorisable checks (no early exit): a raw control character or quote sends the text to serde_json.
+    if bytes.iter().fold(false, |found, &b| found | (b < 0x20)) {
+        return None;
     }
+    let Some(first) = memchr::memchr(b'\\', bytes) else {
+        return (!bytes.contains(&b'"')).then_some(Cow::Borrowed(inner));
+    };
     let mut out = Vec::with_capacity(bytes.len());
-    let mut rest = bytes.iter();
-    while let Some(&b) = rest.next() {
-        match b {
-            b'\\' => match rest.next()? {
-                &e @ (b'"' | b'\\' | b'/') => out.push(e),
-                _ => return None,
-            },
-            b'"' => return None,
-            b if b < 0x20 => return None,
-            b => out.push(b),
+    let mut rest = bytes;
+    let mut at = first;
+    loop {
+        let (plain, escape) = rest.split_at(at);
+        if plain.contains(&b'"') {
+            return None;
+        }
+        out.extend_from_slice(plain);
+        match escape {
+            [] => break,
+            [b'\\', e @ (b'"' | b'\\' | b'/'), tail @ ..] => {
+                out.push(*e);
+                rest = tail;
+                at = memchr::memchr(b'\\', rest).unwrap_or(rest.len());
+            }
+            _ => return None,
         }
     }
     // Only ASCII escapes were removed from valid UTF-8, so this cannot fail; checked anyway rather than assumed.
@@ -221,11 +231,29 @@ impl InvokeResponse {
         self
     }
 
+    /// The same bytes as `serde_json::to_writer(out, self)`, with the log lines (most of the body) copied in one
+    /// piece when they need no escaping, rather than byte by byte.
+    fn write_json(&self, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        out.extend_from_slice(b"{\"Outputs\":");
+        serde_json::to_writer(&mut *out, &self.outputs)?;
+        out.extend_from_slice(b",\"Logs\":[");
+        for (i, line) in self.logs.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(out, line)?;
+        }
+        out.extend_from_slice(b"],\"ReturnValue\":");
+        serde_json::to_writer(&mut *out, &self.return_value)?;
+        out.push(b'}');
+        Ok(())
+    }
+
     /// Renders the body with a given status (non-2xx bodies are ignored by the host but stay well-formed).
     pub fn into_response_with(self, status: StatusCode) -> Response {
         // Sized up front: the log lines dominate the body, and growing the buffer would copy them again.
         let mut body = Vec::with_capacity(64 + self.logs.iter().map(|l| l.len() + 8).sum::<usize>());
-        if serde_json::to_writer(&mut body, &self).is_err() {
+        if self.write_json(&mut body).is_err() {
             body = b"{\"Outputs\":{},\"Logs\":[],\"ReturnValue\":null}".to_vec();
         }
         let mut response = Response::new(Body::from(body));
@@ -239,6 +267,19 @@ impl IntoResponse for InvokeResponse {
     fn into_response(self) -> Response {
         self.into_response_with(StatusCode::OK)
     }
+}
+
+/// Writes `s` as a JSON string literal, exactly as serde_json would: only control characters, `"` and `\\` are
+/// escaped, so a string without them is copied as is. The check has no early exit, so it compiles to vector code.
+fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
+    if s.bytes().fold(false, |found, b| found | (b < 0x20) | (b == b'"') | (b == b'\\')) {
+        return serde_json::to_writer(out, s);
+    }
+    out.reserve(s.len() + 2);
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+    Ok(())
 }
 
 #[cfg(test)]

@@ -122,3 +122,15 @@ fn the_fast_string_decoder_agrees_with_serde_json() {
     let doubly = r#""{\"batchId\":\"batch_1\",\"blob\":\"batch-input/a\/b.jsonl\"}""#;
     assert_eq!(plain_json_str(doubly).as_deref(), Some(r#"{"batchId":"batch_1","blob":"batch-input/a/b.jsonl"}"#));
 }
+
+#[test]
+fn the_response_body_is_byte_for_byte_what_serde_json_writes() {
+    let lines = ["batch b1 for batch-input/a.jsonl ended completed", "quote \" backslash \\ tab \t nul \u{0} é /", ""];
+    for logs in [vec![], vec![lines[0].to_string()], lines.iter().map(|l| l.to_string()).collect()] {
+        let r = InvokeResponse { logs, ..Default::default() }
+            .with_output("outQueue", serde_json::json!({"batchId": "b\"1", "attempt": 2}));
+        let mut fast = Vec::new();
+        r.write_json(&mut fast).expect("writes");
+        assert_eq!(String::from_utf8(fast).expect("utf-8"), serde_json::to_string(&r).expect("serializes"));
+    }
+}
