@@ -43,10 +43,11 @@ impl<E: Into<anyhow::Error>> From<E> for FunctionError {
 
 impl IntoResponse for FunctionError {
     fn into_response(self) -> Response {
+        // `{:#}` is the whole chain on one line ("a: b: c"); `{:?}` would add a multi-line backtrace whenever
+        // RUST_BACKTRACE is set, which many development shells do.
         tracing::error!(
             status = self.status.as_u16(),
-            error.cause_chain = ?self.error,
-            error.message = %self.error,
+            error = %format_args!("{:#}", self.error),
             "invocation failed; the host will retry it"
         );
         InvokeResponse::default().into_response_with(self.status)

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use blob_batch_monitor::{config::Config, run, telemetry, AppState};
 
-/// The static musl build (the one deployed) allocates through mimalloc: musl's own allocator made a QueueMonitor check
-/// cost about 60 µs of CPU against 35 µs with mimalloc (docs/performance.md). Built with `no_thp`: with transparent
-/// huge pages its regions raised idle memory from 3.4 MB to 9–11 MB. The glibc build keeps glibc's allocator.
-#[cfg(target_env = "musl")]
+/// Every build allocates through mimalloc: a check makes about 60 small allocations, and with musl's allocator (the
+/// static build that is deployed) it cost about 60 µs of CPU against 35 µs; against glibc's it saves about 6 % of a
+/// check's instructions (docs/performance.md). Built with `no_thp`: with transparent huge pages its regions raised
+/// idle memory from 3.4 MB to 9–11 MB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -127,6 +127,9 @@ fn overhead(
     Ok(())
 }
 
+/// Queue messages one instance works on at once with the host's defaults: `batchSize` 16 + `newBatchThreshold` 8.
+const HOST_QUEUE_CONCURRENCY: usize = 24;
+
 /// The overhead rows for the handler listening on `port`.
 fn overhead_of(
     o: &BenchOptions,
@@ -147,11 +150,19 @@ fn overhead_of(
     wrk(load, &handler_url, 8, 1.0, Some(&terminal))?;
     let (mut ratios, mut p50s, mut running_ratios, mut running_p50s, mut fake_rps, mut handler_rps) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut host_concurrency_ratios = Vec::new();
     for _ in 0..o.runs {
         let fake = wrk(load, &fake_url, 8, o.load_secs, None)?;
         let done = wrk(load, &handler_url, 8, o.load_secs, Some(&terminal))?;
         let run = wrk(load, &handler_url, 8, o.load_secs, Some(&running))?;
-        anyhow::ensure!(done.errors == 0 && run.errors == 0, "the handler answered errors under load");
+        // The same comparison with as many requests in flight as the host sends one queue function by default.
+        let fake_24 = wrk(load, &fake_url, HOST_QUEUE_CONCURRENCY, o.load_secs, None)?;
+        let done_24 = wrk(load, &handler_url, HOST_QUEUE_CONCURRENCY, o.load_secs, Some(&terminal))?;
+        anyhow::ensure!(
+            done.errors == 0 && run.errors == 0 && done_24.errors == 0,
+            "the handler answered errors under load"
+        );
+        host_concurrency_ratios.push(done_24.requests_per_sec / fake_24.requests_per_sec);
         ratios.push(done.requests_per_sec / fake.requests_per_sec);
         running_ratios.push(run.requests_per_sec / fake.requests_per_sec);
         p50s.push(done.p50_ms);
@@ -167,6 +178,13 @@ fn overhead_of(
         "×",
         Some((">=", 0.2)),
         format!("{:.0} vs {:.0} req/s; 8 connections; {pinned}", median(handler_rps), median(fake_rps)),
+    );
+    report.add(
+        &format!("QueueMonitor terminal path{label}: the same ratio at {HOST_QUEUE_CONCURRENCY} connections (median)"),
+        median(host_concurrency_ratios),
+        "×",
+        None,
+        "the host's default queue concurrency (batchSize 16 + newBatchThreshold 8); the target is read at 8",
     );
     let latency = format!("QueueMonitor terminal path{label}: median latency at 8 connections");
     report.add(&latency, median(p50s), "ms", Some(("<", 1.0)), "");
