@@ -269,8 +269,8 @@ impl IntoResponse for InvokeResponse {
     }
 }
 
-/// Writes `s` as a JSON string literal, exactly as serde_json would: only control characters, `"` and `\\` are
-/// escaped, so a string without them is copied as is. The check has no early exit, so it compiles to vector code.
+/// Writes `s` as a JSON string literal, exactly as serde_json would: only control characters, quotes and backslashes
+/// are escaped, so a string without them is copied as is. The check has no early exit, so it compiles to vector code.
 fn write_json_str(out: &mut Vec<u8>, s: &str) -> serde_json::Result<()> {
     if s.bytes().fold(false, |found, b| found | (b < 0x20) | (b == b'"') | (b == b'\\')) {
         return serde_json::to_writer(out, s);
