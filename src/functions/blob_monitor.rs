@@ -8,6 +8,7 @@
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use serde_json::json;
 use tracing::{info, warn, Instrument};
@@ -29,13 +30,10 @@ pub const MAX_BLOB_ENVELOPE: u64 = 1 << 30;
 /// Largest part of the envelope kept in memory: everything except the blob content.
 const MAX_KEPT: usize = 4 << 20;
 
-pub(super) async fn invoke(
-    State(state): State<Arc<AppState>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<InvokeResponse> {
-    let span = super::invocation_span("BlobMonitor", &headers);
-    run(state, headers, body).instrument(span).await
+pub(super) async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let span = tracing::info_span!("BlobMonitor", invocation_id = %super::invocation_id(&headers));
+    // Rendered inside the span too: a failure's log line is the one that most needs the invocation id.
+    async move { run(state, headers, body).await.into_response() }.instrument(span).await
 }
 
 async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {

@@ -1,7 +1,10 @@
 //! The routes the Functions host calls: one module per function, plus `GET /` for the host's readiness probe.
 //!
-//! Every invocation runs inside an `invocation` span carrying the function name and the host's invocation id, so each
-//! log line on stdout can be tied to its invocation even when the host drops the response's `Logs` (on non-2xx).
+//! Every invocation runs inside a span named after its function and carrying the host's invocation id
+//! (`QueueMonitor{invocation_id=…}`), so each log line on stdout can be tied to its invocation even when the host drops
+//! the response's `Logs` (on non-2xx). Each handler opens its span itself: a middleware layer would box every
+//! request's future (measured: ~13 % of the QueueMonitor hot path, docs/performance.md), and a shared helper would
+//! need a `function` field (span names are static), which cost 1k instructions per check more.
 
 mod blob_monitor;
 mod queue_monitor;
@@ -26,13 +29,6 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(|| async { "ok" }))
         // One Arc for all invocations: cloning the state per request would copy URLs and secrets.
         .with_state(std::sync::Arc::new(state))
-}
-
-/// The span every log line of an invocation carries: the function and the host's invocation id. Created in each
-/// handler rather than by a middleware layer, which would box every request's future (measured: ~13 % of the
-/// QueueMonitor hot path, docs/performance.md).
-fn invocation_span(function: &'static str, headers: &axum::http::HeaderMap) -> tracing::Span {
-    tracing::info_span!("invocation", function = %function, invocation_id = %invocation_id(headers))
 }
 
 /// The host's invocation id for logs and records, at most 64 bytes (`-` when the host sent none). Borrowed: a

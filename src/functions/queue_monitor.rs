@@ -11,6 +11,7 @@ use std::time::Duration;
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
 use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use tracing::{error, info, warn, Instrument};
 
 use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
@@ -32,11 +33,12 @@ fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError
     FunctionError::unavailable(e.into().context(what))
 }
 
-pub(super) async fn invoke(State(state): State<Arc<AppState>>, request: Request) -> Result<InvokeResponse> {
+pub(super) async fn invoke(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // The request is taken whole: the `HeaderMap` extractor would copy every header.
     let (parts, body) = request.into_parts();
-    let span = super::invocation_span("QueueMonitor", &parts.headers);
-    run(state, parts.headers, body).instrument(span).await
+    let span = tracing::info_span!("QueueMonitor", invocation_id = %super::invocation_id(&parts.headers));
+    // Rendered inside the span too: a failure's log line is the one that most needs the invocation id.
+    async move { run(state, parts.headers, body).await.into_response() }.instrument(span).await
 }
 
 async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
@@ -371,14 +373,7 @@ mod tests {
         assert!(superseded(&r, &m).is_some());
     }
 
-    fn size_of_future<F: std::future::Future>(f: F) -> usize {
-        std::mem::size_of_val(&f)
-    }
-
-    /// The invocation future is moved into a box on every request; storage calls inline would double it (measured
-    /// 7.2 KB before they were boxed, 3.7 KB after).
-    #[test]
-    fn the_invocation_future_stays_small() {
+    fn test_state() -> Arc<AppState> {
         let settings = |k: &str| match k {
             "OPENAI_ENDPOINT" => Some("http://127.0.0.1:9".to_string()),
             "OPENAI_API_KEY" => Some("k".to_string()),
@@ -388,7 +383,54 @@ mod tests {
         };
         let config =
             crate::config::Config::from_lookup(settings, crate::storage::MessageEncoding::Base64).expect("config");
-        let state = Arc::new(AppState::new(config).expect("state"));
+        Arc::new(AppState::new(config).expect("state"))
+    }
+
+    /// Log lines written to a shared buffer, in the handler's own format.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The line that reports a failed invocation is the one that most needs the invocation id.
+    #[tokio::test]
+    async fn a_failed_invocation_is_logged_with_its_invocation_id() {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .fmt_fields(crate::telemetry::fields())
+            .with_writer(move || writer.clone())
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let request = axum::http::Request::builder()
+            .header(crate::protocol::INVOCATION_ID_HEADER, "3f6c2d1e-0000-4000-8000-00000000abcd")
+            .body(axum::body::Body::from("not an envelope"))
+            .expect("request");
+        let response = super::invoke(axum::extract::State(test_state()), request).await;
+        assert_eq!(response.status(), axum::http::StatusCode::BAD_REQUEST);
+        let logs = String::from_utf8(captured.0.lock().expect("buffer").clone()).expect("utf-8");
+        let failure = logs.lines().find(|l| l.contains("invocation failed")).unwrap_or_else(|| panic!("{logs}"));
+        assert!(failure.contains("QueueMonitor{invocation_id=3f6c2d1e-0000-4000-8000-00000000abcd}"), "{failure}");
+    }
+
+    fn size_of_future<F: std::future::Future>(f: F) -> usize {
+        std::mem::size_of_val(&f)
+    }
+
+    /// The invocation future is moved into a box on every request; storage calls inline would double it (measured
+    /// 7.2 KB before they were boxed, 3.7 KB after).
+    #[test]
+    fn the_invocation_future_stays_small() {
+        let state = test_state();
         let request = axum::extract::Request::new(axum::body::Body::empty());
         let size = size_of_future(super::invoke(axum::extract::State(state), request));
         assert!(size < 5 * 1024, "QueueMonitor's future grew to {size} bytes; box the new rare or storage path");
