@@ -305,7 +305,13 @@ fn scale(
     // Running jobs, an API that answers in 100 ms (a realistic Azure latency), the host's 16 + 8 concurrent checks.
     let up = held_upstream(o, nginx, runtime, Timings::uniform(Duration::from_secs(3600)), 100, "scale.lua")?;
     let (port, script) = (up.port, &up.script);
-    let r = wrk(load, &format!("http://127.0.0.1:{port}/QueueMonitor"), 24, o.load_secs.max(2.0), Some(script))?;
+    let r = wrk(
+        load,
+        &format!("http://127.0.0.1:{port}/QueueMonitor"),
+        HOST_QUEUE_CONCURRENCY,
+        o.load_secs.max(2.0),
+        Some(script),
+    )?;
     report.add("Jobs one instance can monitor at BATCH_RETRY_DELAY=30 (checks/s × 30)", r.requests_per_sec * 30.0, "jobs", None,
         format!("{:.0} checks/s with 24 in flight and a 100 ms API; sleeping in the function: 24 jobs (24 slots ÷ 1 job each)", r.requests_per_sec));
     Ok(())
