@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         let state = match AppState::new(config) {
             Ok(s) => s,
             Err(e) => return fail(&format!("cannot build the HTTP clients: {e}")),
@@ -46,7 +46,9 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&format!("server error: {e}")),
         }
-    })
+    });
+    telemetry::flush();
+    code
 }
 
 /// The port the host chose; the legacy variable name is accepted too.
@@ -63,6 +65,7 @@ fn port_from_env() -> Result<u16, String> {
 
 /// One line on stderr (the host logs stderr at Error level), then a non-zero exit.
 fn fail(message: &str) -> ExitCode {
+    telemetry::flush();
     eprintln!("handler: error: {message}");
     ExitCode::FAILURE
 }
@@ -95,8 +98,12 @@ async fn shutdown_signal() {
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
+        tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(telemetry::flush).build()
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(cores).enable_all().build()
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cores)
+            .enable_all()
+            .on_thread_park(telemetry::flush)
+            .build()
     }
 }

@@ -4,6 +4,11 @@
 //! Field values are written by [`fields`], which escapes control characters itself: a value taken from a blob name or
 //! an API error can neither colour a terminal nor start a forged log line (`\n`). tracing-subscriber's own escaping
 //! covers ANSI but not line breaks, and writes character by character, which was ~8 % of a QueueMonitor check.
+//! Lines are written to stdout once per runtime turn ([`stdout`]).
+
+mod stdout;
+
+pub use stdout::flush;
 
 use std::cell::Cell;
 use std::fmt::{self, Write as _};
@@ -23,7 +28,7 @@ pub fn init() {
         .with_target(false)
         .with_timer(Utc)
         .fmt_fields(fields())
-        .with_writer(std::io::stdout);
+        .with_writer(stdout::TurnBuffered);
     // A plain level filter unless RUST_LOG asks for more: EnvFilter's per-span matching costs on every invocation.
     let _ = match std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok()) {
         Some(filter) => builder.with_env_filter(filter).try_init(),
