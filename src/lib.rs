@@ -11,11 +11,11 @@
 //! - [`records`]: the job record per blob version: the submission lock and the job's visible status.
 //! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
 //! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
-//! - [`http_client`]: the pooled HTTP/1.1 + rustls client both of those use.
+//! - [`http_client`]: the pooled HTTP/1.1 + rustls client both of those use, doing its I/O in the calling task.
 //! - [`storage`]: the Blob and Queue REST client (Shared Key or SAS), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
-//! - [`telemetry`]: tracing to stdout, as the host scrapes it.
+//! - [`telemetry`]: tracing to stdout, as the host scrapes it, written once per runtime turn.
 //!
 //! `main.rs` only reads the port, builds [`AppState`] and calls [`run`]; tests call [`app`] or [`run`] on port 0.
 

@@ -94,7 +94,8 @@ async fn shutdown_signal() {
 }
 
 /// One core (a Consumption instance, or a pinned process): a current-thread runtime, which skips work-stealing and
-/// cross-thread wake-ups; more cores: the multi-threaded runtime with a worker per core.
+/// cross-thread wake-ups; more cores: the multi-threaded runtime with a worker per core. Either way, the log lines of
+/// a turn are written out when a worker is about to sleep.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if cores == 1 {
