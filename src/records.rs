@@ -120,9 +120,14 @@ impl RecordStore {
 
     /// Reads a record; `None` if there is none (or it is unreadable, which is logged).
     pub async fn read(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
+        Ok(self.read_with_lease(key).await?.map(|(record, _)| record))
+    }
+
+    /// [`Self::read`], and whether a submitter holds the record's lease (only it may write the record then).
+    pub async fn read_with_lease(&self, key: &str) -> Result<Option<(Versioned, bool)>, StorageError> {
         let Some(blob) = self.storage.get_blob(&self.container, key).await? else { return Ok(None) };
         match serde_json::from_slice::<JobRecord>(&blob.content) {
-            Ok(r) => Ok(Some((r, blob.etag))),
+            Ok(r) => Ok(Some(((r, blob.etag), blob.leased))),
             Err(e) => {
                 tracing::warn!(record = key, error = %e, "unreadable job record; ignoring it");
                 Ok(None)
@@ -146,7 +151,8 @@ impl RecordStore {
         }
     }
 
-    /// Reads, changes and writes back a record under `If-Match`, re-reading after a lost race (up to 5 times).
+    /// Reads, changes and writes back a record under `If-Match`, re-reading after a lost race (up to 5 times). A
+    /// record leased by a submitter is not a lost race: that 412 (`LeaseIdMissing`) is returned at once.
     /// `known` is a version the caller has just read: the first try starts from it instead of reading again.
     /// `change` returns `false` to leave the record as it is. `Ok(None)`: there is no record.
     pub async fn update(
@@ -166,7 +172,11 @@ impl RecordStore {
             }
             match self.put(key, &record, Condition::IfMatch(etag)).await {
                 Ok(_) => return Ok(Some(record)),
-                Err(StorageError::Status { status: StatusCode::PRECONDITION_FAILED, .. }) => continue,
+                Err(StorageError::Status { status: StatusCode::PRECONDITION_FAILED, code })
+                    if !code.starts_with("Lease") =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e),
             }
         }

@@ -28,6 +28,8 @@ use std::sync::Arc;
 const TRIGGER_BINDING: &str = "job";
 /// Largest envelope accepted: a 64 KiB message, its JSON re-encoding and the metadata copies fit easily.
 pub const MAX_QUEUE_ENVELOPE: usize = 1 << 20;
+/// How long a check waits when a submitter holds the job record's lease (at most `SUBMIT_LEASE_SECS`, 30 s).
+const LEASED_RECORD_DELAY: Duration = Duration::from_secs(10);
 
 fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError {
     FunctionError::unavailable(e.into().context(what))
@@ -89,7 +91,26 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
     if let Some(key) = &key {
         // Storage futures are boxed here: inline, each would add its ~2 KB state to every check's future, which is
         // moved (copied) as a whole on each invocation.
-        known = Box::pin(state.records.read(key)).await.map_err(|e| unavailable(e, "reading the job record"))?;
+        let read = Box::pin(state.records.read_with_lease(key)).await;
+        let (record, leased) = match read.map_err(|e| unavailable(e, "reading the job record"))? {
+            Some((record, leased)) => (Some(record), leased),
+            None => (None, false),
+        };
+        if leased {
+            // A submitter is writing the record, or died holding its lease (it expires within
+            // `SUBMIT_LEASE_SECS`). Failing would spend the host's few retries in seconds and poison the job.
+            let delay = LEASED_RECORD_DELAY;
+            Box::pin(requeue(state, &message, delay)).await?;
+            let line = format!(
+                "the job record of {} is leased by a submitter; checking batch {} again in {} s",
+                message.blob_or_dash(),
+                message.batch_id,
+                delay.as_secs()
+            );
+            info!(batch_id = %message.batch_id, "{line}");
+            return Ok(InvokeResponse::log(line));
+        }
+        known = record;
         if let Some(reason) = known.as_ref().and_then(|(r, _)| superseded(r, &message)) {
             info!(batch_id = %message.batch_id, attempt = message.attempt, "dropping a superseded check: {reason}");
             return Ok(InvokeResponse::log(format!("dropped a superseded check of {}: {reason}", message.batch_id)));

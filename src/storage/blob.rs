@@ -29,6 +29,8 @@ pub struct Blob {
     pub content: Bytes,
     /// The ETag as the service sends it in headers (quoted).
     pub etag: String,
+    /// Someone holds a lease on it (`x-ms-lease-status: locked`): only they may write it.
+    pub leased: bool,
 }
 
 /// One entry of a container listing.
@@ -132,7 +134,8 @@ impl StorageClient {
         match self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await {
             Ok(response) => {
                 let etag = etag_of(&response.headers);
-                Ok(Some(Blob { content: response.body, etag }))
+                let leased = response.headers.get("x-ms-lease-status").is_some_and(|v| v.as_bytes() == b"locked");
+                Ok(Some(Blob { content: response.body, etag, leased }))
             }
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),

@@ -10,13 +10,32 @@ use crate::helpers::{bounded, bounded_for, sample_jsonl, wait_for};
 
 const POISON_QUEUES: [&str; 2] = ["monitorjobs-poison", "webjobs-blobtrigger-poison"];
 
-/// Waits until `n` final reports were logged and returns them.
+/// Waits until `n` final reports were logged and returns them. On a timeout it first prints what the host saw (the
+/// last invocations and the handler's output), so a failure can be understood from the test log alone.
 async fn reports(stack: &Stack, n: usize, limit: Duration) -> Vec<String> {
-    wait_for(&format!("{n} final reports"), limit, || async {
-        let r = stack.final_reports();
-        (r.len() >= n).then_some(r)
-    })
-    .await
+    let waited = tokio::time::timeout(
+        limit,
+        wait_for(&format!("{n} final reports"), limit + Duration::from_secs(1), || async {
+            let r = stack.final_reports();
+            (r.len() >= n).then_some(r)
+        }),
+    )
+    .await;
+    if let Ok(reports) = waited {
+        return reports;
+    }
+    let invocations = stack.host.invocations();
+    for r in invocations.iter().rev().take(30).rev() {
+        let o = &r.outcome;
+        eprintln!(
+            "{} {} {}ms status={:?} error={:?} logs={:?}",
+            r.function, r.trigger, r.millis, o.status, o.error, o.logs
+        );
+    }
+    for line in stack.host.worker().output() {
+        eprintln!("handler: {line}");
+    }
+    panic!("timed out after {limit:?} waiting for {n} final reports; {:?}", stack.final_reports());
 }
 
 async fn assert_no_poison(stack: &Stack) {

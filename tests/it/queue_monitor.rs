@@ -193,3 +193,29 @@ async fn the_doubly_encoded_example_envelope_from_the_protocol_doc_is_understood
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_check_waits_while_a_submitter_holds_the_record_lease() {
+    bounded(async {
+        let app = spawn_app().await;
+        let message = app.create_job("leased.jsonl").await;
+        let prefix = "batch-input/leased.jsonl/";
+        let key = app.storage.list_all_blobs("batch-records", Some(prefix)).await.expect("list")[0].name.clone();
+        // What a submitter that died between writing the record and releasing it leaves behind.
+        let lease = app.storage.acquire_lease("batch-records", &key, 60).await.expect("lease");
+        let before = app.record("leased.jsonl").await.expect("record");
+
+        let answer = app.invoke_queue(&message.to_json(), 1).await;
+        assert_eq!(answer.status, StatusCode::OK, "a leased record is waited for, not a failure: {:?}", answer.body);
+        assert!(answer.logs().contains("leased by a submitter"), "{}", answer.logs());
+        assert_eq!(app.record("leased.jsonl").await.expect("record").checks, before.checks, "nothing was written");
+        assert!(app.peek(POISON_QUEUE).await.is_empty());
+
+        // Once the lease is gone, the same check goes through.
+        app.storage.release_lease("batch-records", &key, &lease).await.expect("release");
+        let answer = app.invoke_queue(&message.to_json(), 1).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.logs().contains("next check in"), "{}", answer.logs());
+    })
+    .await;
+}
