@@ -269,13 +269,17 @@ impl Conn {
                     return Err(TransportError::Body(format!("response head over {MAX_HEAD} bytes")))
                 }
                 None => {
+                    // A close or a reset before the answer's first byte is no answer (a pooled connection that
+                    // the server dropped just as it was reused fails this way): the caller may send again.
                     let started = !self.buf.is_empty();
-                    if self.fill(READ_CHUNK).await? == 0 {
-                        return Err(if started {
-                            TransportError::Body("the connection closed inside the response head".into())
-                        } else {
-                            TransportError::NoAnswer("the connection closed before an answer".into())
-                        });
+                    match self.fill(READ_CHUNK).await {
+                        Ok(0) if started => {
+                            return Err(TransportError::Body("the connection closed inside the response head".into()))
+                        }
+                        Ok(0) => return Err(TransportError::NoAnswer("the connection closed before an answer".into())),
+                        Err(TransportError::Body(e)) if !started => return Err(TransportError::NoAnswer(e)),
+                        Err(e) => return Err(e),
+                        Ok(_) => {}
                     }
                 }
             }

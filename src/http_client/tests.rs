@@ -250,6 +250,23 @@ async fn failures_are_classified() {
     assert!(matches!(e, TransportError::Timeout(_)), "{e:?}");
     assert!(!e.before_answer(), "the server may have acted on a request that timed out");
 
+    // A server that reads the request and resets the connection (SO_LINGER 0).
+    let resetting = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let uri: Uri = format!("http://{}/x", resetting.local_addr().expect("addr")).parse().expect("uri");
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = resetting.accept().await {
+            let _ = socket.read(&mut [0u8; 4096]).await;
+            // Deprecated because a non-zero linger blocks on drop; zero does not, it sends a reset.
+            #[allow(deprecated)]
+            let _ = socket.set_linger(Some(Duration::ZERO));
+        }
+    });
+    let e = get(&client, uri).await.expect_err("reset");
+    assert!(
+        matches!(&e, TransportError::NoAnswer(m) if m.contains("reset")),
+        "a reset before any answer is no answer: {e:?}"
+    );
+
     let fake = Fake::start(vec![
         closing(&[]),
         answer(&["HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]),
