@@ -13,7 +13,9 @@
 
 mod wire;
 
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -149,9 +151,9 @@ impl HttpClient {
     }
 
     /// The most recently used live connection to `origin`, if any; stale ones met on the way are closed.
-    fn checkout(&self, origin: &Origin) -> Option<Conn> {
+    fn checkout(&self, origin: &Origin<&str>) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some(i) = idle.iter().rposition(|c| c.origin == *origin) {
+        while let Some(i) = idle.iter().rposition(|c| c.origin.serves(origin)) {
             let mut conn = idle.remove(i);
             if conn.idle_since.elapsed() < POOL_IDLE_TIMEOUT && conn.io.is_open() {
                 return Some(conn);
@@ -177,7 +179,7 @@ impl HttpClient {
         idle.push(conn);
     }
 
-    async fn connect(&self, origin: Origin) -> Result<Conn, TransportError> {
+    async fn connect(&self, origin: Origin<&str>) -> Result<Conn, TransportError> {
         let connect = async {
             let host = origin.host.trim_start_matches('[').trim_end_matches(']');
             let tcp =
@@ -195,7 +197,7 @@ impl HttpClient {
             .await
             .unwrap_or(Err(TransportError::Connect(format!("timed out after {CONNECT_TIMEOUT:?}"))))?;
         Ok(Conn {
-            origin,
+            origin: Origin { https: origin.https, host: origin.host.into(), port: origin.port },
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
             out: Vec::new(),
@@ -205,16 +207,17 @@ impl HttpClient {
     }
 }
 
-/// Where a connection goes: scheme, host (as in the URL, lowercase) and port.
+/// Where a connection goes: scheme, host (as in the URL) and port. A request borrows its host from its URI; a
+/// connection owns it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Origin {
+struct Origin<H = Box<str>> {
     https: bool,
-    host: String,
+    host: H,
     port: u16,
 }
 
-impl Origin {
-    fn of(uri: &Uri) -> Result<Self, TransportError> {
+impl<'a> Origin<&'a str> {
+    fn of(uri: &'a Uri) -> Result<Self, TransportError> {
         let https = match uri.scheme_str() {
             Some(s) if s.eq_ignore_ascii_case("https") => true,
             Some(s) if s.eq_ignore_ascii_case("http") => false,
@@ -222,7 +225,14 @@ impl Origin {
         };
         let host = uri.host().filter(|h| !h.is_empty()).ok_or(TransportError::Invalid("the URL has no host".into()))?;
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        Ok(Origin { https, host: host.to_ascii_lowercase(), port })
+        Ok(Origin { https, host, port })
+    }
+}
+
+impl Origin {
+    /// Host names compare without regard to case.
+    fn serves(&self, o: &Origin<&str>) -> bool {
+        self.https == o.https && self.port == o.port && self.host.eq_ignore_ascii_case(o.host)
     }
 }
 
@@ -351,60 +361,45 @@ enum Io {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+/// What both kinds of stream are.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
 impl Io {
+    fn stream(self: Pin<&mut Self>) -> Pin<&mut dyn Stream> {
+        match self.get_mut() {
+            Io::Plain(s) => Pin::new(s),
+            Io::Tls(s) => Pin::new(s.as_mut()),
+        }
+    }
+
     /// True unless the peer has closed, reset, or sent something unasked while the connection sat idle. Polls once
     /// with a no-op waker: tokio answers from its readiness cache, so a quiet connection costs no syscall.
     fn is_open(&mut self) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut byte = [0u8; 1];
         let mut probe = ReadBuf::new(&mut byte);
-        std::pin::Pin::new(self).poll_read(&mut cx, &mut probe).is_pending()
+        Pin::new(self).poll_read(&mut cx, &mut probe).is_pending()
     }
 }
 
 impl AsyncRead for Io {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Io {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.stream().poll_write(cx, buf)
     }
 
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
-        }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            Io::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
-            Io::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.stream().poll_shutdown(cx)
     }
 }
 

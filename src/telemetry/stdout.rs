@@ -52,7 +52,7 @@ pub struct LineSink;
 impl Write for LineSink {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         let mut lines = buffer();
-        append(&mut lines, data, &mut io::stdout().lock());
+        append(&mut lines, data, || io::stdout().lock());
         Ok(data.len())
     }
 
@@ -61,10 +61,11 @@ impl Write for LineSink {
     }
 }
 
-fn append(lines: &mut Vec<u8>, data: &[u8], out: &mut impl Write) {
+/// Adds a line; `out` is opened (stdout locked) only when the buffer is full.
+fn append<W: Write>(lines: &mut Vec<u8>, data: &[u8], out: impl FnOnce() -> W) {
     lines.extend_from_slice(data);
     if lines.len() >= FLUSH_AT {
-        drain_into(lines, out);
+        drain_into(lines, &mut out());
     }
 }
 
@@ -93,8 +94,8 @@ mod tests {
     #[test]
     fn lines_wait_for_the_turn_to_end_unless_the_buffer_fills() {
         let (mut lines, mut out) = (Vec::new(), Sink::default());
-        append(&mut lines, b"one\n", &mut out);
-        append(&mut lines, b"two\n", &mut out);
+        append(&mut lines, b"one\n", || &mut out);
+        append(&mut lines, b"two\n", || &mut out);
         assert_eq!(out.writes, 0, "nothing is written while the turn goes on");
         drain_into(&mut lines, &mut out);
         assert_eq!((out.writes, &out.bytes[..]), (1, &b"one\ntwo\n"[..]), "both lines in one write");
@@ -103,7 +104,7 @@ mod tests {
 
         let line = [b'x'; 1000];
         for _ in 0..FLUSH_AT / line.len() + 1 {
-            append(&mut lines, &line, &mut out);
+            append(&mut lines, &line, || &mut out);
         }
         assert_eq!(out.writes, 2, "a full buffer is written without waiting");
         assert!(lines.is_empty() && out.bytes.len() == 8 + (FLUSH_AT / line.len() + 1) * line.len());
