@@ -151,7 +151,11 @@ impl BatchClient {
         if !response.status.is_success() {
             return Err(BatchError::from_response(response.status, &response.headers, &response.body));
         }
-        serde_json::from_slice(&response.body).map_err(|e| BatchError::malformed(response.status, &e.to_string()))
+        // UTF-8 checked once for the whole body: `from_slice` checks every string it reads on its own, which cost
+        // about 4,000 instructions per check against 400 for one pass (bench/instructions.sh).
+        let text = std::str::from_utf8(&response.body)
+            .map_err(|e| BatchError::malformed(response.status, &format!("the body is not UTF-8: {e}")))?;
+        serde_json::from_str(text).map_err(|e| BatchError::malformed(response.status, &e.to_string()))
     }
 
     /// Creates a batch job.

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use axum::body::{to_bytes, Body};
 use axum::extract::{Request, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use tracing::{error, info, warn, Instrument};
 
@@ -38,17 +37,17 @@ fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError
 pub(super) async fn invoke(State(state): State<Arc<AppState>>, request: Request) -> Response {
     // The request is taken whole: the `HeaderMap` extractor would copy every header.
     let (parts, body) = request.into_parts();
-    let span = tracing::info_span!("QueueMonitor", invocation_id = %super::invocation_id(&parts.headers));
+    let invocation_id = super::invocation_id(&parts.headers);
+    let span = tracing::info_span!("QueueMonitor", invocation_id = %invocation_id);
     // Rendered inside the span too: a failure's log line is the one that most needs the invocation id.
-    async move { run(state, parts.headers, body).await.into_response() }.instrument(span).await
+    async move { run(state, invocation_id, body).await.into_response() }.instrument(span).await
 }
 
-async fn run(state: Arc<AppState>, headers: HeaderMap, body: Body) -> Result<InvokeResponse> {
+async fn run(state: Arc<AppState>, invocation_id: &str, body: Body) -> Result<InvokeResponse> {
     let body = to_bytes(body, MAX_QUEUE_ENVELOPE)
         .await
         .map_err(|e| FunctionError::bad_envelope(anyhow::anyhow!("unreadable or oversized envelope: {e}")))?;
     let text = crate::protocol::queue_text(&body, TRIGGER_BINDING).map_err(FunctionError::bad_envelope)?;
-    let invocation_id = super::invocation_id(&headers);
     let work = match parse_work(&text, state.config.storage.blob_endpoint.as_str()) {
         Ok(w) => w,
         Err(reason) => {
