@@ -166,8 +166,11 @@ impl BatchClient {
 
     /// Retrieves a batch job. `id` is percent-encoded into the path; callers validate it first anyway.
     pub async fn retrieve(&self, id: &str) -> Result<Batch, BatchError> {
-        let encoded = percent_encoding::utf8_percent_encode(id, PATH_SEGMENT);
-        let url = format!("{}{encoded}{}", self.item_prefix, self.item_suffix);
+        // Pieces pushed rather than `format!`ed: the formatting machinery cost a check about 1,500 instructions.
+        let mut url = String::with_capacity(self.item_prefix.len() + id.len() + self.item_suffix.len());
+        url.push_str(&self.item_prefix);
+        url.extend(percent_encoding::utf8_percent_encode(id, PATH_SEGMENT));
+        url.push_str(&self.item_suffix);
         self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
     }
 

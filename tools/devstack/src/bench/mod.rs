@@ -29,6 +29,11 @@ pub struct BenchOptions {
     pub runs: usize,
     /// Seconds of each wrk run.
     pub load_secs: f64,
+    /// Fake-then-handler pairs for the invocation-overhead ratio, the noisiest figure: more, shorter runs than the
+    /// others, so that its median moves less with the machine.
+    pub ratio_pairs: usize,
+    /// Seconds of each wrk run of those pairs.
+    pub ratio_secs: f64,
     /// Size of the large blob.
     pub blob_bytes: usize,
     /// Cold starts to time.
@@ -38,7 +43,7 @@ pub struct BenchOptions {
 }
 
 impl BenchOptions {
-    /// The full run: 5 repetitions, 5 s loads, a 200 MB blob, 21 cold starts.
+    /// The full run: 5 repetitions, 5 s loads, 11 ratio pairs of 3 s, a 200 MB blob, 21 cold starts.
     pub fn full(handler: PathBuf, app_root: PathBuf, work_dir: PathBuf) -> Self {
         BenchOptions {
             handler,
@@ -46,6 +51,8 @@ impl BenchOptions {
             work_dir,
             runs: 5,
             load_secs: 5.0,
+            ratio_pairs: 11,
+            ratio_secs: 3.0,
             blob_bytes: 200 << 20,
             starts: 21,
             musl_binary: None,
@@ -60,6 +67,8 @@ impl BenchOptions {
             work_dir,
             runs: 1,
             load_secs: 1.0,
+            ratio_pairs: 1,
+            ratio_secs: 1.0,
             blob_bytes: 4 << 20,
             starts: 3,
             musl_binary: None,
