@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration and end-to-end tests against a real Azurite, fuzzing, the load
-# test and the benchmark smoke pass. Installs what it needs on a fresh machine with Rust and Node.js: Azurite (npm,
-# pinned in package.json) and, for the benchmark smoke pass, wrk and nginx (apt-get, when running as root).
+# test and the benchmark smoke passes (bench/run.sh's harness in tests/it, bench/floor.sh at the end). Installs what
+# it needs on a fresh machine with Rust and Node.js: Azurite (npm, pinned in package.json) and, for the benchmark
+# smoke pass, wrk and nginx (apt-get, when running as root). bench/floor.sh needs a C compiler (cc).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,3 +24,6 @@ fi
 
 echo "== cargo test --workspace"
 cargo test --workspace --locked
+
+echo "== bench/floor.sh --smoke"
+./bench/floor.sh --smoke
