@@ -91,11 +91,8 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
         // Storage futures are boxed here: inline, each would add its ~2 KB state to every check's future, which is
         // moved (copied) as a whole on each invocation.
         let read = Box::pin(state.records.read_with_lease(key)).await;
-        let (record, leased) = match read.map_err(|e| unavailable(e, "reading the job record"))? {
-            Some((record, leased)) => (Some(record), leased),
-            None => (None, false),
-        };
-        if leased {
+        let read = read.map_err(|e| unavailable(e, "reading the job record"))?;
+        if read.as_ref().is_some_and(|(_, leased)| *leased) {
             // A submitter is writing the record, or died holding its lease (it expires within
             // `SUBMIT_LEASE_SECS`). Failing would spend the host's few retries in seconds and poison the job.
             let delay = LEASED_RECORD_DELAY;
@@ -109,7 +106,7 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
             info!(batch_id = %message.batch_id, "{line}");
             return Ok(InvokeResponse::log(line));
         }
-        known = record;
+        known = read.map(|(record, _)| record);
         if let Some(reason) = known.as_ref().and_then(|(r, _)| superseded(r, &message)) {
             info!(batch_id = %message.batch_id, attempt = message.attempt, "dropping a superseded check: {reason}");
             return Ok(InvokeResponse::log(format!("dropped a superseded check of {}: {reason}", message.batch_id)));
