@@ -28,6 +28,10 @@ fn the_benchmark_harness_runs_end_to_end() {
     ] {
         assert!(names.iter().any(|n| n.contains(expected)), "no `{expected}` row in {names:#?}");
     }
+    // The CPU-time split needs schedstat in /proc, which Linux kernels of this kind have.
+    if Path::new("/proc/self/schedstat").exists() {
+        assert!(names.iter().any(|n| n.contains("CPU per request")), "no CPU-time row in {names:#?}");
+    }
     assert!(report.rows.iter().all(|r| r.value.is_finite() && r.value > 0.0), "{}", report.markdown());
     assert!(report.markdown().lines().count() == report.rows.len() + 2);
     let _ = std::fs::remove_dir_all(work);

@@ -22,11 +22,16 @@ fn batch(id: &str, status: &str) -> String {
 
 /// A running nginx.
 pub struct Nginx {
-    _proc: Proc,
+    proc: Proc,
     pub port: u16,
 }
 
 impl Nginx {
+    /// Its one process (no master: `master_process off`), which does all the work.
+    pub fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+
     /// Starts nginx (one worker, pinned to `cpu`) with its files under `dir`.
     pub fn start(dir: &Path, cpu: Option<usize>) -> anyhow::Result<Nginx> {
         let port = free_port()?;
@@ -89,7 +94,7 @@ http {{
         let cmd = command(cpu, &nginx, &["-p", &prefix, "-c", &conf_arg]);
         let proc = spawn(cmd, &[])?;
         super::procs::wait_ready(port, Duration::from_secs(10)).context("nginx did not start")?;
-        Ok(Nginx { _proc: proc, port })
+        Ok(Nginx { proc, port })
     }
 }
 

@@ -1,5 +1,5 @@
-//! Process plumbing for the benchmarks: pinning to a core with `taskset`, readiness, `/proc` memory figures,
-//! `wrk` runs and their parsing, and the fixed-answer nginx that plays the instant upstream.
+//! Process plumbing for the benchmarks: pinning to a core with `taskset`, readiness, `/proc` memory and CPU-time
+//! figures, and `wrk` runs and their parsing.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -74,6 +74,22 @@ pub fn status_kb(pid: u32, field: &str) -> Option<u64> {
     text.lines().find(|l| l.starts_with(field))?.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// CPU time a process has used so far, in ns: the sum of its threads' `/proc/<pid>/task/<tid>/schedstat` run times.
+/// Exact to the nanosecond (not the 10 ms ticks of `/proc/<pid>/stat`), and time stolen by the hypervisor is not in it.
+/// A thread's figure is brought up to date when it stops running or at a scheduler tick, so read it while the process
+/// is idle (as the benchmarks do, between wrk runs).
+pub fn cpu_ns(pid: u32) -> Option<u64> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    // A thread that exits between the listing and the read is skipped, and its time leaves the sum: callers take
+    // differences with `checked_sub`.
+    Some(tasks.flatten().filter_map(|t| task_cpu_ns(&t.path())).sum())
+}
+
+/// One thread's run time from its `schedstat` (`/proc/<pid>/task/<tid>`).
+fn task_cpu_ns(task: &Path) -> Option<u64> {
+    std::fs::read_to_string(task.join("schedstat")).ok()?.split_whitespace().next()?.parse().ok()
+}
+
 /// The handler process's pid when it runs under taskset (taskset execs, so the pid is the same).
 pub fn spawn(mut cmd: Command, envs: &[(String, String)]) -> anyhow::Result<Proc> {
     cmd.envs(envs.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null());
@@ -83,6 +99,8 @@ pub fn spawn(mut cmd: Command, envs: &[(String, String)]) -> anyhow::Result<Proc
 /// What one `wrk` run measured.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WrkResult {
+    /// Requests completed in the run.
+    pub requests: u64,
     pub requests_per_sec: f64,
     pub p50_ms: f64,
     pub errors: u64,
@@ -111,8 +129,9 @@ pub fn wrk(
     parse_wrk(&text).with_context(|| format!("unreadable wrk output: {text}"))
 }
 
-/// Parses `Requests/sec:`, the `50%` latency line and error counts of wrk's output.
+/// Parses `N requests in`, `Requests/sec:`, the `50%` latency line and error counts of wrk's output.
 pub fn parse_wrk(text: &str) -> Option<WrkResult> {
+    let requests = text.lines().find(|l| l.contains(" requests in "))?.split_whitespace().next()?.parse().ok()?;
     let rps = text.lines().find(|l| l.starts_with("Requests/sec:"))?.split_whitespace().nth(1)?.parse().ok()?;
     let p50 =
         text.lines().map(str::trim).find(|l| l.starts_with("50%"))?.split_whitespace().nth(1).and_then(duration_ms)?;
@@ -125,7 +144,7 @@ pub fn parse_wrk(text: &str) -> Option<WrkResult> {
             c.split(|ch: char| !ch.is_ascii_digit()).filter_map(|n| n.parse::<u64>().ok()).collect::<Vec<_>>()
         })
         .sum();
-    Some(WrkResult { requests_per_sec: rps, p50_ms: p50, errors })
+    Some(WrkResult { requests, requests_per_sec: rps, p50_ms: p50, errors })
 }
 
 fn duration_ms(s: &str) -> Option<f64> {
@@ -168,9 +187,31 @@ mod tests {
     fn parses_wrk_output() {
         let out = "Running 3s test @ http://127.0.0.1:1/\n  1 threads and 8 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency   210.00us   40.00us   1.20ms   90.00%\n  Latency Distribution\n     50%  198.00us\n     75%  220.00us\n     90%  250.00us\n     99%  400.00us\n  120000 requests in 3.00s, 20.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 3\nRequests/sec:  40000.12\nTransfer/sec:      6.67MB\n";
         let r = parse_wrk(out).expect("parses");
+        assert_eq!(r.requests, 120000);
         assert_eq!(r.requests_per_sec, 40000.12);
         assert!((r.p50_ms - 0.198).abs() < 1e-9);
         assert_eq!(r.errors, 6);
         assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        // This thread's own figure: the test harness's other threads come and go, so the process's sum may shrink.
+        let Ok(me) = std::fs::read_link("/proc/thread-self") else { return };
+        let me = Path::new("/proc").join(me);
+        let Some(before) = task_cpu_ns(&me) else {
+            assert!(!me.join("schedstat").exists(), "schedstat exists but was not read");
+            return;
+        };
+        let mut x = 0u64;
+        for i in 0..1_000_000u64 {
+            x = std::hint::black_box(x.rotate_left(5) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        }
+        // Sleeping switches this thread out, which brings its run time up to date.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = task_cpu_ns(&me).expect("read again");
+        assert!(after > before, "{before} -> {after} (x = {x})");
+        assert!(cpu_ns(std::process::id()).expect("the process's sum") >= after);
+        assert_eq!(cpu_ns(u32::MAX), None, "no such process");
     }
 }

@@ -9,7 +9,9 @@ use blob_batch_monitor::storage::StorageAccount;
 
 use super::blob::{self, Framing};
 use super::nginx::{Nginx, DONE, RUNNING};
-use super::procs::{command, free_port, median, spawn, status_kb, wait_ready, wrk, wrk_post_script, Proc};
+use super::procs::{
+    command, cpu_ns, free_port, median, spawn, status_kb, wait_ready, wrk, wrk_post_script, Proc, WrkResult,
+};
 use super::{BenchOptions, Report};
 use crate::batch_emulator::{BatchEmulator, EmulatorConfig, Faults, Timings};
 use crate::host_emulator::envelope::{queue_envelope, QueueInfo};
@@ -116,13 +118,13 @@ fn overhead(
     load: Option<usize>,
     report: &mut Report,
 ) -> anyhow::Result<()> {
-    let (_proc, port) = handler(o, shared, nginx.port, nginx.port)?;
-    overhead_of(o, nginx, shared, load, port, "", report)?;
+    let (proc, port) = handler(o, shared, nginx.port, nginx.port)?;
+    overhead_of(o, nginx, shared, load, (proc.pid(), port), "", report)?;
     if let Some(musl) = &o.musl_binary {
         // The deployed build: same protocol, the static binary.
         let musl_options = BenchOptions { handler: musl.clone(), ..o.clone() };
-        let (_musl_proc, musl_port) = handler(&musl_options, shared, nginx.port, nginx.port)?;
-        overhead_of(o, nginx, shared, load, musl_port, " (static musl build)", report)?;
+        let (musl_proc, musl_port) = handler(&musl_options, shared, nginx.port, nginx.port)?;
+        overhead_of(o, nginx, shared, load, (musl_proc.pid(), musl_port), " (static musl build)", report)?;
     }
     Ok(())
 }
@@ -130,13 +132,13 @@ fn overhead(
 /// Queue messages one instance works on at once with the host's defaults: `batchSize` 16 + `newBatchThreshold` 8.
 const HOST_QUEUE_CONCURRENCY: usize = 24;
 
-/// The overhead rows for the handler listening on `port`.
+/// The overhead rows for the handler process `pid` listening on `port`.
 fn overhead_of(
     o: &BenchOptions,
     nginx: &Nginx,
     shared: Option<usize>,
     load: Option<usize>,
-    port: u16,
+    (pid, port): (u32, u16),
     label: &str,
     report: &mut Report,
 ) -> anyhow::Result<()> {
@@ -151,12 +153,16 @@ fn overhead_of(
     let (mut ratios, mut p50s, mut running_ratios, mut running_p50s, mut fake_rps, mut handler_rps) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut host_concurrency_ratios = Vec::new();
+    let mut costs = Costs::default();
     // Each ratio is taken against nginx measured just before, on the same cores, so a slow or fast spell of the
     // machine moves both. The terminal ratio (the target) gets the most pairs; the other figures get `runs`.
     for i in 0..o.ratio_pairs.max(o.runs) {
+        let fake_t0 = cpu_ns(nginx.pid());
         let fake = wrk(load, &fake_url, 8, o.ratio_secs, None)?;
+        let (fake_t1, handler_t0) = (cpu_ns(nginx.pid()), cpu_ns(pid));
         let done = wrk(load, &handler_url, 8, o.ratio_secs, Some(&terminal))?;
         anyhow::ensure!(done.errors == 0, "the handler answered errors under load");
+        costs.add([fake_t0, fake_t1, cpu_ns(nginx.pid())], [handler_t0, cpu_ns(pid)], &fake, &done);
         ratios.push(done.requests_per_sec / fake.requests_per_sec);
         p50s.push(done.p50_ms);
         fake_rps.push(fake.requests_per_sec);
@@ -195,6 +201,7 @@ fn overhead_of(
         None,
         "the host's default queue concurrency (batchSize 16 + newBatchThreshold 8); the target is read at 8",
     );
+    costs.report(label, report);
     let latency = format!("QueueMonitor terminal path{label}: median latency at 8 connections");
     report.add(&latency, median(p50s), "ms", Some(("<", 1.0)), "");
     report.add(
@@ -207,6 +214,59 @@ fn overhead_of(
     let running_latency = format!("QueueMonitor running path{label}: median latency at 8 connections");
     report.add(&running_latency, median(running_p50s), "ms", None, "");
     Ok(())
+}
+
+/// Where the shared core's time goes in the terminal-path pairs, from the processes' own CPU time: the fake's time
+/// per request when it serves wrk alone, and per check the handler's time and the fake's time serving the handler.
+/// Their quotient is the cost form of the throughput ratio (the issue's "the handler may add at most four times the
+/// upstream's own cost"), and it shows which side a change moved.
+#[derive(Default)]
+struct Costs {
+    fake_alone: Vec<f64>,
+    handler: Vec<f64>,
+    fake_for_handler: Vec<f64>,
+    ratios: Vec<f64>,
+}
+
+impl Costs {
+    /// One pair, from CPU-time readings (ns): the fake's before its own run, between the runs and after the
+    /// handler's; the handler's before and after its run. Skipped when `/proc` has no schedstat.
+    fn add(&mut self, fake_cpu: [Option<u64>; 3], handler_cpu: [Option<u64>; 2], fake: &WrkResult, done: &WrkResult) {
+        let ([Some(f0), Some(f1), Some(f2)], [Some(h0), Some(h1)]) = (fake_cpu, handler_cpu) else {
+            return;
+        };
+        let (Some(alone), Some(handler), Some(upstream)) = (f1.checked_sub(f0), h1.checked_sub(h0), f2.checked_sub(f1))
+        else {
+            return;
+        };
+        if fake.requests == 0 || done.requests == 0 {
+            return;
+        }
+        let per = |ns: u64, n: u64| ns as f64 / n as f64 / 1000.0;
+        let (alone, handler, upstream) =
+            (per(alone, fake.requests), per(handler, done.requests), per(upstream, done.requests));
+        self.fake_alone.push(alone);
+        self.handler.push(handler);
+        self.fake_for_handler.push(upstream);
+        self.ratios.push(alone / (handler + upstream));
+    }
+
+    fn report(self, label: &str, report: &mut Report) {
+        if self.ratios.is_empty() {
+            return;
+        }
+        let (alone, handler, upstream) = (median(self.fake_alone), median(self.handler), median(self.fake_for_handler));
+        report.add(
+            &format!("QueueMonitor terminal path{label}: the fake's CPU per request ÷ a check's CPU (median)"),
+            median(self.ratios),
+            "×",
+            None,
+            format!(
+                "a check: {handler:.1} µs handler + {upstream:.1} µs fake serving it; the fake alone: {alone:.1} µs per \
+                 request (medians; run time from /proc schedstat, same pairs)"
+            ),
+        );
+    }
 }
 
 /// A handler whose batch API is an emulator holding every answer for `delay_ms`, with one job in it, and a wrk
