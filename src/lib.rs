@@ -12,6 +12,7 @@
 //! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
 //! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
 //! - [`http_client`]: the pooled HTTP/1.1 + rustls client both of those use, doing its I/O in the calling task.
+//! - [`identity`]: Entra ID tokens from the platform's managed identity, for Azure OpenAI without an API key.
 //! - [`storage`]: the Blob and Queue REST client (Shared Key or SAS), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
@@ -27,6 +28,7 @@ pub mod dead_letter;
 pub mod error;
 pub mod functions;
 pub mod http_client;
+pub mod identity;
 pub mod message;
 pub mod protocol;
 pub mod records;
@@ -65,7 +67,7 @@ impl AppState {
         let batch = BatchClient::new(
             http.clone(),
             config.openai_endpoint.clone(),
-            config.openai_api_key.clone(),
+            config.openai_auth.clone(),
             config.api_surface.clone(),
         );
         let storage = StorageClient::new(http, config.storage.clone());

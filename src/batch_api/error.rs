@@ -10,6 +10,7 @@ use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::http_client::TransportError;
+use crate::identity::IdentityError;
 
 /// What a caller should do about a failure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,12 +42,27 @@ pub struct BatchError {
     pub retry_after: Option<Duration>,
 }
 
+/// The `code` of a call that was never made because the managed identity refused a token.
+pub const NO_TOKEN: &str = "managed_identity_refused";
+
 /// Longest message kept from an error body.
 const MAX_MESSAGE: usize = 1000;
 
 impl BatchError {
     pub(crate) fn transport(message: &str) -> Self {
         BatchError { status: None, code: None, message: bounded(message), retry_after: None }
+    }
+
+    /// No token from the managed identity, so no call was made. A refusal (no identity assigned, an unknown client
+    /// id, an unreadable answer) needs an operator, like a 401; an unreachable token service is transient.
+    pub(crate) fn no_token(e: &IdentityError) -> Self {
+        let refused = !matches!(e, IdentityError::Unreachable(_));
+        BatchError {
+            status: None,
+            code: refused.then(|| NO_TOKEN.to_string()),
+            message: bounded(&format!("no Entra ID token for Azure OpenAI from the managed identity: {e}")),
+            retry_after: None,
+        }
     }
 
     /// Transport errors never hold the URL, so nothing here can echo the key or a SAS token into logs.
@@ -87,6 +103,7 @@ impl BatchError {
         let mentions_token_limit =
             self.code.as_deref() == Some("token_limit_exceeded") || self.message.contains("token_limit_exceeded");
         match self.status {
+            None if self.code.as_deref() == Some(NO_TOKEN) => ErrorKind::Unauthorized,
             None => ErrorKind::Transient,
             Some(_) if mentions_token_limit => ErrorKind::TokenLimit,
             Some(StatusCode::TOO_MANY_REQUESTS) => ErrorKind::Throttled,
@@ -105,6 +122,7 @@ impl fmt::Display for BatchError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.status {
             Some(s) => write!(f, "batch API answered {}", s.as_u16())?,
+            None if self.code.as_deref() == Some(NO_TOKEN) => f.write_str("batch API not called")?,
             None => f.write_str("batch API unreachable")?,
         }
         if let Some(code) = &self.code {
@@ -195,5 +213,22 @@ mod tests {
         d.insert("retry-after", HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
         assert_eq!(retry_after(&d), Some(Duration::ZERO));
         assert_eq!(retry_after(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn a_refused_token_needs_an_operator_and_an_unreachable_token_service_is_transient() {
+        let refused =
+            BatchError::no_token(&IdentityError::Refused { status: 400, message: "No managed identity".into() });
+        assert_eq!(refused.kind(), ErrorKind::Unauthorized);
+        assert_eq!(
+            refused.to_string(),
+            "batch API not called [managed_identity_refused]: no Entra ID token for Azure OpenAI from the managed \
+             identity: the managed identity endpoint answered 400: No managed identity"
+        );
+        let malformed = BatchError::no_token(&IdentityError::Malformed("no access_token".into()));
+        assert_eq!(malformed.kind(), ErrorKind::Unauthorized);
+        let unreachable = BatchError::no_token(&IdentityError::Unreachable("connection refused".into()));
+        assert_eq!(unreachable.kind(), ErrorKind::Transient);
+        assert!(unreachable.to_string().starts_with("batch API unreachable: no Entra ID token"), "{unreachable}");
     }
 }

@@ -1,6 +1,7 @@
 //! Client for the Azure OpenAI Batch REST API (azure-openai-batch.md), both the dated and the v1 surface.
 //!
-//! [`BatchClient`] is concrete: the shared [`HttpClient`], the endpoint, the key and the surface. Every call returns a
+//! [`BatchClient`] is concrete: the shared [`HttpClient`], the endpoint, the credential (the API key, or Entra ID
+//! tokens from the app's managed identity) and the surface. Every call returns a
 //! [`BatchError`] that classifies what the caller should do (retry soon, back off, give up) from the status, the
 //! error code and the retry headers; the wire types live in [`model`].
 
@@ -10,13 +11,15 @@ pub mod model;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::{Method, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use url::Url;
 
+use crate::config::OpenAiAuth;
 use crate::http_client::HttpClient;
+use crate::identity::{ManagedIdentity, OPENAI_RESOURCE};
 
 pub use error::{BatchError, ErrorKind};
 pub use model::{Batch, BatchList, BatchStatus, RequestCounts};
@@ -72,19 +75,33 @@ pub struct OutputFolder<'a> {
 pub struct BatchClient {
     http: HttpClient,
     endpoint: Url,
-    /// The `api-key` header, built once and marked sensitive; `None` if the key cannot be a header value.
-    api_key: Option<HeaderValue>,
+    auth: Auth,
     surface: ApiSurface,
     /// `{endpoint}/openai[/v1]/batches/` and `[?api-version=…]`, prepared once: retrieve runs on every check.
     item_prefix: String,
     item_suffix: String,
 }
 
+/// The credential as it is sent.
+#[derive(Clone)]
+enum Auth {
+    /// The `api-key` header, built once and marked sensitive; `None` if the key cannot be a header value.
+    Key(Option<HeaderValue>),
+    /// `Authorization: Bearer`, from the managed identity's token cache.
+    Identity(ManagedIdentity),
+}
+
 impl std::fmt::Debug for BatchClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchClient")
             .field("endpoint", &self.endpoint.as_str())
-            .field("api_key", &"[redacted]")
+            .field(
+                "auth",
+                &match &self.auth {
+                    Auth::Key(_) => "api-key [redacted]",
+                    Auth::Identity(_) => "managed identity",
+                },
+            )
             .field("surface", &self.surface)
             .finish()
     }
@@ -92,13 +109,13 @@ impl std::fmt::Debug for BatchClient {
 
 impl BatchClient {
     /// `endpoint` is the resource root, e.g. `https://res.openai.azure.com` (a trailing `/` or `/openai` is tolerated).
-    pub fn new(http: HttpClient, endpoint: Url, api_key: SecretString, surface: ApiSurface) -> Self {
-        let api_key = HeaderValue::from_str(api_key.expose_secret()).ok().map(|mut key| {
-            key.set_sensitive(true);
-            key
-        });
+    pub fn new(http: HttpClient, endpoint: Url, auth: OpenAiAuth, surface: ApiSurface) -> Self {
+        let auth = match auth {
+            OpenAiAuth::ApiKey(key) => Auth::Key(header_value(&key)),
+            OpenAiAuth::ManagedIdentity(settings) => Auth::Identity(ManagedIdentity::new(http.clone(), settings)),
+        };
         let mut client =
-            BatchClient { http, endpoint, api_key, surface, item_prefix: String::new(), item_suffix: String::new() };
+            BatchClient { http, endpoint, auth, surface, item_prefix: String::new(), item_suffix: String::new() };
         let sample = client.url(&["ID"]);
         let (prefix, suffix) = sample.as_str().split_once("/ID").unwrap_or((sample.as_str(), ""));
         client.item_prefix = format!("{prefix}/");
@@ -135,11 +152,18 @@ impl BatchClient {
         let uri = Uri::from_maybe_shared(Bytes::from(url))
             .map_err(|e| BatchError::transport(&format!("bad batch API URL: {e}")))?;
         let mut headers = HeaderMap::new();
-        let key = self
-            .api_key
-            .clone()
-            .ok_or_else(|| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
-        headers.insert("api-key", key);
+        match &self.auth {
+            Auth::Key(key) => {
+                let key = key
+                    .clone()
+                    .ok_or_else(|| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
+                headers.insert("api-key", key);
+            }
+            Auth::Identity(identity) => {
+                let bearer = identity.authorization(OPENAI_RESOURCE).await.map_err(|e| BatchError::no_token(&e))?;
+                headers.insert(AUTHORIZATION, bearer);
+            }
+        }
         let body = match body {
             Some(body) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -188,6 +212,14 @@ impl BatchClient {
     }
 }
 
+/// A secret as a sensitive header value (kept out of hyper's and our Debug output); `None` if it cannot be one.
+fn header_value(secret: &SecretString) -> Option<HeaderValue> {
+    HeaderValue::from_str(secret.expose_secret()).ok().map(|mut value| {
+        value.set_sensitive(true);
+        value
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,7 +228,7 @@ mod tests {
         BatchClient::new(
             HttpClient::new(1 << 20).expect("client"),
             Url::parse(endpoint).expect("url"),
-            SecretString::from("k"),
+            OpenAiAuth::ApiKey(SecretString::from("k")),
             surface,
         )
     }

@@ -7,10 +7,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use url::Url;
 
 use crate::batch_api::ApiSurface;
+use crate::identity::IdentitySettings;
 use crate::storage::{MessageEncoding, StorageAccount};
 
 /// The dated API surface the original app used.
@@ -25,8 +26,8 @@ const MAX_DELAY_SECS: u64 = 604_800;
 pub struct Config {
     /// `OPENAI_ENDPOINT`: the Azure OpenAI resource root, without `/openai`.
     pub openai_endpoint: Url,
-    /// `OPENAI_API_KEY`.
-    pub openai_api_key: SecretString,
+    /// `OPENAI_API_KEY`, or the app's managed identity when no key is set.
+    pub openai_auth: OpenAiAuth,
     /// `OPENAI_API_VERSION`: a dated version, or `v1`.
     pub api_surface: ApiSurface,
     /// `BATCH_OUTPUT_CONTAINER`: where the service writes results, in the input blob's account.
@@ -43,6 +44,16 @@ pub struct Config {
     pub records_container: String,
     /// `extensions.queues.messageEncoding` from host.json.
     pub message_encoding: MessageEncoding,
+}
+
+/// How the handler proves itself to Azure OpenAI (azure-openai-batch.md §2).
+#[derive(Clone, Debug)]
+pub enum OpenAiAuth {
+    /// `OPENAI_API_KEY`, sent as the `api-key` header.
+    ApiKey(SecretString),
+    /// No key set, and the platform provides a managed identity (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`): an Entra ID
+    /// token for `https://cognitiveservices.azure.com`, sent as `Authorization: Bearer`.
+    ManagedIdentity(IdentitySettings),
 }
 
 /// A setting that stops start-up. The message names the setting and never shows a secret value.
@@ -78,14 +89,19 @@ impl Config {
             get(k).filter(|v| !v.trim().is_empty()).ok_or_else(|| bad(k, "is missing (set it in the app settings)"))
         };
         let openai_endpoint = parse_endpoint(&required("OPENAI_ENDPOINT")?)?;
-        let openai_api_key = SecretString::from(required("OPENAI_API_KEY")?.trim().to_string());
-        // It travels as the `api-key` header; say so now rather than failing every call. The value is not shown.
-        if !openai_api_key.expose_secret().bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
-            return Err(bad(
-                "OPENAI_API_KEY",
-                "contains characters an HTTP header cannot carry (a pasted line break?)",
-            ));
-        }
+        let openai_auth = match get("OPENAI_API_KEY").filter(|v| !v.trim().is_empty()) {
+            Some(key) => OpenAiAuth::ApiKey(header_secret("OPENAI_API_KEY", &key)?),
+            None => match identity_settings(&get)? {
+                Some(identity) => OpenAiAuth::ManagedIdentity(identity),
+                None => {
+                    return Err(bad(
+                        "OPENAI_API_KEY",
+                        "is missing (set it in the app settings, or give the app a managed identity: the platform then \
+                         sets IDENTITY_ENDPOINT and IDENTITY_HEADER, and the identity needs an OpenAI role on the resource)",
+                    ))
+                }
+            },
+        };
         let api_surface = ApiSurface::parse(&get("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()));
         if let ApiSurface::Dated(v) = &api_surface {
             if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
@@ -136,7 +152,7 @@ impl Config {
             .map_err(|e| bad("BlobStorageConnection", format!("is not a usable connection string: {e}")))?;
         Ok(Config {
             openai_endpoint,
-            openai_api_key,
+            openai_auth,
             api_surface,
             output_container,
             retry_delay,
@@ -147,6 +163,37 @@ impl Config {
             message_encoding,
         })
     }
+}
+
+/// A secret that travels in a header; refused now rather than failing every call. The value is never shown.
+fn header_secret(setting: &'static str, value: &str) -> Result<SecretString, ConfigError> {
+    let value = value.trim();
+    if !value.bytes().all(|b| b == b'\t' || (b' '..=b'~').contains(&b)) {
+        return Err(bad(setting, "contains characters an HTTP header cannot carry (a pasted line break?)"));
+    }
+    Ok(SecretString::from(value.to_string()))
+}
+
+/// The platform's managed identity endpoint, when it set one: `IDENTITY_ENDPOINT` and `IDENTITY_HEADER` come together
+/// (App Service and Functions set both), `AZURE_CLIENT_ID` picks a user-assigned identity.
+fn identity_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<IdentitySettings>, ConfigError> {
+    let set = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let (endpoint, header) = match (set("IDENTITY_ENDPOINT"), set("IDENTITY_HEADER")) {
+        (None, None) => return Ok(None),
+        (Some(_), None) => return Err(bad("IDENTITY_HEADER", "is missing while IDENTITY_ENDPOINT is set")),
+        (None, Some(_)) => return Err(bad("IDENTITY_ENDPOINT", "is missing while IDENTITY_HEADER is set")),
+        (Some(e), Some(h)) => (e, h),
+    };
+    let k = "IDENTITY_ENDPOINT";
+    let endpoint = Url::parse(&endpoint).map_err(|e| bad(k, format!("is not a URL ({e})")))?;
+    if !matches!(endpoint.scheme(), "http" | "https") || endpoint.host_str().is_none() {
+        return Err(bad(k, "must be an http(s) URL"));
+    }
+    Ok(Some(IdentitySettings {
+        endpoint,
+        header: header_secret("IDENTITY_HEADER", &header)?,
+        client_id: set("AZURE_CLIENT_ID"),
+    }))
 }
 
 /// The resource root: http(s), and plain http only to a loopback address, since the key travels in a header.

@@ -118,3 +118,47 @@ fn the_repository_host_json_states_base64() {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("host.json");
     assert_eq!(message_encoding_from_host_json(&p, true), Ok(MessageEncoding::Base64));
 }
+
+#[test]
+fn without_a_key_the_platform_managed_identity_is_used() {
+    let identity = [
+        ("OPENAI_API_KEY", ""),
+        ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
+        ("IDENTITY_HEADER", "platform-header-secret"),
+    ];
+    let c = load(&identity).expect("valid");
+    let OpenAiAuth::ManagedIdentity(settings) = &c.openai_auth else { panic!("managed identity expected: {c:?}") };
+    assert_eq!(settings.endpoint.as_str(), "http://127.0.0.1:41741/msi/token");
+    assert_eq!(settings.client_id, None);
+    assert!(!format!("{c:?}").contains("platform-header-secret"), "Debug must redact the identity header");
+
+    let user_assigned =
+        load(&[identity[0], identity[1], identity[2], ("AZURE_CLIENT_ID", " 5e29a8c3 ")]).expect("valid");
+    let OpenAiAuth::ManagedIdentity(settings) = &user_assigned.openai_auth else { panic!("managed identity expected") };
+    assert_eq!(settings.client_id.as_deref(), Some("5e29a8c3"));
+
+    // A key, when set, wins: the identity endpoint is there on every App Service app with an identity.
+    let keyed = load(&identity[1..]).expect("valid");
+    assert!(matches!(keyed.openai_auth, OpenAiAuth::ApiKey(_)), "{keyed:?}");
+}
+
+#[test]
+fn an_incomplete_managed_identity_is_named() {
+    let no_key = ("OPENAI_API_KEY", "");
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[no_key, ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token")], "IDENTITY_HEADER"),
+        (&[no_key, ("IDENTITY_HEADER", "secret-part-h")], "IDENTITY_ENDPOINT"),
+        (&[no_key, ("IDENTITY_ENDPOINT", "not a url"), ("IDENTITY_HEADER", "secret-part-h")], "IDENTITY_ENDPOINT"),
+        (&[no_key, ("IDENTITY_ENDPOINT", "ftp://x/token"), ("IDENTITY_HEADER", "secret-part-h")], "IDENTITY_ENDPOINT"),
+        (&[no_key, ("IDENTITY_ENDPOINT", "http://x/token"), ("IDENTITY_HEADER", "secret-part\nh")], "IDENTITY_HEADER"),
+    ];
+    for (overrides, setting) in cases {
+        let e = refused(overrides);
+        assert_eq!(e.setting, *setting, "{overrides:?} gave {e}");
+        assert!(!e.to_string().contains("secret-part"), "a secret is not shown: {e}");
+    }
+    // Neither a key nor an identity: the key is what is missing, and the message says how else to authenticate.
+    let e = refused(&[no_key]);
+    assert_eq!(e.setting, "OPENAI_API_KEY");
+    assert!(e.to_string().contains("managed identity"), "{e}");
+}

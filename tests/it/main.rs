@@ -5,6 +5,7 @@ mod blob_monitor;
 mod e2e;
 mod fuzz;
 mod helpers;
+mod identity;
 mod load;
 mod queue_monitor;
 mod reliability;

@@ -9,12 +9,14 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
 use blob_batch_monitor::config::Config;
+use blob_batch_monitor::identity::OPENAI_RESOURCE;
 use blob_batch_monitor::message::MonitorMessage;
 use blob_batch_monitor::storage::blob::Condition;
 use blob_batch_monitor::storage::{MessageEncoding, StorageAccount, StorageClient};
 use blob_batch_monitor::AppState;
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
 use devstack::host_emulator::envelope::{blob_envelope, queue_envelope, BlobInfo, QueueInfo};
+use devstack::identity_emulator::IdentityEmulator;
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -64,6 +66,9 @@ pub struct TestOptions {
     pub handler_key: String,
     pub max_check_failures: u32,
     pub api_version: String,
+    /// `(IDENTITY_ENDPOINT, IDENTITY_HEADER)`: the handler gets these instead of `OPENAI_API_KEY`, and the emulator
+    /// accepts the identity emulator's Azure OpenAI token.
+    pub identity: Option<(String, String)>,
 }
 
 impl Default for TestOptions {
@@ -75,6 +80,7 @@ impl Default for TestOptions {
             handler_key: API_KEY.into(),
             max_check_failures: 30,
             api_version: "2025-04-01-preview".into(),
+            identity: None,
         }
     }
 }
@@ -103,17 +109,26 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let (_, conn) = azurite::shared().fresh_account();
     let account = StorageAccount::parse(&conn).expect("connection string");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let emulator = BatchEmulator::start(listener, EmulatorConfig::new(API_KEY, vec![account.clone()], options.timings))
-        .expect("emulator");
+    let mut emulator_config = EmulatorConfig::new(API_KEY, vec![account.clone()], options.timings);
+    if options.identity.is_some() {
+        emulator_config.bearer_token = Some(IdentityEmulator::token_for(OPENAI_RESOURCE));
+    }
+    let emulator = BatchEmulator::start(listener, emulator_config).expect("emulator");
+    let credential = match &options.identity {
+        Some((endpoint, header)) => vec![("IDENTITY_ENDPOINT", endpoint.clone()), ("IDENTITY_HEADER", header.clone())],
+        None => vec![("OPENAI_API_KEY", options.handler_key.clone())],
+    };
     let settings = [
         ("OPENAI_ENDPOINT", emulator.uri()),
-        ("OPENAI_API_KEY", options.handler_key.clone()),
         ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
         ("BATCH_RETRY_DELAY", options.retry_delay_secs.to_string()),
         ("BATCH_MAX_CHECK_FAILURES", options.max_check_failures.to_string()),
         ("BlobStorageConnection", conn),
         ("OPENAI_API_VERSION", options.api_version.clone()),
-    ];
+    ]
+    .into_iter()
+    .chain(credential)
+    .collect::<Vec<_>>();
     let config = Config::from_lookup(
         |k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()),
         MessageEncoding::Base64,

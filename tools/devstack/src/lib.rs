@@ -6,6 +6,7 @@
 //! - [`azurite`]: installs and starts a real Azurite on free ports.
 //! - [`batch_emulator`]: a stateful Azure OpenAI Batch API emulator that really reads inputs from and writes results
 //!   to storage.
+//! - [`identity_emulator`]: the platform's managed identity endpoint (`IDENTITY_ENDPOINT`), issuing fixed tokens.
 //! - [`host_emulator`]: a generic Functions host for custom handlers: reads host.json and function.json, runs the
 //!   handler, fires blob and queue triggers, applies queue outputs, as the real host does.
 
@@ -15,6 +16,7 @@ pub mod azurite;
 pub mod batch_emulator;
 pub mod bench;
 pub mod host_emulator;
+pub mod identity_emulator;
 
 /// The devstack's tools read whole blobs (inputs, results) through the handler's storage client: allow up to 1 GiB.
 pub const TOOL_BODY_LIMIT: usize = 1 << 30;

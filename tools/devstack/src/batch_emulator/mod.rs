@@ -1,7 +1,7 @@
 //! A stateful emulator of the Azure OpenAI Batch API in blob mode, for local runs and tests.
 //!
 //! It serves both surfaces (`/openai/batches?api-version=…` and `/openai/v1/batches`): create, retrieve, list,
-//! cancel; checks `api-key`; answers errors in each surface's documented shape. Jobs really read `input_blob` from
+//! cancel; checks `api-key` (or an Entra ID bearer token); answers errors in each surface's documented shape. Jobs really read `input_blob` from
 //! storage (with the handler's own storage client), are validated as Azure does ([`validate`]), move through
 //! `validating → in_progress → finalizing → completed` on a configurable clock ([`runner`]) and write
 //! `results.jsonl` / `errors.jsonl` under `output_folder`. Faults can be injected ([`faults`]).
@@ -46,6 +46,8 @@ impl Timings {
 pub struct EmulatorConfig {
     /// The key clients must send in `api-key`.
     pub api_key: String,
+    /// An Entra ID token accepted instead, as `Authorization: Bearer <token>` (see [`crate::identity_emulator`]).
+    pub bearer_token: Option<String>,
     pub timings: Timings,
     /// Storage accounts the emulated service can read inputs from and write outputs to.
     pub accounts: Vec<StorageAccount>,
@@ -59,6 +61,7 @@ impl EmulatorConfig {
     pub fn new(api_key: &str, accounts: Vec<StorageAccount>, timings: Timings) -> Self {
         EmulatorConfig {
             api_key: api_key.to_string(),
+            bearer_token: None,
             timings,
             accounts,
             max_tasks: 100_000,

@@ -1,4 +1,4 @@
-//! HTTP surface of the emulator: the two API surfaces, the `api-key` check, fault injection, request recording, and
+//! HTTP surface of the emulator: the two API surfaces, the `api-key` (or bearer token) check, fault injection, request recording, and
 //! a small control API under `/_emulator` (force a status, change faults, list jobs) for people and scripts.
 
 use std::collections::HashMap;
@@ -73,15 +73,19 @@ fn ok(status: StatusCode, body: Value) -> Response {
 async fn gate(State(ctx): State<Ctx>, request: Request, next: Next) -> Response {
     let recorded = ctx.world.record_start(request.method().to_string(), request.uri().path().to_string());
     let query = query(request.uri());
-    let (api_key, faults) = {
+    let (api_key, bearer, faults) = {
         let c = ctx.world.config.lock().unwrap_or_else(|e| e.into_inner());
-        (c.api_key.clone(), c.faults.clone())
+        (c.api_key.clone(), c.bearer_token.as_ref().map(|t| format!("Bearer {t}")), c.faults.clone())
     };
     let response = async {
         if faults.delay_ms > 0 {
             tokio::time::sleep(std::time::Duration::from_millis(faults.delay_ms)).await;
         }
-        if request.headers().get("api-key").and_then(|v| v.to_str().ok()) != Some(api_key.as_str()) {
+        let headers = request.headers();
+        let key_ok = headers.get("api-key").and_then(|v| v.to_str().ok()) == Some(api_key.as_str());
+        let token_ok =
+            bearer.is_some() && headers.get("authorization").and_then(|v| v.to_str().ok()) == bearer.as_deref();
+        if !key_ok && !token_ok {
             return error(ctx.surface, StatusCode::UNAUTHORIZED, "401", "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a valid key for an active subscription and use a correct regional API endpoint for your resource.");
         }
         if ctx.surface == Surface::Dated && !query.contains_key("api-version") {
