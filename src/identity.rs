@@ -21,6 +21,8 @@ use crate::http_client::HttpClient;
 
 /// The token resource of Azure OpenAI (the scope `https://cognitiveservices.azure.com/.default`).
 pub const OPENAI_RESOURCE: &str = "https://cognitiveservices.azure.com";
+/// The token resource of Azure Storage (the docs write it with and without the trailing `/`; both work).
+pub const STORAGE_RESOURCE: &str = "https://storage.azure.com/";
 /// The protocol version of the App Service identity endpoint.
 const API_VERSION: &str = "2019-08-01";
 /// A token is replaced this long before it expires (or at half its life, if that is shorter).

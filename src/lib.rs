@@ -12,8 +12,8 @@
 //! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
 //! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
 //! - [`http_client`]: the pooled HTTP/1.1 + rustls client both of those use, doing its I/O in the calling task.
-//! - [`identity`]: Entra ID tokens from the platform's managed identity, for Azure OpenAI without an API key.
-//! - [`storage`]: the Blob and Queue REST client (Shared Key or SAS), connection strings.
+//! - [`identity`]: Entra ID tokens from the platform's managed identity, for Azure OpenAI and Storage without keys.
+//! - [`storage`]: the Blob and Queue REST client (Shared Key, SAS or a managed identity), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
 //! - [`telemetry`]: tracing to stdout, as the host scrapes it, written once per runtime turn.
@@ -49,7 +49,7 @@ use records::RecordStore;
 use storage::StorageClient;
 
 /// Largest answer the handler reads from either API: a page of 100 batch objects or a record is far smaller.
-const MAX_RESPONSE_BODY: usize = 8 << 20;
+pub const MAX_RESPONSE_BODY: usize = 8 << 20;
 
 /// Everything an invocation needs, shared by all of them.
 #[derive(Clone, Debug)]
@@ -63,7 +63,11 @@ pub struct AppState {
 impl AppState {
     /// Builds the clients. One [`HttpClient`] serves both APIs, so connections are pooled per process.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let http = HttpClient::new(MAX_RESPONSE_BODY)?;
+        Ok(Self::with_http(config, HttpClient::new(MAX_RESPONSE_BODY)?))
+    }
+
+    /// The same with a given client (tests pass one that trusts their private certificate authority).
+    pub fn with_http(config: Config, http: HttpClient) -> Self {
         let batch = BatchClient::new(
             http.clone(),
             config.openai_endpoint.clone(),
@@ -72,7 +76,7 @@ impl AppState {
         );
         let storage = StorageClient::new(http, config.storage.clone());
         let records = RecordStore::new(storage.clone(), config.records_container.clone());
-        Ok(AppState { config: Arc::new(config), batch, storage, records })
+        AppState { config: Arc::new(config), batch, storage, records }
     }
 }
 

@@ -148,8 +148,17 @@ impl Config {
         if !is_container_name(&records_container) {
             return Err(bad("BATCH_RECORDS_CONTAINER", format!("`{records_container}` is not a container name")));
         }
-        let storage = StorageAccount::parse(&required("BlobStorageConnection")?)
-            .map_err(|e| bad("BlobStorageConnection", format!("is not a usable connection string: {e}")))?;
+        let storage = match get("BlobStorageConnection").filter(|v| !v.trim().is_empty()) {
+            Some(conn) => StorageAccount::parse(&conn)
+                .map_err(|e| bad("BlobStorageConnection", format!("is not a usable connection string: {e}")))?,
+            None => identity_based_storage(&get)?.ok_or_else(|| {
+                bad(
+                    "BlobStorageConnection",
+                    "is missing (set a connection string, or BlobStorageConnection__blobServiceUri and \
+                     __queueServiceUri for an identity-based connection)",
+                )
+            })?,
+        };
         Ok(Config {
             openai_endpoint,
             openai_auth,
@@ -194,6 +203,55 @@ fn identity_settings(get: &impl Fn(&str) -> Option<String>) -> Result<Option<Ide
         header: header_secret("IDENTITY_HEADER", &header)?,
         client_id: set("AZURE_CLIENT_ID"),
     }))
+}
+
+/// An identity-based `BlobStorageConnection` (azure-storage-rest.md §7): the `__blobServiceUri` and `__queueServiceUri`
+/// settings, the app's managed identity (`__credential` may say `managedidentity`, `__clientId` picks a user-assigned
+/// one). `None` when no such setting is there.
+fn identity_based_storage(get: &impl Fn(&str) -> Option<String>) -> Result<Option<StorageAccount>, ConfigError> {
+    const BLOB: &str = "BlobStorageConnection__blobServiceUri";
+    const QUEUE: &str = "BlobStorageConnection__queueServiceUri";
+    const SERVICE: &str = "BlobStorageConnection__serviceUri";
+    const CREDENTIAL: &str = "BlobStorageConnection__credential";
+    const SECRET: &str = "BlobStorageConnection__clientSecret";
+    let set = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+    let (blob, queue) = match (set(BLOB), set(QUEUE), set(SERVICE)) {
+        (None, None, None) => return Ok(None),
+        (None, None, Some(_)) => {
+            return Err(bad(
+                SERVICE,
+                "cannot serve both Blob and Queue storage: set BlobStorageConnection__blobServiceUri and \
+                 BlobStorageConnection__queueServiceUri instead",
+            ))
+        }
+        (None, _, _) => return Err(bad(BLOB, "is missing (an identity-based connection needs both service URIs)")),
+        (_, None, _) => return Err(bad(QUEUE, "is missing (a blob trigger uses queues too, and so does the handler)")),
+        (Some(b), Some(q), _) => (b, q),
+    };
+    if set(SECRET).is_some() {
+        return Err(bad(SECRET, "is set, but the handler authenticates only with the app's managed identity (use a connection string for local development)"));
+    }
+    if let Some(c) = set(CREDENTIAL).filter(|c| !c.eq_ignore_ascii_case("managedidentity")) {
+        return Err(bad(CREDENTIAL, format!("must be `managedidentity`, not `{c}`")));
+    }
+    let https = |k: &'static str, raw: &str| {
+        Url::parse(raw.trim_end_matches('/'))
+            .ok()
+            .filter(|u| u.scheme() == "https" && u.host_str().is_some() && u.query().is_none())
+            .ok_or_else(|| {
+                bad(k, format!("must be the service's https URL, not `{raw}` (a token is never sent in the clear)"))
+            })
+    };
+    let (blob, queue) = (https(BLOB, &blob)?, https(QUEUE, &queue)?);
+    let platform = identity_settings(get)?.ok_or_else(|| {
+        bad(
+            "IDENTITY_ENDPOINT",
+            "is missing: an identity-based BlobStorageConnection needs the function app's managed identity (the \
+             platform sets IDENTITY_ENDPOINT and IDENTITY_HEADER once one is enabled)",
+        )
+    })?;
+    let identity = IdentitySettings { client_id: set("BlobStorageConnection__clientId"), ..platform };
+    Ok(Some(StorageAccount::identity_based(blob, queue, identity)))
 }
 
 /// The resource root: http(s), and plain http only to a loopback address, since the key travels in a header.

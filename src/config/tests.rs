@@ -162,3 +162,76 @@ fn an_incomplete_managed_identity_is_named() {
     assert_eq!(e.setting, "OPENAI_API_KEY");
     assert!(e.to_string().contains("managed identity"), "{e}");
 }
+
+const PLATFORM: [(&str, &str); 2] =
+    [("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"), ("IDENTITY_HEADER", "platform-header-secret")];
+
+fn identity_storage(extra: &[(&'static str, &'static str)]) -> Vec<(&'static str, &'static str)> {
+    let mut v = vec![
+        ("BlobStorageConnection", ""),
+        ("BlobStorageConnection__blobServiceUri", "https://acct.blob.core.windows.net/"),
+        ("BlobStorageConnection__queueServiceUri", "https://acct.queue.core.windows.net"),
+    ];
+    v.extend(PLATFORM);
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn an_identity_based_storage_connection_uses_the_managed_identity() {
+    let c = load(&identity_storage(&[])).expect("valid");
+    assert_eq!(c.storage.blob_endpoint.as_str(), "https://acct.blob.core.windows.net/");
+    assert_eq!(c.storage.queue_endpoint.as_str(), "https://acct.queue.core.windows.net/");
+    let crate::storage::Credential::ManagedIdentity(identity) = &c.storage.credential else {
+        panic!("managed identity expected: {:?}", c.storage)
+    };
+    assert_eq!(identity.client_id, None, "system-assigned unless __clientId says otherwise");
+    assert!(matches!(c.openai_auth, OpenAiAuth::ApiKey(_)), "the OpenAI key is independent of storage");
+    assert!(!format!("{c:?}").contains("platform-header-secret"));
+
+    let user = load(&identity_storage(&[
+        ("BlobStorageConnection__credential", "ManagedIdentity"),
+        ("BlobStorageConnection__clientId", "5e29a8c3"),
+        ("AZURE_CLIENT_ID", "other-for-openai"),
+    ]))
+    .expect("valid");
+    let crate::storage::Credential::ManagedIdentity(identity) = &user.storage.credential else { panic!() };
+    assert_eq!(identity.client_id.as_deref(), Some("5e29a8c3"));
+
+    // A connection string, when set, wins.
+    let mut with_string = identity_storage(&[]);
+    with_string[0] = ("BlobStorageConnection", "UseDevelopmentStorage=true");
+    assert!(matches!(
+        load(&with_string).expect("valid").storage.credential,
+        crate::storage::Credential::SharedKey { .. }
+    ));
+}
+
+#[test]
+fn an_incomplete_identity_based_storage_connection_is_named() {
+    let cases: &[(&[(&str, &str)], &str)] = &[
+        (&[("BlobStorageConnection__blobServiceUri", "")], "BlobStorageConnection__blobServiceUri"),
+        (&[("BlobStorageConnection__queueServiceUri", "")], "BlobStorageConnection__queueServiceUri"),
+        (
+            &[
+                ("BlobStorageConnection__blobServiceUri", ""),
+                ("BlobStorageConnection__queueServiceUri", ""),
+                ("BlobStorageConnection__serviceUri", "https://acct.blob.core.windows.net"),
+            ],
+            "BlobStorageConnection__serviceUri",
+        ),
+        (
+            &[("BlobStorageConnection__blobServiceUri", "http://acct.blob.core.windows.net")],
+            "BlobStorageConnection__blobServiceUri",
+        ),
+        (&[("BlobStorageConnection__queueServiceUri", "not a url")], "BlobStorageConnection__queueServiceUri"),
+        (&[("BlobStorageConnection__credential", "clientsecret")], "BlobStorageConnection__credential"),
+        (&[("BlobStorageConnection__clientSecret", "secret-part-s")], "BlobStorageConnection__clientSecret"),
+        (&[("IDENTITY_ENDPOINT", ""), ("IDENTITY_HEADER", "")], "IDENTITY_ENDPOINT"),
+    ];
+    for (overrides, setting) in cases {
+        let e = refused(&identity_storage(overrides));
+        assert_eq!(e.setting, *setting, "{overrides:?} gave {e}");
+        assert!(!e.to_string().contains("secret-part") && !e.to_string().contains("platform-header"), "{e}");
+    }
+}

@@ -3,6 +3,8 @@
 //! Supports the three forms a user of this app meets: account key (with `EndpointSuffix` or explicit
 //! `BlobEndpoint`/`QueueEndpoint`), `UseDevelopmentStorage=true` (Azurite), and `SharedAccessSignature`. The rules follow
 //! azure-storage-rest.md §6: pairs split at the first `=`, keys compared case-insensitively, explicit endpoints win.
+//! An identity-based connection (§7: service URIs and the app's managed identity, no secret) is built by
+//! [`StorageAccount::identity_based`] from the `BlobStorageConnection__…` settings.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,6 +12,8 @@ use std::sync::Arc;
 use base64::Engine;
 use secrecy::{ExposeSecret, SecretString};
 use url::Url;
+
+use crate::identity::IdentitySettings;
 
 /// The well-known Azurite account and key (public, documented by Microsoft).
 pub const DEVSTORE_ACCOUNT: &str = "devstoreaccount1";
@@ -24,6 +28,8 @@ pub enum Credential {
     SharedKey { account: String, key: Arc<[u8]> },
     /// A SAS token (without the leading `?`), appended to every request's query.
     Sas(SecretString),
+    /// Entra ID tokens from the app's managed identity, sent as `Authorization: Bearer`.
+    ManagedIdentity(IdentitySettings),
 }
 
 impl fmt::Debug for Credential {
@@ -33,6 +39,7 @@ impl fmt::Debug for Credential {
                 write!(f, "SharedKey {{ account: {account:?}, key: [redacted] }}")
             }
             Credential::Sas(_) => f.write_str("Sas([redacted])"),
+            Credential::ManagedIdentity(settings) => write!(f, "ManagedIdentity({settings:?})"),
         }
     }
 }
@@ -42,7 +49,7 @@ impl Credential {
     pub fn sas_query(&self) -> Option<&str> {
         match self {
             Credential::Sas(token) => Some(token.expose_secret()),
-            Credential::SharedKey { .. } => None,
+            Credential::SharedKey { .. } | Credential::ManagedIdentity(_) => None,
         }
     }
 }
@@ -143,6 +150,12 @@ impl StorageAccount {
             queue_endpoint: at(10001)?,
             credential: Credential::SharedKey { account: DEVSTORE_ACCOUNT.to_string(), key: decode_key(DEVSTORE_KEY)? },
         })
+    }
+
+    /// An identity-based account: the blob and queue service roots (https, checked by the caller), authorised by
+    /// `identity`'s tokens.
+    pub fn identity_based(blob_endpoint: Url, queue_endpoint: Url, identity: IdentitySettings) -> Self {
+        StorageAccount { blob_endpoint, queue_endpoint, credential: Credential::ManagedIdentity(identity) }
     }
 
     /// A Shared Key connection string with explicit endpoints (what the dev tools hand to the handler).

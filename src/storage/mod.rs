@@ -1,8 +1,8 @@
 //! A small Blob and Queue Storage REST client (azure-storage-rest.md §10 explains why it is hand-written).
 //!
 //! [`StorageClient`] holds the shared [`HttpClient`] and one [`StorageAccount`]; `queue.rs` and `blob.rs` add the operations.
-//! Every request carries a pinned `x-ms-version` and is signed last, from its final headers ([`shared_key`]), or gets
-//! the SAS token appended. Errors never carry the request URL, which may hold a SAS signature.
+//! Every request carries a pinned `x-ms-version` and is signed last, from its final headers ([`shared_key`]), gets
+//! the SAS token appended, or carries a managed identity's bearer token. Errors never carry the request URL, which may hold a SAS signature.
 
 pub mod blob;
 pub mod connection;
@@ -17,6 +17,7 @@ use http::{Method, StatusCode, Uri};
 use url::Url;
 
 use crate::http_client::{HttpClient, Response, TransportError};
+use crate::identity::{IdentityError, ManagedIdentity, STORAGE_RESOURCE};
 
 pub use connection::{ConnectionStringError, Credential, StorageAccount};
 pub use queue::{MessageEncoding, QueueMessage};
@@ -39,6 +40,9 @@ pub enum StorageError {
     /// The answer could not be read.
     #[error("storage response could not be parsed: {0}")]
     Parse(String),
+    /// No token from the managed identity, so no request was sent.
+    #[error("no Entra ID token for Storage from the managed identity: {0}")]
+    Identity(IdentityError),
 }
 
 impl StorageError {
@@ -64,12 +68,18 @@ impl StorageError {
 pub struct StorageClient {
     http: HttpClient,
     account: StorageAccount,
+    /// The token source of an identity-based account.
+    identity: Option<ManagedIdentity>,
 }
 
 impl StorageClient {
     /// Wraps the shared client (connection pools are per client, so share one per process).
     pub fn new(http: HttpClient, account: StorageAccount) -> Self {
-        StorageClient { http, account }
+        let identity = match &account.credential {
+            Credential::ManagedIdentity(settings) => Some(ManagedIdentity::new(http.clone(), settings.clone())),
+            _ => None,
+        };
+        StorageClient { http, account, identity }
     }
 
     /// The account this client talks to.
@@ -110,6 +120,10 @@ impl StorageClient {
             let auth = format!("SharedKey {account}:{}", shared_key::sign(key, &sts));
             headers
                 .insert(AUTHORIZATION, HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?);
+        }
+        if let Some(identity) = &self.identity {
+            let bearer = identity.authorization(STORAGE_RESOURCE).await.map_err(StorageError::Identity)?;
+            headers.insert(AUTHORIZATION, bearer);
         }
         let uri = Uri::try_from(url.as_str()).map_err(|e| StorageError::Parse(format!("unusable storage URL: {e}")))?;
         let attempt = || self.http.send(method.clone(), uri.clone(), headers.clone(), body.clone(), REQUEST_TIMEOUT);

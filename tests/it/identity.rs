@@ -1,14 +1,21 @@
-//! Azure OpenAI without an API key: Entra ID tokens from the platform's managed identity (azure-openai-batch.md §2),
-//! fetched from the identity emulator, sent to the batch emulator as `Authorization: Bearer`, with a real Azurite.
+//! No secrets in the settings: Entra ID tokens from the platform's managed identity (azure-openai-batch.md §2), fetched
+//! from the identity emulator and sent as `Authorization: Bearer`, to the batch emulator (no `OPENAI_API_KEY`) and to
+//! a real Azurite serving https with `--oauth basic` (an identity-based `BlobStorageConnection`, no account key).
 
 use std::time::Duration;
 
-use blob_batch_monitor::identity::OPENAI_RESOURCE;
+use blob_batch_monitor::config::Config;
+use blob_batch_monitor::http_client::HttpClient;
+use blob_batch_monitor::identity::{OPENAI_RESOURCE, STORAGE_RESOURCE};
+use blob_batch_monitor::message::MONITOR_QUEUE;
 use blob_batch_monitor::records::RecordState;
+use blob_batch_monitor::storage::{Credential, MessageEncoding, StorageAccount, StorageClient};
+use blob_batch_monitor::{AppState, MAX_RESPONSE_BODY};
+use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
 use devstack::identity_emulator::{IdentityEmulator, TokenRequest};
 use reqwest::StatusCode;
 
-use crate::helpers::{bounded, sample_jsonl, spawn_app_with, TestOptions};
+use crate::helpers::{azurite, bounded, sample_jsonl, serve, spawn_app_with, wait_for, TestOptions, API_KEY};
 
 const HEADER: &str = "platform-identity-header-3d9b";
 
@@ -78,6 +85,81 @@ async fn a_refused_token_defers_the_submission_with_the_reason_and_never_shows_a
         assert!(!reason.contains(wrong), "{reason}");
         assert_eq!(identity.requests().len(), 1);
         assert!(!identity.requests()[0].header_ok);
+    })
+    .await;
+}
+
+/// A client that trusts the test certificate authority that signed the https Azurite's certificate.
+fn trusting_client() -> HttpClient {
+    use rustls::pki_types::pem::PemObject;
+    let ca = rustls::pki_types::CertificateDer::from_pem_slice(include_bytes!("../fixtures/tls/ca.pem")).expect("ca");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca).expect("root");
+    HttpClient::with_roots(MAX_RESPONSE_BODY, roots).expect("client")
+}
+
+#[tokio::test]
+async fn an_identity_based_storage_connection_reads_and_writes_azurite_with_bearer_tokens_only() {
+    bounded(async {
+        let azurite = azurite::oauth();
+        let (name, conn) = azurite.fresh_account();
+        let (blob_uri, queue_uri) = azurite.endpoints(&name);
+        let http = trusting_client();
+        // The test's own view of the account uses its key; the handler gets no key at all.
+        let admin_account = StorageAccount::parse(&conn).expect("connection string");
+        let admin = StorageClient::new(http.clone(), admin_account.clone());
+        let identity = identity_endpoint().await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let emulator = BatchEmulator::start(
+            listener,
+            EmulatorConfig::new(API_KEY, vec![admin_account.clone()], Timings::uniform(Duration::from_secs(600))),
+        )
+        .expect("emulator");
+        let settings = [
+            ("OPENAI_ENDPOINT", emulator.uri()),
+            ("OPENAI_API_KEY", API_KEY.to_string()),
+            ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
+            ("BATCH_RETRY_DELAY", "2".into()),
+            ("BlobStorageConnection__blobServiceUri", blob_uri),
+            ("BlobStorageConnection__queueServiceUri", queue_uri),
+            ("BlobStorageConnection__credential", "managedidentity".into()),
+            ("IDENTITY_ENDPOINT", identity.endpoint()),
+            ("IDENTITY_HEADER", HEADER.into()),
+        ];
+        let config = Config::from_lookup(
+            |k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()),
+            MessageEncoding::Base64,
+        )
+        .expect("config");
+        assert!(matches!(config.storage.credential, Credential::ManagedIdentity(_)));
+        let handler_account = config.storage.clone();
+        let app = serve(AppState::with_http(config, http.clone()), admin, admin_account, emulator).await;
+
+        // BlobMonitor: the record written, the job created, the message output.
+        let message = app.create_job("identity-storage.jsonl").await;
+        let record = app.record("identity-storage.jsonl").await.expect("the handler wrote the job record");
+        assert_eq!(record.batch_id.as_deref(), Some(message.batch_id.as_str()));
+        // QueueMonitor on a running job: the delayed follow-up is put with a bearer token.
+        let answer = app.invoke_queue(&message.to_json(), 1).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        let visible = wait_for("the follow-up message", Duration::from_secs(10), || async {
+            let texts = app.peek(MONITOR_QUEUE).await;
+            (!texts.is_empty()).then_some(texts)
+        })
+        .await;
+        assert_eq!(visible.len(), 1, "{visible:?}");
+
+        // One storage token served every call.
+        let requests = identity.requests();
+        assert_eq!(requests.len(), 1, "{requests:?}");
+        assert_eq!(requests[0].resource.as_deref(), Some(STORAGE_RESOURCE));
+        assert!(requests[0].header_ok);
+
+        // Azurite does check the token: an expired one is refused.
+        identity.issue_expired(true);
+        let stale = StorageClient::new(http, handler_account);
+        let e = stale.create_container("refused").await.expect_err("an expired token is refused");
+        assert!(matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)), "{e}");
     })
     .await;
 }

@@ -1,6 +1,8 @@
 //! One Azurite per test run, shared by all tests, with one storage account per test so that every test has its own
 //! `monitorjobs`, `batch-input`, … and tests run in parallel without seeing each other.
 //!
+//! A second instance serves https and accepts Entra ID tokens ([`oauth`]), for identity-based connections.
+//!
 //! Tests run on many short-lived runtimes, so Azurite is a plain child process started from a std thread, wrapped in
 //! a shell watchdog that kills it when this test process exits (statics are never dropped).
 
@@ -20,10 +22,13 @@ const ACCOUNTS: usize = 96;
 pub struct SharedAzurite {
     pub blob_port: u16,
     pub queue_port: u16,
+    /// Served over https (`https://localhost:<port>`, the test certificate's name) with `--oauth basic`.
+    oauth: bool,
     next: AtomicUsize,
 }
 
 static AZURITE: OnceLock<SharedAzurite> = OnceLock::new();
+static OAUTH_AZURITE: OnceLock<SharedAzurite> = OnceLock::new();
 
 fn account_name(i: usize) -> String {
     format!("acct{i:03}")
@@ -31,10 +36,15 @@ fn account_name(i: usize) -> String {
 
 /// The shared instance, started on first use.
 pub fn shared() -> &'static SharedAzurite {
-    AZURITE.get_or_init(|| start().unwrap_or_else(|e| panic!("cannot start Azurite: {e:#}")))
+    AZURITE.get_or_init(|| start(false).unwrap_or_else(|e| panic!("cannot start Azurite: {e:#}")))
 }
 
-fn start() -> anyhow::Result<SharedAzurite> {
+/// The https instance that accepts bearer tokens (certificate: `tests/fixtures/tls`), started on first use.
+pub fn oauth() -> &'static SharedAzurite {
+    OAUTH_AZURITE.get_or_init(|| start(true).unwrap_or_else(|e| panic!("cannot start Azurite with OAuth: {e:#}")))
+}
+
+fn start(oauth: bool) -> anyhow::Result<SharedAzurite> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let bin = root.join("node_modules/.bin/azurite");
     if !bin.exists() {
@@ -45,13 +55,15 @@ fn start() -> anyhow::Result<SharedAzurite> {
             .success();
         anyhow::ensure!(ok && bin.exists(), "npm install did not install Azurite");
     }
+    let tls = root.join("tests/fixtures/tls");
     let options = AzuriteOptions {
         accounts: (0..ACCOUNTS).map(|i| (account_name(i), DEVSTORE_KEY.to_string())).collect(),
+        oauth_tls: oauth.then(|| (tls.join("localhost.pem"), tls.join("localhost.key"))),
         ..AzuriteOptions::default()
     };
     // The watchdog: run Azurite in the background with its output in a log file (a pipe would break when this
     // process exits first), and kill it once this test process is gone.
-    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-{}.log", std::process::id()));
+    let log = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-{}-{oauth}.log", std::process::id()));
     let script = r#"bin="$1"; watched="$2"; log="$3"; shift 3; "$bin" "$@" >"$log" 2>&1 & child=$!
 while kill -0 "$watched" 2>/dev/null && kill -0 "$child" 2>/dev/null; do sleep 0.5; done
 kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; rm -f "$log""#;
@@ -72,7 +84,7 @@ kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; rm -f "$log""#;
         anyhow::ensure!(std::time::Instant::now() < deadline, "Azurite did not start listening; its log: {text}");
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
-    Ok(SharedAzurite { blob_port, queue_port, next: AtomicUsize::new(0) })
+    Ok(SharedAzurite { blob_port, queue_port, oauth, next: AtomicUsize::new(0) })
 }
 
 impl SharedAzurite {
@@ -81,12 +93,14 @@ impl SharedAzurite {
         let i = self.next.fetch_add(1, Ordering::SeqCst);
         assert!(i < ACCOUNTS, "more than {ACCOUNTS} tests want an account: raise ACCOUNTS");
         let name = account_name(i);
-        let conn = StorageAccount::shared_key_connection_string(
-            &name,
-            DEVSTORE_KEY,
-            &format!("http://127.0.0.1:{}/{name}", self.blob_port),
-            &format!("http://127.0.0.1:{}/{name}", self.queue_port),
-        );
+        let (blob, queue) = self.endpoints(&name);
+        let conn = StorageAccount::shared_key_connection_string(&name, DEVSTORE_KEY, &blob, &queue);
         (name, conn)
+    }
+
+    /// The blob and queue service roots of account `name`.
+    pub fn endpoints(&self, name: &str) -> (String, String) {
+        let base = if self.oauth { "https://localhost" } else { "http://127.0.0.1" };
+        (format!("{base}:{}/{name}", self.blob_port), format!("{base}:{}/{name}", self.queue_port))
     }
 }

@@ -136,6 +136,17 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     .expect("config");
     let state = AppState::new(config).expect("state");
     let storage = state.storage.clone();
+    serve(state, storage, account, emulator).await
+}
+
+/// Serves the handler built from `state` on port 0. `storage` (a client of `account`) is what the test itself uses to
+/// look at the account; `batch-input` is created with it.
+pub async fn serve(
+    state: AppState,
+    storage: StorageClient,
+    account: StorageAccount,
+    emulator: BatchEmulator,
+) -> TestApp {
     storage.create_container("batch-input").await.expect("container");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");

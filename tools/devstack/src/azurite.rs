@@ -34,11 +34,14 @@ pub struct AzuriteOptions {
     pub ports: (u16, u16),
     /// Extra accounts as `(name, base64 key)`; when set, `devstoreaccount1` is kept as well.
     pub accounts: Vec<(String, String)>,
+    /// Serve https with this `(certificate, key)` PEM pair and accept Entra ID bearer tokens (`--oauth basic`:
+    /// Azurite checks a token's issuer, audience and lifetime, not its signature). Azurite allows OAuth only over https.
+    pub oauth_tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl Default for AzuriteOptions {
     fn default() -> Self {
-        AzuriteOptions { persistence: Persistence::InMemory, ports: (0, 0), accounts: Vec::new() }
+        AzuriteOptions { persistence: Persistence::InMemory, ports: (0, 0), accounts: Vec::new(), oauth_tls: None }
     }
 }
 
@@ -150,6 +153,10 @@ pub fn arguments(options: &AzuriteOptions) -> anyhow::Result<Vec<String>> {
     .map(|s| s.to_string())
     .collect();
     args.extend(["--blobPort".into(), options.ports.0.to_string(), "--queuePort".into(), options.ports.1.to_string()]);
+    if let Some((cert, key)) = &options.oauth_tls {
+        args.extend(["--cert".into(), cert.display().to_string(), "--key".into(), key.display().to_string()]);
+        args.extend(["--oauth".into(), "basic".into()]);
+    }
     match &options.persistence {
         Persistence::InMemory => args.push("--inMemoryPersistence".into()),
         Persistence::Folder(dir) => {

@@ -3,9 +3,13 @@
 //! with `X-IDENTITY-HEADER`, answering `{"access_token", "expires_on" (Unix seconds as a string), "resource",
 //! "token_type", "client_id"}`. It refuses a wrong header, a wrong api-version or a missing resource with a 400, as
 //! the platform does, and records every request so tests can count fetches.
+//!
+//! Tokens are unsigned JWTs with the claims Azurite's `--oauth basic` checks (issuer, audience = the resource,
+//! `iat`/`nbf`/`exp`), the same for every request for a resource so a service emulator can be told which to accept.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -31,6 +35,8 @@ struct Shared {
     header: String,
     lifetime: Duration,
     requests: Mutex<Vec<TokenRequest>>,
+    /// Issue tokens whose `exp` claim has passed (the answer's `expires_on` still says they are fresh).
+    expired: AtomicBool,
 }
 
 /// A running identity endpoint; stops when dropped.
@@ -43,7 +49,12 @@ pub struct IdentityEmulator {
 impl IdentityEmulator {
     /// Serves on `listener`, expecting `header` in `X-IDENTITY-HEADER` and issuing tokens that live `lifetime`.
     pub fn start(listener: TcpListener, header: &str, lifetime: Duration) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared { header: header.to_string(), lifetime, requests: Mutex::default() });
+        let shared = Arc::new(Shared {
+            header: header.to_string(),
+            lifetime,
+            requests: Mutex::default(),
+            expired: AtomicBool::new(false),
+        });
         let addr = listener.local_addr()?;
         let app = Router::new().route("/msi/token", get(token)).with_state(shared.clone());
         let task = tokio::spawn(async move {
@@ -62,11 +73,34 @@ impl IdentityEmulator {
         self.shared.requests.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The token issued for `resource` (the same for every request, so a service emulator can be told to accept it).
-    pub fn token_for(resource: &str) -> String {
-        let digest: u32 = resource.bytes().fold(2_166_136_261, |h, b| (h ^ u32::from(b)).wrapping_mul(16_777_619));
-        format!("eyJ0eXAiOiJKV1QifQ.mi-{digest:08x}.sig")
+    /// From now on, issue tokens that a service checking their lifetime refuses.
+    pub fn issue_expired(&self, expired: bool) {
+        self.shared.expired.store(expired, Ordering::SeqCst);
     }
+
+    /// The token issued for `resource`: the same for every request, so a service emulator can be told to accept it.
+    pub fn token_for(resource: &str) -> String {
+        jwt(resource, 4_102_444_800)
+    }
+}
+
+/// An unsigned JWT for `resource` (as its audience, without a trailing `/`) that expires at `exp`.
+fn jwt(resource: &str, exp: u64) -> String {
+    use base64::Engine;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let tenant = "72f988bf-0000-4000-8000-00000000e1d0";
+    let claims = json!({
+        "aud": resource.trim_end_matches('/'),
+        "iss": format!("https://sts.windows.net/{tenant}/"),
+        "iat": 1_735_689_600u64,
+        "nbf": 1_735_689_600u64,
+        "exp": exp,
+        "oid": "00000000-0000-4000-8000-00000000a551",
+        "tid": tenant,
+        "sub": "00000000-0000-4000-8000-00000000a551",
+        "ver": "1.0",
+    });
+    format!("{}.{}.c2lnbmF0dXJl", b64(json!({"alg": "RS256", "typ": "JWT"})), b64(claims))
 }
 
 impl Drop for IdentityEmulator {
@@ -106,7 +140,11 @@ async fn token(State(shared): State<Arc<Shared>>, uri: Uri, headers: HeaderMap) 
     answer(
         StatusCode::OK,
         json!({
-            "access_token": IdentityEmulator::token_for(&resource),
+            "access_token": if shared.expired.load(Ordering::SeqCst) {
+                jwt(&resource, 1_735_689_660)
+            } else {
+                IdentityEmulator::token_for(&resource)
+            },
             "expires_on": (now + shared.lifetime.as_secs()).to_string(),
             "resource": resource,
             "token_type": "Bearer",

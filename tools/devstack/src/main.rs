@@ -232,7 +232,7 @@ async fn up(
         let options = AzuriteOptions {
             persistence: Persistence::Folder(root.join(".devstack/azurite")),
             ports: (10000, 10001),
-            accounts: Vec::new(),
+            ..AzuriteOptions::default()
         };
         Some(
             Azurite::start(&root, &options)
