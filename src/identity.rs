@@ -3,12 +3,13 @@
 //! `X-IDENTITY-HEADER` answers `{"access_token", "expires_on", …}`.
 //!
 //! [`ManagedIdentity`] caches one `Authorization: Bearer …` value per resource and fetches a new one when the cached
-//! token is within [`REFRESH_MARGIN`] of `expires_on` (Unix seconds, sent as a string or a number). Neither the
+//! token is within [`REFRESH_MARGIN`] of `expires_on` (Unix seconds, sent as a string or a number). One fetch runs at
+//! a time: the host starts up to 24 checks at once, and the platform's token service throttles bursts. Neither the
 //! identity header nor a token ever appears in an error or a log line.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, ACCEPT};
@@ -72,12 +73,23 @@ struct Cached {
     refresh_at: u64,
 }
 
+/// A failed fetch: when, for which resource, and why.
+struct Failure {
+    at: Instant,
+    resource: String,
+    error: IdentityError,
+}
+
 /// A token source for any resource, with a per-resource cache. Cheap to clone; clones share the cache.
 #[derive(Clone)]
 pub struct ManagedIdentity {
     http: HttpClient,
     settings: IdentitySettings,
     cache: Arc<Mutex<HashMap<String, Cached>>>,
+    /// Held while fetching, so that callers who miss the cache together wait for one answer. It keeps the last
+    /// failure and when it happened, so that callers who waited for a failed fetch share its error instead of each
+    /// waiting for a fetch of their own.
+    fetching: Arc<tokio::sync::Mutex<Option<Failure>>>,
 }
 
 impl std::fmt::Debug for ManagedIdentity {
@@ -117,19 +129,40 @@ fn now_secs() -> u64 {
 
 impl ManagedIdentity {
     pub fn new(http: HttpClient, settings: IdentitySettings) -> Self {
-        ManagedIdentity { http, settings, cache: Arc::default() }
+        ManagedIdentity { http, settings, cache: Arc::default(), fetching: Arc::default() }
     }
 
-    /// `Bearer <token>` for `resource`, from the cache while the token is fresh, else from the token service.
-    /// Concurrent callers that find no fresh token may each fetch one; the last answer is kept.
+    /// `Bearer <token>` for `resource`, from the cache while the token is fresh, else from the token service. Callers
+    /// that miss the cache together wait for one fetch and share its token, or its error.
     pub async fn authorization(&self, resource: &str) -> Result<HeaderValue, IdentityError> {
-        let now = now_secs();
-        if let Some(hit) = self.lock().get(resource).filter(|c| now < c.refresh_at) {
-            return Ok(hit.authorization.clone());
+        if let Some(hit) = self.cached(resource) {
+            return Ok(hit);
         }
-        let fresh = self.fetch(resource, now).await?;
-        self.lock().insert(resource.to_string(), fresh.clone());
-        Ok(fresh.authorization)
+        let waiting_since = Instant::now();
+        let mut fetching = self.fetching.lock().await;
+        // Another caller may have fetched it, or failed to, while this one waited.
+        if let Some(hit) = self.cached(resource) {
+            return Ok(hit);
+        }
+        if let Some(failed) = fetching.as_ref().filter(|f| f.at >= waiting_since && f.resource == resource) {
+            return Err(failed.error.clone());
+        }
+        match self.fetch(resource, now_secs()).await {
+            Ok(fresh) => {
+                self.lock().insert(resource.to_string(), fresh.clone());
+                *fetching = None;
+                Ok(fresh.authorization)
+            }
+            Err(e) => {
+                *fetching = Some(Failure { at: Instant::now(), resource: resource.to_string(), error: e.clone() });
+                Err(e)
+            }
+        }
+    }
+
+    fn cached(&self, resource: &str) -> Option<HeaderValue> {
+        let now = now_secs();
+        self.lock().get(resource).filter(|c| now < c.refresh_at).map(|c| c.authorization.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {

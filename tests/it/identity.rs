@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use blob_batch_monitor::config::Config;
 use blob_batch_monitor::http_client::HttpClient;
-use blob_batch_monitor::identity::{OPENAI_RESOURCE, STORAGE_RESOURCE};
+use blob_batch_monitor::identity::{
+    IdentityError, IdentitySettings, ManagedIdentity, OPENAI_RESOURCE, STORAGE_RESOURCE,
+};
 use blob_batch_monitor::message::MONITOR_QUEUE;
 use blob_batch_monitor::records::RecordState;
 use blob_batch_monitor::storage::{Credential, MessageEncoding, StorageAccount, StorageClient};
@@ -14,6 +16,8 @@ use blob_batch_monitor::{AppState, MAX_RESPONSE_BODY};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
 use devstack::identity_emulator::{IdentityEmulator, TokenRequest};
 use reqwest::StatusCode;
+use secrecy::SecretString;
+use url::Url;
 
 use crate::helpers::{azurite, bounded, sample_jsonl, serve, spawn_app_with, wait_for, TestOptions, API_KEY};
 
@@ -162,4 +166,56 @@ async fn an_identity_based_storage_connection_reads_and_writes_azurite_with_bear
         assert!(matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)), "{e}");
     })
     .await;
+}
+
+#[tokio::test]
+async fn callers_that_miss_the_cache_together_share_one_fetch_and_its_failure() {
+    bounded(async {
+        let identity = identity_endpoint().await;
+        let source = |header: &str| {
+            ManagedIdentity::new(
+                HttpClient::new(1 << 16).expect("client"),
+                IdentitySettings {
+                    endpoint: Url::parse(&identity.endpoint()).expect("url"),
+                    header: SecretString::from(header.to_string()),
+                    client_id: None,
+                },
+            )
+        };
+        // 24 at once, as many checks as the host starts together.
+        let good = source(HEADER);
+        let tokens = join_all((0..24).map(|_| good.authorization(OPENAI_RESOURCE))).await;
+        assert!(tokens.iter().all(|t| t.is_ok()), "{tokens:?}");
+        assert_eq!(identity.requests().len(), 1, "one fetch for 24 callers");
+
+        let refused = source("wrong-header");
+        let errors = join_all((0..24).map(|_| refused.authorization(OPENAI_RESOURCE))).await;
+        assert!(errors.iter().all(|e| matches!(e, Err(IdentityError::Refused { status: 400, .. }))), "{errors:?}");
+        assert_eq!(identity.requests().len(), 2, "the waiting callers share the failed fetch's error");
+        // A later call tries again.
+        assert!(refused.authorization(OPENAI_RESOURCE).await.is_err());
+        assert_eq!(identity.requests().len(), 3);
+    })
+    .await;
+}
+
+/// Polls the futures together on this task (they borrow the test's locals, so they cannot be spawned) and returns
+/// their outputs in order.
+async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()).filter(|(_, slot)| slot.is_none()) {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                *slot = Some(v);
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }
