@@ -152,18 +152,22 @@ impl BatchClient {
         let uri = Uri::from_maybe_shared(Bytes::from(url))
             .map_err(|e| BatchError::transport(&format!("bad batch API URL: {e}")))?;
         let mut headers = HeaderMap::new();
-        match &self.auth {
+        // A token fetch counts against the call's deadline: a create must still end within the submitter's lease.
+        let timeout = match &self.auth {
             Auth::Key(key) => {
                 let key = key
                     .clone()
                     .ok_or_else(|| BatchError::transport("OPENAI_API_KEY cannot be sent as a header value"))?;
                 headers.insert("api-key", key);
+                timeout
             }
             Auth::Identity(identity) => {
+                let started = std::time::Instant::now();
                 let bearer = identity.authorization(OPENAI_RESOURCE).await.map_err(|e| BatchError::no_token(&e))?;
                 headers.insert(AUTHORIZATION, bearer);
+                timeout.saturating_sub(started.elapsed())
             }
-        }
+        };
         let body = match body {
             Some(body) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));

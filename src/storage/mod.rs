@@ -121,12 +121,16 @@ impl StorageClient {
             headers
                 .insert(AUTHORIZATION, HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?);
         }
+        // A token fetch counts against the call's deadline.
+        let mut timeout = REQUEST_TIMEOUT;
         if let Some(identity) = &self.identity {
+            let started = std::time::Instant::now();
             let bearer = identity.authorization(STORAGE_RESOURCE).await.map_err(StorageError::Identity)?;
             headers.insert(AUTHORIZATION, bearer);
+            timeout = timeout.saturating_sub(started.elapsed());
         }
         let uri = Uri::try_from(url.as_str()).map_err(|e| StorageError::Parse(format!("unusable storage URL: {e}")))?;
-        let attempt = || self.http.send(method.clone(), uri.clone(), headers.clone(), body.clone(), REQUEST_TIMEOUT);
+        let attempt = || self.http.send(method.clone(), uri.clone(), headers.clone(), body.clone(), timeout);
         // One retry when the request never got an answer: a pooled keep-alive connection that the server closed at
         // the moment it was reused fails this way. Every caller tolerates a repeated write (create-only puts answer
         // 409, duplicate messages are de-duplicated by the job record), as the Azure SDKs' own retries require too.
