@@ -16,6 +16,7 @@
 //! - [`storage`]: the Blob and Queue REST client (Shared Key, SAS or a managed identity), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
+//! - [`error_summary`]: the first failed requests of a finished job, from its error file, for the final report.
 //! - [`telemetry`]: tracing to stdout, as the host scrapes it, written once per runtime turn.
 //!
 //! `main.rs` only reads the port, builds [`AppState`] and calls [`run`]; tests call [`app`] or [`run`] on port 0.
@@ -26,6 +27,7 @@ pub mod batch_api;
 pub mod config;
 pub mod dead_letter;
 pub mod error;
+pub mod error_summary;
 pub mod functions;
 pub mod http_client;
 pub mod identity;

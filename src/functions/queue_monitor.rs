@@ -124,7 +124,8 @@ async fn check(state: &AppState, invocation_id: &str, message: MonitorMessage, t
                 r.reason = None;
             }))
             .await?;
-            Ok(report_end(&message, &batch))
+            let failures = Box::pin(crate::error_summary::first_failures(&state.storage, &batch)).await;
+            Ok(report_end(&message, &batch, failures.as_deref()))
         }
         Ok(batch) => {
             let delay = state.config.retry_delay;
@@ -192,7 +193,7 @@ async fn resubmit(
     })
     .await?;
     let Some(r) = snapshot else {
-        return Ok(report_end(message, batch));
+        return Ok(report_end(message, batch, None));
     };
     let config = &state.config;
     let delay = crate::functions::backoff(config.retry_delay, r.failures, config.backoff_cap, None);
@@ -259,7 +260,7 @@ pub fn backoff(base: Duration, failures: u32, cap: Duration, server_hint: Option
 }
 
 /// The final report of a job that reached a terminal status.
-fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
+fn report_end(message: &MonitorMessage, batch: &Batch, failures: Option<&str>) -> InvokeResponse {
     use std::fmt::Write as _;
     let counts = batch.request_counts.clone().unwrap_or_default();
     // Sized once: the line is about 250 bytes with both blob URLs, and growing it would copy it several times.
@@ -276,6 +277,9 @@ fn report_end(message: &MonitorMessage, batch: &Batch) -> InvokeResponse {
     );
     for (i, e) in batch.errors.iter().enumerate() {
         let _ = write!(line, "{}{e}", if i == 0 { "; errors: " } else { "; " });
+    }
+    if let Some(failures) = failures {
+        let _ = write!(line, "; {failures}");
     }
     let _ = write!(line, "; checks: {}", message.attempt + 1);
     // One line with every detail (the host keeps stdout lines as text; fields would repeat the line's content).

@@ -142,6 +142,24 @@ impl StorageClient {
         }
     }
 
+    /// Reads at most the first `max` bytes of a blob (`x-ms-range`); `None` if it does not exist.
+    pub async fn get_blob_head(&self, container: &str, name: &str, max: usize) -> Result<Option<Bytes>, StorageError> {
+        let url = self.blob_url(&format!("{container}/{name}"));
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ms-range", header_value(&format!("bytes=0-{}", max.max(1) - 1))?);
+        match self.send(Method::GET, url, headers, Bytes::new()).await {
+            // 206 for a part, 200 from a service that sends the whole (small) blob.
+            Ok(mut response) => {
+                response.body.truncate(max);
+                Ok(Some(response.body))
+            }
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+            // An empty blob has no byte 0.
+            Err(StorageError::Status { status: StatusCode::RANGE_NOT_SATISFIABLE, .. }) => Ok(Some(Bytes::new())),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Reads a blob given its full URL, which must lie under this account's blob endpoint.
     pub async fn get_blob_by_url(&self, url: &str) -> Result<Option<Blob>, StorageError> {
         let (container, name) = self

@@ -91,6 +91,56 @@ async fn a_completed_job_reports_its_result_blobs_and_a_failed_one_its_errors() 
 }
 
 #[tokio::test]
+async fn a_completed_job_with_failed_requests_quotes_the_first_of_them_from_its_error_file() {
+    bounded(async {
+        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
+            timings: devstack::batch_emulator::Timings::uniform(Duration::from_millis(100)),
+            ..Default::default()
+        })
+        .await;
+        // Valid lines that the service cannot answer: no `messages`. The job completes, with those requests failed.
+        let no_messages = |i: usize| {
+            format!(r#"{{"custom_id":"task-{i}","method":"POST","url":"/chat/completions","body":{{"model":"gpt-4o-batch"}}}}"#)
+        };
+        let content = format!("{}{}\n{}\n", crate::helpers::sample_jsonl(1), no_messages(1), no_messages(2));
+        let answer = app.invoke_blob("partly.jsonl", content.as_bytes()).await;
+        let message: MonitorMessage = serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("message");
+        wait_for("the job to end", Duration::from_secs(10), || async {
+            app.emulator.world.job(&message.batch_id).filter(|j| j.is_terminal())
+        })
+        .await;
+        let logs = app.invoke_queue(&message.to_json(), 1).await.logs();
+        assert!(logs.contains("ended completed: requests total=3 completed=1 failed=2"), "{logs}");
+        assert!(
+            logs.contains(
+                "first failed requests: task-1: invalid_request: `messages` is required; \
+                 task-2: invalid_request: `messages` is required"
+            ),
+            "{logs}"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_head_of_a_blob_is_read_with_a_range() {
+    bounded(async {
+        let app = spawn_app().await;
+        app.upload("ten.txt", b"0123456789").await;
+        app.upload("empty.txt", b"").await;
+        let head = |name: &'static str, max| {
+            let storage = app.storage.clone();
+            async move { storage.get_blob_head("batch-input", name, max).await.expect("read") }
+        };
+        assert_eq!(head("ten.txt", 4).await.as_deref(), Some(&b"0123"[..]));
+        assert_eq!(head("ten.txt", 100).await.as_deref(), Some(&b"0123456789"[..]));
+        assert_eq!(head("empty.txt", 100).await.as_deref(), Some(&b""[..]));
+        assert_eq!(head("missing.txt", 100).await, None);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_plain_batch_id_message_works_like_the_original_app() {
     bounded(async {
         let app = spawn_app().await;

@@ -1,0 +1,121 @@
+//! The first failed requests of a finished job, for its final report: read from the head of its `error_blob`
+//! (azure-openai-batch.md §6), because a job can end `completed` with some, or all, of its requests failed (§12,
+//! pitfall 11), and the counts alone do not say why.
+//!
+//! Best effort: the job has ended whatever this finds, so a file that cannot be read is reported as such and never
+//! fails the invocation. Only the first [`HEAD_BYTES`] are read, however large the file, and only blobs of the app's
+//! own account (the service writes them under `BATCH_OUTPUT_CONTAINER` there).
+
+use serde_json::Value;
+use tracing::warn;
+
+use crate::batch_api::Batch;
+use crate::storage::StorageClient;
+
+/// How much of the error file is read.
+pub const HEAD_BYTES: usize = 16 << 10;
+/// How many failed requests are quoted.
+pub const EXAMPLES: usize = 3;
+/// Longest message quoted per request.
+const MESSAGE_CHARS: usize = 200;
+
+/// `first failed requests: <custom_id>: <code>: <message>; …`, or a note that the error file could not be read;
+/// `None` when no request failed, the job names no error file of this account, or the file holds no readable line.
+pub async fn first_failures(storage: &StorageClient, batch: &Batch) -> Option<String> {
+    if batch.request_counts.as_ref().and_then(|c| c.failed).unwrap_or(0) == 0 {
+        return None;
+    }
+    let (container, name) = storage.split_blob_url(batch.error_blob()?)?;
+    match storage.get_blob_head(&container, &name, HEAD_BYTES).await {
+        // Azure names an error file even when it wrote none (§6).
+        Ok(None) => None,
+        Ok(Some(head)) => summarize(&head, head.len() < HEAD_BYTES),
+        Err(e) => {
+            warn!(batch_id = %batch.id, error = %e, "the job's error file could not be read");
+            Some(format!("the error file could not be read: {e}"))
+        }
+    }
+}
+
+/// The summary of the first lines of an error file; `whole` says whether `head` is the entire file (else its last,
+/// possibly cut, line is skipped).
+pub fn summarize(head: &[u8], whole: bool) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let complete = if whole { &text[..] } else { text.rsplit_once('\n').map_or("", |(lines, _)| lines) };
+    let examples: Vec<String> = complete
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|v| describe(&v))
+        .take(EXAMPLES)
+        .collect();
+    (!examples.is_empty()).then(|| format!("first failed requests: {}", examples.join("; ")))
+}
+
+/// `custom_id: code: message` of one error line. The failure is either `error` (the request was not run) or the
+/// response's `body.error` with its `status_code`.
+fn describe(line: &Value) -> String {
+    let text = |v: Option<&Value>| match v {
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(Value::Number(n)) => Some(n.to_string()),
+        _ => None,
+    };
+    let error = line.get("error").filter(|e| e.is_object());
+    let response = line.get("response").filter(|r| r.is_object());
+    let body_error = response.and_then(|r| r.pointer("/body/error"));
+    let failure = error.or(body_error);
+    let code = text(failure.and_then(|e| e.get("code")))
+        .or_else(|| text(response.and_then(|r| r.get("status_code"))))
+        .unwrap_or_else(|| "?".into());
+    let message = text(failure.and_then(|e| e.get("message"))).unwrap_or_default();
+    let message: String = message.chars().take(MESSAGE_CHARS).collect();
+    let id = text(line.get("custom_id")).unwrap_or_else(|| "?".into());
+    if message.is_empty() {
+        format!("{id}: {code}")
+    } else {
+        format!("{id}: {code}: {message}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_error_line_shapes_are_described() {
+        let head = concat!(
+            r#"{"id":"batch_req_1","custom_id":"task-1","response":null,"error":{"code":"invalid_request","message":"`messages` is required"}}"#,
+            "\n",
+            r#"{"custom_id":"task-4","response":{"status_code":400,"request_id":"r","body":{"error":{"code":"content_filter","message":"filtered"}}},"error":null}"#,
+            "\n",
+            r#"{"custom_id":"task-7","response":{"status_code":500,"body":{}},"error":null}"#,
+            "\n",
+            r#"{"custom_id":"task-9","error":{"code":"x","message":"not quoted: only three are"}}"#,
+            "\n",
+        );
+        assert_eq!(
+            summarize(head.as_bytes(), true).as_deref(),
+            Some(
+                "first failed requests: task-1: invalid_request: `messages` is required; task-4: content_filter: filtered; \
+                 task-7: 500"
+            )
+        );
+    }
+
+    #[test]
+    fn a_cut_last_line_is_skipped_and_junk_is_ignored() {
+        let head =
+            b"not json\n{\"custom_id\":\"a\",\"error\":{\"code\":\"c\",\"message\":\"m\"}}\n{\"custom_id\":\"b\",\"err";
+        assert_eq!(summarize(head, false).as_deref(), Some("first failed requests: a: c: m"));
+        // The same bytes as a whole file: the cut line is junk, and ignored too.
+        assert_eq!(summarize(head, true).as_deref(), Some("first failed requests: a: c: m"));
+        assert_eq!(summarize(b"", true), None);
+        assert_eq!(summarize(b"{\"custom_id\":\"only a part", false), None);
+    }
+
+    #[test]
+    fn long_messages_are_cut() {
+        let line = format!(r#"{{"custom_id":"a","error":{{"code":"c","message":"{}"}}}}"#, "é".repeat(500));
+        let summary = summarize(line.as_bytes(), true).expect("one");
+        assert_eq!(summary.chars().filter(|c| *c == 'é').count(), MESSAGE_CHARS);
+    }
+}
