@@ -163,7 +163,9 @@ impl BatchClient {
             }
             Auth::Identity(identity) => {
                 let started = std::time::Instant::now();
-                let bearer = identity.authorization(OPENAI_RESOURCE).await.map_err(|e| BatchError::no_token(&e))?;
+                // Boxed: a token fetch is rare, and inline it would grow every check's future.
+                let bearer =
+                    Box::pin(identity.authorization(OPENAI_RESOURCE)).await.map_err(|e| BatchError::no_token(&e))?;
                 headers.insert(AUTHORIZATION, bearer);
                 timeout.saturating_sub(started.elapsed())
             }

@@ -125,7 +125,7 @@ impl StorageClient {
         let mut timeout = REQUEST_TIMEOUT;
         if let Some(identity) = &self.identity {
             let started = std::time::Instant::now();
-            let bearer = identity.authorization(STORAGE_RESOURCE).await.map_err(StorageError::Identity)?;
+            let bearer = Box::pin(identity.authorization(STORAGE_RESOURCE)).await.map_err(StorageError::Identity)?;
             headers.insert(AUTHORIZATION, bearer);
             timeout = timeout.saturating_sub(started.elapsed());
         }
