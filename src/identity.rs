@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, ACCEPT};
+use http::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
 use http::{Method, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -158,6 +158,21 @@ impl ManagedIdentity {
                 Err(e)
             }
         }
+    }
+
+    /// Sets `Authorization: Bearer` for `resource` on `headers` and returns what is left of `timeout`: the fetch, if
+    /// one was needed, counts against the caller's deadline. Boxed, because a fetch is rare and inline it would grow
+    /// the future of every call that may make one.
+    pub async fn authorize(
+        &self,
+        resource: &str,
+        headers: &mut HeaderMap,
+        timeout: Duration,
+    ) -> Result<Duration, IdentityError> {
+        let started = Instant::now();
+        let bearer = Box::pin(self.authorization(resource)).await?;
+        headers.insert(AUTHORIZATION, bearer);
+        Ok(timeout.saturating_sub(started.elapsed()))
     }
 
     fn cached(&self, resource: &str) -> Option<HeaderValue> {

@@ -11,7 +11,7 @@ pub mod model;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Method, Uri};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
@@ -161,14 +161,10 @@ impl BatchClient {
                 headers.insert("api-key", key);
                 timeout
             }
-            Auth::Identity(identity) => {
-                let started = std::time::Instant::now();
-                // Boxed: a token fetch is rare, and inline it would grow every check's future.
-                let bearer =
-                    Box::pin(identity.authorization(OPENAI_RESOURCE)).await.map_err(|e| BatchError::no_token(&e))?;
-                headers.insert(AUTHORIZATION, bearer);
-                timeout.saturating_sub(started.elapsed())
-            }
+            Auth::Identity(identity) => identity
+                .authorize(OPENAI_RESOURCE, &mut headers, timeout)
+                .await
+                .map_err(|e| BatchError::no_token(&e))?,
         };
         let body = match body {
             Some(body) => {

@@ -121,14 +121,13 @@ impl StorageClient {
             headers
                 .insert(AUTHORIZATION, HeaderValue::from_str(&auth).map_err(|e| StorageError::Parse(e.to_string()))?);
         }
-        // A token fetch counts against the call's deadline.
-        let mut timeout = REQUEST_TIMEOUT;
-        if let Some(identity) = &self.identity {
-            let started = std::time::Instant::now();
-            let bearer = Box::pin(identity.authorization(STORAGE_RESOURCE)).await.map_err(StorageError::Identity)?;
-            headers.insert(AUTHORIZATION, bearer);
-            timeout = timeout.saturating_sub(started.elapsed());
-        }
+        let timeout = match &self.identity {
+            Some(identity) => identity
+                .authorize(STORAGE_RESOURCE, &mut headers, REQUEST_TIMEOUT)
+                .await
+                .map_err(StorageError::Identity)?,
+            None => REQUEST_TIMEOUT,
+        };
         let uri = Uri::try_from(url.as_str()).map_err(|e| StorageError::Parse(format!("unusable storage URL: {e}")))?;
         let attempt = || self.http.send(method.clone(), uri.clone(), headers.clone(), body.clone(), timeout);
         // One retry when the request never got an answer: a pooled keep-alive connection that the server closed at

@@ -66,19 +66,11 @@ async fn each_terminal_status_ends_monitoring_with_a_final_report() {
 #[tokio::test]
 async fn a_completed_job_reports_its_result_blobs_and_a_failed_one_its_errors() {
     bounded(async {
-        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
-            timings: devstack::batch_emulator::Timings::uniform(Duration::from_millis(100)),
-            ..Default::default()
-        })
-        .await;
+        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions::quick_jobs()).await;
         let good = app.create_job("good.jsonl").await;
-        let answer = app.invoke_blob("bad.jsonl", b"{\"custom_id\": \"a\", not json}\n").await;
-        let bad: MonitorMessage = serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("message");
+        let bad = app.submit("bad.jsonl", b"{\"custom_id\": \"a\", not json}\n").await;
         for id in [&good.batch_id, &bad.batch_id] {
-            wait_for("the job to end", Duration::from_secs(10), || async {
-                app.emulator.world.job(id).filter(|j| j.is_terminal())
-            })
-            .await;
+            app.wait_until_ended(id).await;
         }
         let logs = app.invoke_queue(&good.to_json(), 1).await.logs();
         let job = app.emulator.world.job(&good.batch_id).expect("job");
@@ -93,22 +85,14 @@ async fn a_completed_job_reports_its_result_blobs_and_a_failed_one_its_errors() 
 #[tokio::test]
 async fn a_completed_job_with_failed_requests_quotes_the_first_of_them_from_its_error_file() {
     bounded(async {
-        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions {
-            timings: devstack::batch_emulator::Timings::uniform(Duration::from_millis(100)),
-            ..Default::default()
-        })
-        .await;
+        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions::quick_jobs()).await;
         // Valid lines that the service cannot answer: no `messages`. The job completes, with those requests failed.
         let no_messages = |i: usize| {
             format!(r#"{{"custom_id":"task-{i}","method":"POST","url":"/chat/completions","body":{{"model":"gpt-4o-batch"}}}}"#)
         };
         let content = format!("{}{}\n{}\n", crate::helpers::sample_jsonl(1), no_messages(1), no_messages(2));
-        let answer = app.invoke_blob("partly.jsonl", content.as_bytes()).await;
-        let message: MonitorMessage = serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("message");
-        wait_for("the job to end", Duration::from_secs(10), || async {
-            app.emulator.world.job(&message.batch_id).filter(|j| j.is_terminal())
-        })
-        .await;
+        let message = app.submit("partly.jsonl", content.as_bytes()).await;
+        app.wait_until_ended(&message.batch_id).await;
         let logs = app.invoke_queue(&message.to_json(), 1).await.logs();
         assert!(logs.contains("ended completed: requests total=3 completed=1 failed=2"), "{logs}");
         assert!(

@@ -144,9 +144,7 @@ async fn a_full_token_quota_at_create_defers_with_backoff_and_never_poisons() {
 #[tokio::test]
 async fn a_job_failed_by_the_token_quota_is_submitted_again() {
     bounded(async {
-        let app =
-            spawn_app_with(TestOptions { timings: Timings::uniform(Duration::from_millis(100)), ..Default::default() })
-                .await;
+        let app = spawn_app_with(TestOptions::quick_jobs()).await;
         app.emulator.world.set_faults(Faults { token_limit_jobs: 1, ..Faults::default() });
         let first = app.create_job("requota.jsonl").await;
         wait_for("the job to fail", Duration::from_secs(10), || async {

@@ -71,6 +71,13 @@ pub struct TestOptions {
     pub identity: Option<(String, String)>,
 }
 
+impl TestOptions {
+    /// Jobs that run through every phase in 100 ms each, so tests can wait for them to end.
+    pub fn quick_jobs() -> Self {
+        TestOptions { timings: Timings::uniform(Duration::from_millis(100)), ..Self::default() }
+    }
+}
+
 impl Default for TestOptions {
     fn default() -> Self {
         TestOptions {
@@ -230,9 +237,22 @@ impl TestApp {
 
     /// Creates a job through BlobMonitor and returns the monitor message it output.
     pub async fn create_job(&self, name: &str) -> MonitorMessage {
-        let answer = self.invoke_blob(name, sample_jsonl(2).as_bytes()).await;
+        self.submit(name, sample_jsonl(2).as_bytes()).await
+    }
+
+    /// Uploads `content` as `name`, creates its job through BlobMonitor and returns the monitor message it output.
+    pub async fn submit(&self, name: &str, content: &[u8]) -> MonitorMessage {
+        let answer = self.invoke_blob(name, content).await;
         assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
         serde_json::from_value(answer.body["Outputs"]["outQueue"].clone()).expect("monitor message")
+    }
+
+    /// Waits (up to 10 s) until the emulator's job `batch_id` has a terminal status.
+    pub async fn wait_until_ended(&self, batch_id: &str) {
+        wait_for("the job to end", Duration::from_secs(10), || async {
+            self.emulator.world.job(batch_id).filter(|j| j.is_terminal())
+        })
+        .await;
     }
 
     /// The job record of `batch-input/<name>` as it is now.
