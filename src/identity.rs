@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
-use http::{Method, Uri};
+use http::Method;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
@@ -128,8 +128,9 @@ fn now_secs() -> u64 {
 }
 
 impl ManagedIdentity {
-    pub fn new(http: HttpClient, settings: IdentitySettings) -> Self {
-        ManagedIdentity { http, settings, cache: Arc::default(), fetching: Arc::default() }
+    /// Token requests go direct, whatever the proxy settings: the endpoint is a local address on App Service.
+    pub fn new(http: &HttpClient, settings: IdentitySettings) -> Self {
+        ManagedIdentity { http: http.without_proxy(), settings, cache: Arc::default(), fetching: Arc::default() }
     }
 
     /// `Bearer <token>` for `resource`, from the cache while the token is fresh, else from the token service. Callers
@@ -161,8 +162,7 @@ impl ManagedIdentity {
     }
 
     /// Sets `Authorization: Bearer` for `resource` on `headers` and returns what is left of `timeout`: the fetch, if
-    /// one was needed, counts against the caller's deadline. Boxed, because a fetch is rare and inline it would grow
-    /// the future of every call that may make one.
+    /// one was needed, counts against the caller's deadline.
     pub async fn authorize(
         &self,
         resource: &str,
@@ -170,7 +170,7 @@ impl ManagedIdentity {
         timeout: Duration,
     ) -> Result<Duration, IdentityError> {
         let started = Instant::now();
-        let bearer = Box::pin(self.authorization(resource)).await?;
+        let bearer = self.authorization(resource).await?;
         headers.insert(AUTHORIZATION, bearer);
         Ok(timeout.saturating_sub(started.elapsed()))
     }
@@ -198,8 +198,6 @@ impl ManagedIdentity {
     }
 
     async fn fetch(&self, resource: &str, now: u64) -> Result<Cached, IdentityError> {
-        let uri = Uri::try_from(self.token_url(resource).as_str())
-            .map_err(|e| IdentityError::Unreachable(format!("IDENTITY_ENDPOINT is not a usable URL: {e}")))?;
         let mut headers = HeaderMap::new();
         let mut secret = HeaderValue::from_str(self.settings.header.expose_secret())
             .map_err(|_| IdentityError::Unreachable("IDENTITY_HEADER cannot be sent as a header value".into()))?;
@@ -208,7 +206,7 @@ impl ManagedIdentity {
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         let response = self
             .http
-            .send(Method::GET, uri, headers, Bytes::new(), TIMEOUT)
+            .send(Method::GET, self.token_url(resource), headers, Bytes::new(), TIMEOUT)
             .await
             .map_err(|e| IdentityError::Unreachable(e.to_string()))?;
         if !response.status.is_success() {
@@ -256,7 +254,7 @@ mod tests {
 
     fn identity(client_id: Option<&str>) -> ManagedIdentity {
         ManagedIdentity::new(
-            HttpClient::new(1 << 16).expect("client"),
+            &HttpClient::new(1 << 16, &Default::default()).expect("client"),
             IdentitySettings {
                 endpoint: Url::parse("http://127.0.0.1:41741/msi/token").expect("url"),
                 header: SecretString::from("header-secret"),

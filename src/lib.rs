@@ -6,18 +6,15 @@
 //! ## Layout
 //! - [`functions`]: one module per function (`POST /BlobMonitor`, `POST /QueueMonitor`) plus `GET /` for readiness.
 //! - [`protocol`]: the host's invocation envelope and response, including the streaming blob-envelope reader.
-//! - [`message`]: the monitor queue's message format and batch id validation.
-//! - [`submission`]: creating a job exactly once per blob version, with deferral and recovery.
-//! - [`records`]: the job record per blob version: the submission lock and the job's visible status.
-//! - [`dead_letter`]: records of work that can never succeed, with the reason, on `monitorjobs-poison`.
+//! - [`jobs`]: the domain core: the job lifecycle (submission exactly once, checks, back-off, records, dead letters,
+//!   reports), returning an outcome that the functions turn into the host's answer.
 //! - [`batch_api`]: the Azure OpenAI Batch REST client and its error classification.
-//! - [`http_client`]: the pooled HTTP/1.1 + rustls client both of those use, doing its I/O in the calling task.
+//! - [`http_client`]: reqwest, as every outbound call uses it (TLS roots, proxies, deadlines, error classes).
 //! - [`identity`]: Entra ID tokens from the platform's managed identity, for Azure OpenAI and Storage without keys.
 //! - [`storage`]: the Blob and Queue REST client (Shared Key, SAS or a managed identity), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
-//! - [`error_summary`]: the first failed requests of a finished job, from its error file, for the final report.
-//! - [`telemetry`]: tracing to stdout, as the host scrapes it, written once per runtime turn.
+//! - [`telemetry`]: tracing to stdout, as the host scrapes it.
 //!
 //! `main.rs` only reads the port, builds [`AppState`] and calls [`run`]; tests call [`app`] or [`run`] on port 0.
 
@@ -25,17 +22,13 @@
 
 pub mod batch_api;
 pub mod config;
-pub mod dead_letter;
 pub mod error;
-pub mod error_summary;
 pub mod functions;
 pub mod http_client;
 pub mod identity;
-pub mod message;
+pub mod jobs;
 pub mod protocol;
-pub mod records;
 pub mod storage;
-pub mod submission;
 pub mod telemetry;
 
 use std::future::Future;
@@ -47,7 +40,7 @@ use tokio::net::TcpListener;
 use batch_api::BatchClient;
 use config::Config;
 use http_client::HttpClient;
-use records::RecordStore;
+use jobs::records::RecordStore;
 use storage::StorageClient;
 
 /// Largest answer the handler reads from either API: a page of 100 batch objects or a record is far smaller.
@@ -65,7 +58,8 @@ pub struct AppState {
 impl AppState {
     /// Builds the clients. One [`HttpClient`] serves both APIs, so connections are pooled per process.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        Ok(Self::with_http(config, HttpClient::new(MAX_RESPONSE_BODY)?))
+        let http = HttpClient::new(MAX_RESPONSE_BODY, &config.proxies)?;
+        Ok(Self::with_http(config, http))
     }
 
     /// The same with a given client (tests pass one that trusts their private certificate authority).

@@ -6,14 +6,14 @@ use std::process::ExitCode;
 
 use blob_batch_monitor::{config::Config, run, telemetry, AppState};
 
-/// Every build allocates through mimalloc: a check makes about 60 small allocations, and with musl's allocator (the
-/// static build that is deployed) it cost about 60 µs of CPU against 35 µs; against glibc's it saves about 6 % of a
-/// check's instructions (docs/performance.md). Built with `no_thp`: with transparent huge pages its regions raised
-/// idle memory from 3.4 MB to 9–11 MB.
+/// mimalloc rather than the system allocator: the deployed build is static musl, whose allocator is slow under the
+/// many small allocations of an invocation (docs/performance.md has the comparison). `no_thp` keeps idle memory low:
+/// with transparent huge pages its regions are reserved 2 MB at a time.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn main() -> ExitCode {
+#[tokio::main]
+async fn main() -> ExitCode {
     telemetry::init();
     let port = match port_from_env() {
         Ok(p) => p,
@@ -23,32 +23,27 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.to_string()),
     };
-    let runtime = match runtime() {
-        Ok(r) => r,
-        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    if !config.proxies.is_empty() {
+        tracing::info!(proxies = %config.proxies.describe(), "outbound proxies from the environment");
+    }
+    let state = match AppState::new(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("cannot build the HTTP clients: {e}")),
     };
-    let code = runtime.block_on(async move {
-        let state = match AppState::new(config) {
-            Ok(s) => s,
-            Err(e) => return fail(&format!("cannot build the HTTP clients: {e}")),
-        };
-        // Loopback only: the host dials 127.0.0.1, and nothing else should reach the handler.
-        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        let listener = match tokio::net::TcpListener::bind(addr).await {
-            Ok(l) => l,
-            Err(e) => return fail(&format!("cannot listen on {addr}: {e}")),
-        };
-        tracing::info!(%addr, "handler listening");
-        match run(listener, state, shutdown_signal()).await {
-            Ok(()) => {
-                tracing::info!("handler stopped");
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&format!("server error: {e}")),
+    // Loopback only: the host dials 127.0.0.1, and nothing else should reach the handler.
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => return fail(&format!("cannot listen on {addr}: {e}")),
+    };
+    tracing::info!(%addr, "handler listening");
+    match run(listener, state, shutdown_signal()).await {
+        Ok(()) => {
+            tracing::info!("handler stopped");
+            ExitCode::SUCCESS
         }
-    });
-    telemetry::flush();
-    code
+        Err(e) => fail(&format!("server error: {e}")),
+    }
 }
 
 /// The port the host chose; the legacy variable name is accepted too.
@@ -65,7 +60,6 @@ fn port_from_env() -> Result<u16, String> {
 
 /// One line on stderr (the host logs stderr at Error level), then a non-zero exit.
 fn fail(message: &str) -> ExitCode {
-    telemetry::flush();
     eprintln!("handler: error: {message}");
     ExitCode::FAILURE
 }
@@ -91,20 +85,4 @@ async fn shutdown_signal() {
         _ = term => {},
     }
     tracing::info!("shutting down: finishing in-flight invocations");
-}
-
-/// One core (a Consumption instance, or a pinned process): a current-thread runtime, which skips work-stealing and
-/// cross-thread wake-ups; more cores: the multi-threaded runtime with a worker per core. Either way, the log lines of
-/// a turn are written out when a worker is about to sleep.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if cores == 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(telemetry::flush).build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(cores)
-            .enable_all()
-            .on_thread_park(telemetry::flush)
-            .build()
-    }
 }

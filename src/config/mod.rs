@@ -11,6 +11,7 @@ use secrecy::SecretString;
 use url::Url;
 
 use crate::batch_api::ApiSurface;
+use crate::http_client::ProxySettings;
 use crate::identity::IdentitySettings;
 use crate::storage::{MessageEncoding, StorageAccount};
 
@@ -48,6 +49,8 @@ pub struct Config {
     pub records_container: String,
     /// `extensions.queues.messageEncoding` from host.json.
     pub message_encoding: MessageEncoding,
+    /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (either case): how the batch API and Storage are reached.
+    pub proxies: ProxySettings,
 }
 
 /// How the handler proves itself to Azure OpenAI (azure-openai-batch.md §2).
@@ -146,7 +149,7 @@ impl Config {
         };
         let records_container = get("BATCH_RECORDS_CONTAINER")
             .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| crate::records::DEFAULT_RECORDS_CONTAINER.into())
+            .unwrap_or_else(|| crate::jobs::records::DEFAULT_RECORDS_CONTAINER.into())
             .trim()
             .to_string();
         if !is_container_name(&records_container) {
@@ -163,6 +166,7 @@ impl Config {
                 )
             })?,
         };
+        let proxies = ProxySettings::from_lookup(&get)?;
         Ok(Config {
             openai_endpoint,
             openai_auth,
@@ -174,6 +178,7 @@ impl Config {
             storage,
             records_container,
             message_encoding,
+            proxies,
         })
     }
 }

@@ -8,6 +8,8 @@ use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE, ETAG, IF_MATCH, IF_NONE
 use http::{Method, StatusCode};
 use serde::Deserialize;
 
+use url::Url;
+
 use super::{StorageClient, StorageError};
 
 /// A precondition on a blob write.
@@ -296,9 +298,71 @@ fn meta_name(k: &str) -> Result<http::header::HeaderName, StorageError> {
         .map_err(|e| StorageError::Parse(e.to_string()))
 }
 
+/// The root URL of the storage account holding `blob_url`, without a trailing `/`.
+///
+/// The connection string's blob endpoint is the reliable answer when the URL lies under it. Otherwise: path-style
+/// URLs (an IP address or `localhost`, as Azurite uses) carry the account as the first path segment; host-style URLs
+/// (`acct.blob.core.windows.net`) have it in the host.
+pub fn account_root(blob_url: &Url, blob_endpoint: &Url) -> Url {
+    let endpoint = blob_endpoint.as_str().trim_end_matches('/');
+    if blob_url.as_str().starts_with(&format!("{endpoint}/")) {
+        if let Ok(u) = Url::parse(endpoint) {
+            return u;
+        }
+    }
+    let mut root = blob_url.clone();
+    root.set_query(None);
+    root.set_fragment(None);
+    let host = blob_url.host_str().unwrap_or("");
+    let path_style =
+        host.eq_ignore_ascii_case("localhost") || blob_url.host().is_some_and(|h| !matches!(h, url::Host::Domain(_)));
+    let first = blob_url.path_segments().and_then(|mut s| s.next()).unwrap_or("");
+    root.set_path(if path_style { first } else { "" });
+    root
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn root(blob: &str, endpoint: &str) -> String {
+        let u = account_root(&Url::parse(blob).expect("blob"), &Url::parse(endpoint).expect("endpoint"));
+        u.as_str().trim_end_matches('/').to_string()
+    }
+
+    #[test]
+    fn output_folder_roots() {
+        // Host-style, under the configured endpoint or not.
+        assert_eq!(
+            root("https://acct.blob.core.windows.net/batch-input/job1.jsonl", "https://acct.blob.core.windows.net"),
+            "https://acct.blob.core.windows.net"
+        );
+        assert_eq!(
+            root("https://other.blob.core.windows.net/batch-input/a/b.jsonl", "https://acct.blob.core.windows.net"),
+            "https://other.blob.core.windows.net"
+        );
+        // Path-style Azurite: the account is the first segment.
+        assert_eq!(
+            root(
+                "http://127.0.0.1:10000/devstoreaccount1/batch-input/job1.jsonl",
+                "http://127.0.0.1:10000/devstoreaccount1"
+            ),
+            "http://127.0.0.1:10000/devstoreaccount1"
+        );
+        assert_eq!(
+            root("http://127.0.0.1:45729/t01/batch-input/dir/x.jsonl", "http://127.0.0.1:10000/devstoreaccount1"),
+            "http://127.0.0.1:45729/t01"
+        );
+        assert_eq!(
+            root("http://localhost:10000/devstoreaccount1/batch-input/x", "https://acct.blob.core.windows.net"),
+            "http://localhost:10000/devstoreaccount1"
+        );
+        // A custom host under a path-style endpoint (e.g. Azurite behind a name) is recognised by the endpoint.
+        assert_eq!(
+            root("http://azurite:10000/devstoreaccount1/batch-input/x", "http://azurite:10000/devstoreaccount1/"),
+            "http://azurite:10000/devstoreaccount1"
+        );
+    }
 
     #[test]
     fn parses_listing_with_metadata_and_empty_marker() {

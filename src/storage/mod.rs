@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, AUTHORIZATION, CONTENT_LENGTH};
-use http::{Method, StatusCode, Uri};
+use http::{Method, StatusCode};
 use url::Url;
 
 use crate::http_client::{HttpClient, Response, TransportError};
@@ -76,7 +76,7 @@ impl StorageClient {
     /// Wraps the shared client (connection pools are per client, so share one per process).
     pub fn new(http: HttpClient, account: StorageAccount) -> Self {
         let identity = match &account.credential {
-            Credential::ManagedIdentity(settings) => Some(ManagedIdentity::new(http.clone(), settings.clone())),
+            Credential::ManagedIdentity(settings) => Some(ManagedIdentity::new(&http, settings.clone())),
             _ => None,
         };
         StorageClient { http, account, identity }
@@ -128,11 +128,10 @@ impl StorageClient {
                 .map_err(StorageError::Identity)?,
             None => REQUEST_TIMEOUT,
         };
-        let uri = Uri::try_from(url.as_str()).map_err(|e| StorageError::Parse(format!("unusable storage URL: {e}")))?;
-        let attempt = || self.http.send(method.clone(), uri.clone(), headers.clone(), body.clone(), timeout);
-        // One retry when the request never got an answer: a pooled keep-alive connection that the server closed at
-        // the moment it was reused fails this way. Every caller tolerates a repeated write (create-only puts answer
-        // 409, duplicate messages are de-duplicated by the job record), as the Azure SDKs' own retries require too.
+        let attempt = || self.http.send(method.clone(), url.clone(), headers.clone(), body.clone(), timeout);
+        // One retry when the request never got an answer (refused, reset, closed before the answer began). Every
+        // caller tolerates a repeated write (create-only puts answer 409, duplicate messages are de-duplicated by the
+        // job record), as the Azure SDKs' own retries require too.
         let response = match attempt().await {
             Err(e) if e.before_answer() => {
                 tracing::debug!(error = %e, "storage request failed before an answer; retrying once");

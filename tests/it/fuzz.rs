@@ -9,7 +9,7 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use blob_batch_monitor::batch_api::Batch;
-use blob_batch_monitor::message::{parse_work, validate_batch_id, Work};
+use blob_batch_monitor::jobs::message::{parse_work, validate_batch_id, Work};
 use blob_batch_monitor::protocol::blob_envelope::ElidingReader;
 use blob_batch_monitor::protocol::InvokeRequest;
 use blob_batch_monitor::storage::StorageAccount;
@@ -117,7 +117,7 @@ fn accept_work(text: &str) {
             assert!(validate_batch_id(&m.batch_id).is_ok() && !m.batch_id.contains(['/', '?', '#', ' ']))
         }
         Ok(Work::Submit(m)) => assert!(m.submit.starts_with("http://127.0.0.1:10000/devstoreaccount1/")),
-        Err(reason) => assert!(!reason.is_empty()),
+        Err(reason) => assert!(!reason.to_string().is_empty()),
     }
 }
 

@@ -9,8 +9,8 @@ use blob_batch_monitor::http_client::HttpClient;
 use blob_batch_monitor::identity::{
     IdentityError, IdentitySettings, ManagedIdentity, OPENAI_RESOURCE, STORAGE_RESOURCE,
 };
-use blob_batch_monitor::message::MONITOR_QUEUE;
-use blob_batch_monitor::records::RecordState;
+use blob_batch_monitor::jobs::message::MONITOR_QUEUE;
+use blob_batch_monitor::jobs::records::RecordState;
 use blob_batch_monitor::storage::{Credential, MessageEncoding, StorageAccount, StorageClient};
 use blob_batch_monitor::{AppState, MAX_RESPONSE_BODY};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
@@ -95,11 +95,8 @@ async fn a_refused_token_defers_the_submission_with_the_reason_and_never_shows_a
 
 /// A client that trusts the test certificate authority that signed the https Azurite's certificate.
 fn trusting_client() -> HttpClient {
-    use rustls::pki_types::pem::PemObject;
-    let ca = rustls::pki_types::CertificateDer::from_pem_slice(include_bytes!("../fixtures/tls/ca.pem")).expect("ca");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca).expect("root");
-    HttpClient::with_roots(MAX_RESPONSE_BODY, roots).expect("client")
+    let ca = include_bytes!("../fixtures/tls/ca.pem");
+    HttpClient::with_extra_root(MAX_RESPONSE_BODY, &Default::default(), ca).expect("client")
 }
 
 #[tokio::test]
@@ -174,7 +171,7 @@ async fn callers_that_miss_the_cache_together_share_one_fetch_and_its_failure() 
         let identity = identity_endpoint().await;
         let source = |header: &str| {
             ManagedIdentity::new(
-                HttpClient::new(1 << 16).expect("client"),
+                &HttpClient::new(1 << 16, &Default::default()).expect("client"),
                 IdentitySettings {
                     endpoint: Url::parse(&identity.endpoint()).expect("url"),
                     header: SecretString::from(header.to_string()),

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use blob_batch_monitor::message::{MonitorMessage, MONITOR_QUEUE, POISON_QUEUE};
+use blob_batch_monitor::jobs::message::{MonitorMessage, MONITOR_QUEUE, POISON_QUEUE};
 use devstack::batch_emulator::Faults;
 use reqwest::StatusCode;
 use serde_json::Value;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use blob_batch_monitor::config::Config;
 use blob_batch_monitor::identity::OPENAI_RESOURCE;
-use blob_batch_monitor::message::MonitorMessage;
+use blob_batch_monitor::jobs::message::MonitorMessage;
 use blob_batch_monitor::storage::blob::Condition;
 use blob_batch_monitor::storage::{MessageEncoding, StorageAccount, StorageClient};
 use blob_batch_monitor::AppState;
@@ -256,7 +256,7 @@ impl TestApp {
     }
 
     /// The job record of `batch-input/<name>` as it is now.
-    pub async fn record(&self, name: &str) -> Option<blob_batch_monitor::records::JobRecord> {
+    pub async fn record(&self, name: &str) -> Option<blob_batch_monitor::jobs::records::JobRecord> {
         let items = self.storage.list_all_blobs("batch-records", Some(&format!("batch-input/{name}/"))).await.ok()?;
         let item = items.last()?;
         let blob = self.storage.get_blob("batch-records", &item.name).await.ok()??;

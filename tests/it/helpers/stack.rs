@@ -61,7 +61,8 @@ impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
         let conn = options.connection.clone().unwrap_or_else(|| azurite::shared().fresh_account().1);
         let account = StorageAccount::parse(&conn).expect("conn");
-        let storage = StorageClient::new(HttpClient::new(1 << 30).expect("client"), account.clone());
+        let storage =
+            StorageClient::new(HttpClient::new(1 << 30, &Default::default()).expect("client"), account.clone());
         storage.create_container("batch-input").await.expect("container");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let emulator = BatchEmulator::start(listener, EmulatorConfig::new(API_KEY, vec![account], options.timings))
@@ -128,7 +129,7 @@ impl Stack {
     }
 
     /// The job records, parsed.
-    pub async fn records(&self) -> Vec<blob_batch_monitor::records::JobRecord> {
+    pub async fn records(&self) -> Vec<blob_batch_monitor::jobs::records::JobRecord> {
         let mut out = Vec::new();
         for item in self.storage.list_all_blobs("batch-records", None).await.unwrap_or_default() {
             if let Ok(Some(b)) = self.storage.get_blob("batch-records", &item.name).await {

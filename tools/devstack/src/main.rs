@@ -178,7 +178,10 @@ struct Connection {
 
 /// A storage client for a connection string.
 fn storage(connection: &str) -> anyhow::Result<StorageClient> {
-    Ok(StorageClient::new(HttpClient::new(devstack::TOOL_BODY_LIMIT)?, StorageAccount::parse(connection)?))
+    Ok(StorageClient::new(
+        HttpClient::new(devstack::TOOL_BODY_LIMIT, &Default::default())?,
+        StorageAccount::parse(connection)?,
+    ))
 }
 
 /// Ctrl-C or SIGTERM.
@@ -242,7 +245,7 @@ async fn up(
     };
     let storage_conn = "UseDevelopmentStorage=true";
     let account = StorageAccount::parse(storage_conn)?;
-    let storage = StorageClient::new(HttpClient::new(devstack::TOOL_BODY_LIMIT)?, account.clone());
+    let storage = StorageClient::new(HttpClient::new(devstack::TOOL_BODY_LIMIT, &Default::default())?, account.clone());
     for c in ["batch-input", "batch-output"] {
         storage.create_container(c).await.with_context(|| format!("creating container {c}"))?;
     }

@@ -241,7 +241,7 @@ pub struct BatchEmulator {
 impl BatchEmulator {
     /// Serves the emulator on `listener` (bind port 0 in tests).
     pub fn start(listener: TcpListener, config: EmulatorConfig) -> anyhow::Result<Self> {
-        let http = HttpClient::new(crate::TOOL_BODY_LIMIT)?;
+        let http = HttpClient::new(crate::TOOL_BODY_LIMIT, &Default::default())?;
         let storage = config.accounts.iter().map(|a| StorageClient::new(http.clone(), a.clone())).collect();
         let world = Arc::new(World {
             config: Mutex::new(config),

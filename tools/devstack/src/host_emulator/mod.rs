@@ -152,7 +152,7 @@ impl FunctionsHost {
     /// Loads the app, starts the handler and the trigger listeners.
     pub async fn start(options: HostOptions) -> anyhow::Result<Self> {
         let app = App::load(&options.app_root)?;
-        let http = HttpClient::new(crate::TOOL_BODY_LIMIT)?;
+        let http = HttpClient::new(crate::TOOL_BODY_LIMIT, &Default::default())?;
         let mut accounts = HashMap::new();
         for (k, v) in &options.settings {
             if let Ok(a) = StorageAccount::parse(v) {

@@ -97,7 +97,18 @@ pub struct RecordStore {
 }
 
 /// A record as read, with the ETag to update it under.
-pub type Versioned = (JobRecord, String);
+#[derive(Clone, Debug, PartialEq)]
+pub struct Versioned {
+    pub record: JobRecord,
+    pub etag: String,
+}
+
+/// A record as read, and whether a submitter holds its lease (only the submitter may write it then).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LeasedRecord {
+    pub versioned: Versioned,
+    pub leased: bool,
+}
 
 impl RecordStore {
     pub fn new(storage: StorageClient, container: String) -> Self {
@@ -120,14 +131,16 @@ impl RecordStore {
 
     /// Reads a record; `None` if there is none (or it is unreadable, which is logged).
     pub async fn read(&self, key: &str) -> Result<Option<Versioned>, StorageError> {
-        Ok(self.read_with_lease(key).await?.map(|(record, _)| record))
+        Ok(self.read_with_lease(key).await?.map(|r| r.versioned))
     }
 
     /// [`Self::read`], and whether a submitter holds the record's lease (only it may write the record then).
-    pub async fn read_with_lease(&self, key: &str) -> Result<Option<(Versioned, bool)>, StorageError> {
+    pub async fn read_with_lease(&self, key: &str) -> Result<Option<LeasedRecord>, StorageError> {
         let Some(blob) = self.storage.get_blob(&self.container, key).await? else { return Ok(None) };
         match serde_json::from_slice::<JobRecord>(&blob.content) {
-            Ok(r) => Ok(Some(((r, blob.etag), blob.leased))),
+            Ok(record) => {
+                Ok(Some(LeasedRecord { versioned: Versioned { record, etag: blob.etag }, leased: blob.leased }))
+            }
             Err(e) => {
                 tracing::warn!(record = key, error = %e, "unreadable job record; ignoring it");
                 Ok(None)
@@ -166,7 +179,7 @@ impl RecordStore {
                 Some(v) => Some(v),
                 None => self.read(key).await?,
             };
-            let Some((mut record, etag)) = current else { return Ok(None) };
+            let Some(Versioned { mut record, etag }) = current else { return Ok(None) };
             if !change(&mut record) {
                 return Ok(Some(record));
             }

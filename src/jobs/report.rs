@@ -1,4 +1,5 @@
-//! The first failed requests of a finished job, for its final report: read from the head of its `error_blob`
+//! The final report of a job that reached a terminal status: one line with its status, request counts, result and
+//! error blobs, errors, and the first failed requests of the job: read from the head of its `error_blob`
 //! (azure-openai-batch.md §6), because a job can end `completed` with some, or all, of its requests failed (§12,
 //! pitfall 11), and the counts alone do not say why.
 //!
@@ -9,8 +10,10 @@
 use serde_json::Value;
 use tracing::warn;
 
-use crate::batch_api::Batch;
+use crate::batch_api::{Batch, BatchStatus};
 use crate::storage::StorageClient;
+
+use super::message::MonitorMessage;
 
 /// How much of the error file is read.
 pub const HEAD_BYTES: usize = 16 << 10;
@@ -74,6 +77,31 @@ fn describe(line: &Value) -> String {
     } else {
         format!("{id}: {code}: {message}")
     }
+}
+
+/// The final report line of `batch`, checked by `message`, with `failures` from [`first_failures`]; and whether the
+/// job ended clean (completed with no failed request), which decides the line's log level.
+pub fn final_report(message: &MonitorMessage, batch: &Batch, failures: Option<&str>) -> (String, bool) {
+    let counts = batch.request_counts.clone().unwrap_or_default();
+    let mut line = format!(
+        "batch {} for {} ended {}: requests {counts}; output_blob={}; error_blob={}",
+        batch.id,
+        message.blob_or_dash(),
+        batch.status,
+        batch.output_blob().unwrap_or("none"),
+        batch.error_blob().unwrap_or("none"),
+    );
+    for (i, e) in batch.errors.iter().enumerate() {
+        line.push_str(if i == 0 { "; errors: " } else { "; " });
+        line.push_str(&e.to_string());
+    }
+    if let Some(failures) = failures {
+        line.push_str("; ");
+        line.push_str(failures);
+    }
+    line.push_str(&format!("; checks: {}", message.attempt + 1));
+    let clean = batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0;
+    (line, clean)
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Creating the batch job for a blob version exactly once, however often the trigger fires.
 //!
-//! The job record ([`crate::records`]) is created with `If-None-Match: *`; whoever then holds its lease may create
+//! The job record ([`crate::jobs::records`]) is created with `If-None-Match: *`; whoever then holds its lease may create
 //! the job, and counts the attempt in the record *before* calling the API. A later attempt that finds an earlier one
 //! recorded (a crash between the API's answer and the invocation's end) first looks for the job the API already has
 //! for that `input_blob` and adopts it. Creation that has to wait (quota full, throttled, service down, key refused)
@@ -11,31 +11,27 @@ use std::time::Duration;
 
 use tracing::{error, info, warn};
 
-use crate::batch_api::{Batch, BatchError, CreateBatch, ErrorKind, OutputFolder};
-use crate::dead_letter::{dead_letter, now, DeadLetter};
-use crate::error::FunctionError;
-use crate::functions::backoff;
-use crate::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
-use crate::records::{unix_now, JobRecord, RecordState, RecordStore};
-use crate::storage::blob::Condition;
+use crate::batch_api::{Batch, BatchError, CreateBatch, OutputFolder};
+use crate::storage::blob::{account_root, Condition};
 use crate::AppState;
+
+use super::dead_letter::{self, DeadLetter};
+use super::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
+use super::policy::{self, AfterRefusal, Policy, Settled};
+use super::records::{unix_now, JobRecord, RecordState, RecordStore};
+use super::{Outcome, RetryNow};
 
 /// The only completion window blob mode accepts.
 const COMPLETION_WINDOW: &str = "24h";
 /// The endpoint sent on create; the service reads the file to choose between chat completions and responses.
 const BATCH_ENDPOINT: &str = "/chat/completions";
-/// BlobMonitor lets the host retry a transiently failed create this many times before deferring through the queue
-/// (the host's blob retries are immediate: five of them would not outlast a one-minute outage).
-const HOST_RETRY_ATTEMPTS: u32 = 2;
 /// How far back to look for a job an interrupted attempt may have created.
 const RECOVERY_SLACK_SECS: u64 = 300;
 /// Pages of 100 jobs to search when recovering.
 const RECOVERY_PAGES: usize = 10;
 /// How long to wait before looking again at a submission another invocation holds (its lease lasts at most
-/// [`crate::records::SUBMIT_LEASE_SECS`]; looking again costs one record read).
+/// [`crate::jobs::records::SUBMIT_LEASE_SECS`]; looking again costs one record read).
 const LEASE_HELD_DELAY: Duration = Duration::from_secs(10);
-/// Shortest deferral after a 401/403: long enough for an operator to fix a key or a role.
-pub const UNAUTHORIZED_MIN_DELAY: Duration = Duration::from_secs(300);
 
 /// One submission.
 pub struct Submission<'a> {
@@ -52,23 +48,12 @@ pub struct Submission<'a> {
     pub host_retries: bool,
 }
 
-/// What the caller does next.
-#[derive(Debug)]
-pub enum Submitted {
-    /// A job exists; start monitoring it with this message. `created`: this call created it (or adopted the job
-    /// of an interrupted attempt); otherwise an earlier invocation did, and monitoring is (re)started in case that
-    /// invocation's output was lost (duplicate checks are dropped by QueueMonitor).
-    Monitor { message: MonitorMessage, created: bool },
-    /// Nothing more to do; the line says why (already submitted, deferred, dead-lettered).
-    Done(String),
-}
-
-fn unavailable(e: impl Into<anyhow::Error>, what: &'static str) -> FunctionError {
-    FunctionError::unavailable(e.into().context(what))
+fn unavailable(e: impl Into<anyhow::Error>, doing: &'static str) -> RetryNow {
+    RetryNow::because(e, doing)
 }
 
 /// Creates (or finds) the job for a blob version. See the module docs.
-pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Submitted, FunctionError> {
+pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
     let key = RecordStore::key(s.blob, s.etag);
     let fresh = JobRecord {
         blob: s.blob.to_string(),
@@ -87,46 +72,26 @@ pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Submitted, F
         // Another invocation is creating this job now, or died doing so less than a lease ago: look again later.
         let delay = LEASE_HELD_DELAY;
         defer_message(state, s, delay).await?;
-        let line =
-            format!("{} is being submitted by another invocation; checking again in {} s", s.blob, delay.as_secs());
-        info!(blob = %s.blob, "{line}");
-        return Ok(Submitted::Done(line));
+        let reason = format!("{} is being submitted by another invocation", s.blob);
+        info!(blob = %s.blob, "{reason}; looking again in {} s", delay.as_secs());
+        return Ok(Outcome::Deferred { after: delay, reason });
     };
     let result = locked(state, s, &key, &lease).await;
     state.records.release(&key, &lease).await;
     result
 }
 
-/// Reads the record: `Err(done)` if it shows the blob version settled, `Ok(record)` to go on.
-async fn read(
-    state: &AppState,
-    key: &str,
-    s: &Submission<'_>,
-) -> Result<Result<Option<JobRecord>, Submitted>, FunctionError> {
-    let record = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?.map(|(r, _)| r);
-    Ok(match record.as_ref().and_then(|r| settled(r, s)) {
-        Some(done) => Err(done),
+/// Reads the record: `Err(outcome)` if it shows the blob version settled, `Ok(record)` to go on.
+async fn read(state: &AppState, key: &str, s: &Submission<'_>) -> Result<Result<Option<JobRecord>, Outcome>, RetryNow> {
+    let record = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?.map(|v| v.record);
+    Ok(match record.as_ref().and_then(policy::settled) {
+        Some(Settled::Restart { batch_id }) => {
+            info!(blob = %s.blob, batch_id = %batch_id, "the job already exists; (re)starting its monitoring");
+            Err(Outcome::HandOver { message: monitor_message(&batch_id, s), created: false })
+        }
+        Some(Settled::Done { reason }) => Err(Outcome::Nothing { reason }),
         None => Ok(record),
     })
-}
-
-/// What to do when the record shows the blob version settled (job known, or dead-lettered).
-fn settled(record: &JobRecord, s: &Submission<'_>) -> Option<Submitted> {
-    match (&record.batch_id, record.state) {
-        // Monitoring may never have started if the invocation that created the job died before answering: start it
-        // again. Duplicate first checks are dropped by QueueMonitor through the record's `checks`.
-        (Some(id), RecordState::Submitted) if record.checks == 0 => {
-            info!(blob = %s.blob, batch_id = %id, "the job already exists; (re)starting its monitoring");
-            Some(Submitted::Monitor { message: monitor_message(id, s), created: false })
-        }
-        (Some(id), st) => Some(Submitted::Done(format!("{} already has batch {id} ({st:?}); nothing to do", s.blob))),
-        (None, RecordState::DeadLettered) => Some(Submitted::Done(format!(
-            "{} was dead-lettered earlier: {}",
-            s.blob,
-            record.reason.as_deref().unwrap_or("-")
-        ))),
-        (None, _) => None,
-    }
 }
 
 fn monitor_message(batch_id: &str, s: &Submission<'_>) -> MonitorMessage {
@@ -137,11 +102,11 @@ fn monitor_message(batch_id: &str, s: &Submission<'_>) -> MonitorMessage {
 }
 
 /// The submission proper, under the record's lease.
-async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) -> Result<Submitted, FunctionError> {
+async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) -> Result<Outcome, RetryNow> {
     let mut record = match read(state, key, s).await? {
         Err(done) => return Ok(done),
         Ok(Some(r)) => r,
-        Ok(None) => return Err(FunctionError::unavailable(anyhow::anyhow!("the job record {key} disappeared"))),
+        Ok(None) => return Err(RetryNow(anyhow::anyhow!("the job record {key} disappeared"))),
     };
     let held = Held { state, key, lease };
 
@@ -154,7 +119,7 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
                 record.state = RecordState::Submitted;
                 record.observe(&batch);
                 held.write(&record).await?;
-                return Ok(Submitted::Monitor { message: monitor_message(&batch.id, s), created: true });
+                return Ok(Outcome::HandOver { message: monitor_message(&batch.id, s), created: true });
             }
             Ok(None) => {}
             // Not knowing whether the job exists, creating one could duplicate it: wait like a failed create.
@@ -166,10 +131,8 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
     record.state = RecordState::Submitting;
     held.write(&record).await?;
 
-    let root = crate::functions::account_root(
-        &url::Url::parse(s.blob_url).map_err(FunctionError::bad_envelope)?,
-        &state.config.storage.blob_endpoint,
-    );
+    let blob_url = url::Url::parse(s.blob_url).map_err(|e| unavailable(e, "reading the blob URL"))?;
+    let root = account_root(&blob_url, &state.config.storage.blob_endpoint);
     let output_folder = format!("{}/{}", root.as_str().trim_end_matches('/'), state.config.output_container);
     info!(blob = %s.blob, attempt = record.submit_attempts, output_folder = %output_folder, "creating the batch job");
     let request = CreateBatch {
@@ -189,7 +152,7 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
             record.observe(&batch);
             // If this write fails, the retry finds the job through the API (attempts > 0) instead of creating another.
             held.write(&record).await?;
-            Ok(Submitted::Monitor { message: monitor_message(&batch.id, s), created: true })
+            Ok(Outcome::HandOver { message: monitor_message(&batch.id, s), created: true })
         }
         Err(e) => refused(&held, s, record, e).await,
     }
@@ -203,7 +166,7 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
-    async fn write(&self, record: &JobRecord) -> Result<(), FunctionError> {
+    async fn write(&self, record: &JobRecord) -> Result<(), RetryNow> {
         self.state
             .records
             .put(self.key, record, Condition::Lease(self.lease.to_string()))
@@ -213,67 +176,51 @@ impl Held<'_> {
     }
 }
 
-/// A failed create: let the host retry, defer, or dead-letter.
+/// A failed create: let the host retry, defer, or dead-letter ([`policy::after_refusal`]).
 async fn refused(
     held: &Held<'_>,
     s: &Submission<'_>,
     mut record: JobRecord,
     e: BatchError,
-) -> Result<Submitted, FunctionError> {
+) -> Result<Outcome, RetryNow> {
     let state = held.state;
-    let kind = e.kind();
-    let config = &state.config;
     record.failures += 1;
     record.reason = Some(e.to_string());
-    let give_up = match kind {
-        ErrorKind::Permanent | ErrorKind::NotFound => true,
-        // The quota frees up as other jobs end: never give up on it.
-        ErrorKind::TokenLimit => false,
-        _ => record.failures >= config.max_check_failures,
-    };
-    if give_up {
-        error!(blob = %s.blob, status = e.status.map(|s| s.as_u16()), code = %e.code.as_deref().unwrap_or("-"), message = %e.message,
-            "the batch API refused the job; dead-lettering the blob");
-        record.state = RecordState::DeadLettered;
-        held.write(&record).await?;
-        let reason = format!("the batch API refused to create a job: {e}");
-        dead_letter(
-            state,
-            DeadLetter {
-                function: s.function,
-                reason: &reason,
+    let status = e.status.map(|s| s.as_u16());
+    let code = e.code.as_deref().unwrap_or("-");
+    match policy::after_refusal(&Policy::of(&state.config), record.failures, &e, s.host_retries) {
+        AfterRefusal::DeadLetter => {
+            error!(blob = %s.blob, status, code = %code, message = %e.message, "the batch API refused the job; dead-lettering the blob");
+            record.state = RecordState::DeadLettered;
+            held.write(&record).await?;
+            let reason = format!("the batch API refused to create a job: {e}");
+            let letter = DeadLetter {
                 code: e.code.as_deref(),
-                batch_id: None,
                 blob: Some(s.blob_url),
-                message: None,
-                invocation_id: s.invocation_id,
-                at: now(),
-            },
-        )
-        .await
-        .map_err(|e| unavailable(e, "dead-lettering the blob"))?;
-        return Ok(Submitted::Done(format!("no batch job for {}: {reason}", s.blob)));
+                ..DeadLetter::new(s.function, &reason, s.invocation_id)
+            };
+            dead_letter::put(state, letter).await.map_err(|e| unavailable(e, "dead-lettering the blob"))?;
+            Ok(Outcome::DeadLettered { reason: format!("no batch job for {}: {reason}", s.blob) })
+        }
+        AfterRefusal::HostRetry => {
+            warn!(blob = %s.blob, error = %e, "the job was not created (transient); failing so the host retries");
+            record.state = RecordState::Submitting;
+            held.write(&record).await?;
+            Err(RetryNow::because(e, "creating the batch job"))
+        }
+        AfterRefusal::Defer { after } => {
+            warn!(blob = %s.blob, status, code = %code, message = %e.message, retry_in_secs = after.as_secs(),
+                "the job could not be created now; deferring the submission");
+            record.state = RecordState::Deferred;
+            held.write(&record).await?;
+            defer_message(state, s, after).await?;
+            Ok(Outcome::Deferred { after, reason: format!("creating the job for {} is deferred: {e}", s.blob) })
+        }
     }
-    if kind == ErrorKind::Transient && s.host_retries && record.failures <= HOST_RETRY_ATTEMPTS {
-        warn!(blob = %s.blob, error = %e, "the job was not created (transient); failing so the host retries");
-        record.state = RecordState::Submitting;
-        held.write(&record).await?;
-        return Err(FunctionError::unavailable(e));
-    }
-    let mut delay = backoff(config.retry_delay, record.failures, config.backoff_cap, e.retry_after);
-    if kind == ErrorKind::Unauthorized {
-        delay = delay.max(UNAUTHORIZED_MIN_DELAY);
-    }
-    warn!(blob = %s.blob, status = e.status.map(|s| s.as_u16()), code = %e.code.as_deref().unwrap_or("-"), message = %e.message,
-        retry_in_secs = delay.as_secs(), "the job could not be created now; deferring the submission");
-    record.state = RecordState::Deferred;
-    held.write(&record).await?;
-    defer_message(state, s, delay).await?;
-    Ok(Submitted::Done(format!("creating the job for {} is deferred by {} s: {e}", s.blob, delay.as_secs())))
 }
 
 /// Puts the delayed `submit` message.
-pub async fn defer_message(state: &AppState, s: &Submission<'_>, delay: Duration) -> Result<(), FunctionError> {
+pub async fn defer_message(state: &AppState, s: &Submission<'_>, delay: Duration) -> Result<(), RetryNow> {
     let m = SubmitMessage {
         submit: s.blob_url.to_string(),
         blob: s.blob.to_string(),

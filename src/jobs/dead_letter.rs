@@ -4,7 +4,7 @@
 use serde::Serialize;
 use std::time::Duration;
 
-use crate::message::POISON_QUEUE;
+use super::message::POISON_QUEUE;
 use crate::storage::StorageError;
 use crate::AppState;
 
@@ -32,11 +32,27 @@ pub struct DeadLetter<'a> {
     pub at: String,
 }
 
+impl<'a> DeadLetter<'a> {
+    /// A record of `function` giving up, with `reason`, now; the optional fields are set with struct update syntax.
+    pub fn new(function: &'a str, reason: &'a str, invocation_id: &'a str) -> Self {
+        DeadLetter {
+            function,
+            reason,
+            code: None,
+            batch_id: None,
+            blob: None,
+            message: None,
+            invocation_id,
+            at: httpdate::fmt_http_date(std::time::SystemTime::now()),
+        }
+    }
+}
+
 /// Longest original message text kept in a record (the whole record must fit a 64 KiB queue message).
 const MAX_MESSAGE_KEPT: usize = 32 * 1024;
 
 /// Puts the record on the poison queue. Failing to do so fails the invocation, so the host retries it.
-pub async fn dead_letter(state: &AppState, mut record: DeadLetter<'_>) -> Result<(), StorageError> {
+pub async fn put(state: &AppState, mut record: DeadLetter<'_>) -> Result<(), StorageError> {
     if let Some(m) = record.message {
         if m.len() > MAX_MESSAGE_KEPT {
             let cut = (0..=MAX_MESSAGE_KEPT).rev().find(|i| m.is_char_boundary(*i)).unwrap_or(0);
@@ -47,9 +63,4 @@ pub async fn dead_letter(state: &AppState, mut record: DeadLetter<'_>) -> Result
     state.storage.put_message(POISON_QUEUE, &json, state.config.message_encoding, Duration::ZERO).await?;
     tracing::warn!(queue = POISON_QUEUE, reason = %record.reason, "dead-lettered");
     Ok(())
-}
-
-/// The current time for records.
-pub fn now() -> String {
-    httpdate::fmt_http_date(std::time::SystemTime::now())
 }

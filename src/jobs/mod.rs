@@ -1,0 +1,176 @@
+//! The job lifecycle, from a new blob version to its job's terminal status: submission exactly once, status checks,
+//! back-off, job records, dead letters and the final report. Functions call [`new_blob`] and [`handle_message`] and
+//! turn the [`Outcome`] into the host's response; nothing here knows about envelopes or HTTP responses.
+//!
+//! - [`policy`]: the pure decisions (what follows a check or a refused create, back-off, superseded checks).
+//! - [`submit`]: creating the job for a blob version exactly once, with deferral and recovery.
+//! - [`check`]: one status check and what follows it.
+//! - [`records`]: the job record per blob version: the submission lock and the job's visible status.
+//! - [`message`]: the monitor queue's messages and batch id validation.
+//! - [`dead_letter`]: records of work that can never succeed, on `monitorjobs-poison`.
+//! - [`report`]: the final report line, with the first failed requests from the job's error file.
+
+pub mod check;
+pub mod dead_letter;
+pub mod message;
+pub mod policy;
+pub mod records;
+pub mod report;
+pub mod submit;
+
+use std::time::Duration;
+
+use tracing::{error, warn};
+use url::Url;
+
+use crate::storage::blob::{account_root, unquote_etag};
+use crate::AppState;
+use dead_letter::DeadLetter;
+use message::{parse_work, MonitorMessage, Work};
+use submit::Submission;
+
+/// What became of one trigger. Every variant is a success for the host (2xx): the work is done, or a delayed
+/// message that continues it is already on the queue, or a dead-letter record says why it stops.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// A job exists: monitoring starts with `message`, which the caller hands over (BlobMonitor's queue output).
+    /// `created`: this trigger created the job (or adopted an interrupted attempt's); otherwise monitoring is
+    /// restarted for a job an earlier trigger created.
+    HandOver { message: MonitorMessage, created: bool },
+    /// A job exists and its first check is already on the queue (a deferred submission, which has no output
+    /// binding to hand it over with). `created` as for [`Outcome::HandOver`].
+    Started { batch_id: String, created: bool },
+    /// The job is running; the next check is on the queue, invisible for `after`.
+    CheckAgain { batch_id: String, status: String, after: Duration },
+    /// The job reached a terminal status; `report` is the final report line.
+    Ended { report: String },
+    /// The step has to wait (quota full, throttled, a submitter holds the record, a check failed); a delayed
+    /// message continues it after `after`.
+    Deferred { after: Duration, reason: String },
+    /// Nothing can succeed; a dead-letter record with `reason` is on the poison queue.
+    DeadLettered { reason: String },
+    /// Nothing to do: a duplicate or superseded delivery, or a blob version already settled.
+    Nothing { reason: String },
+}
+
+impl Outcome {
+    /// One line for the host's invocation log.
+    pub fn line(&self) -> String {
+        match self {
+            Outcome::HandOver { message, created } => started(&message.batch_id, *created),
+            Outcome::Started { batch_id, created } => started(batch_id, *created),
+            Outcome::CheckAgain { batch_id, status, after } => {
+                format!("batch {batch_id} is {status}; next check in {} s", after.as_secs())
+            }
+            Outcome::Ended { report } => report.clone(),
+            Outcome::Deferred { after, reason } => format!("deferred by {} s: {reason}", after.as_secs()),
+            Outcome::DeadLettered { reason } => format!("dead-lettered: {reason}"),
+            Outcome::Nothing { reason } => reason.clone(),
+        }
+    }
+}
+
+fn started(batch_id: &str, created: bool) -> String {
+    if created {
+        format!("created batch {batch_id}")
+    } else {
+        format!("monitoring existing batch {batch_id}")
+    }
+}
+
+/// The trigger could not be dealt with now and nothing was lost: the host should deliver it again (non-2xx).
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct RetryNow(pub anyhow::Error);
+
+impl RetryNow {
+    /// `error`, with what was being done when it happened.
+    pub fn because(error: impl Into<anyhow::Error>, doing: &'static str) -> Self {
+        RetryNow(error.into().context(doing))
+    }
+}
+
+/// A new blob version seen by the blob trigger.
+#[derive(Debug)]
+pub struct NewBlob<'a> {
+    /// The blob's URL (the trigger's `Uri`).
+    pub url: &'a Url,
+    /// The ETag the trigger carried, used when the blob is not in the app's account (its own cannot be read).
+    pub etag_hint: Option<String>,
+    pub invocation_id: &'a str,
+}
+
+/// A new blob: read its current ETag, then create its job exactly once ([`submit::submit`]).
+pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, RetryNow> {
+    let root = account_root(blob.url, &state.config.storage.blob_endpoint);
+    let name = blob.url.as_str().strip_prefix(root.as_str()).unwrap_or(blob.url.path()).trim_start_matches('/');
+    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+    let etag = match state.storage.split_blob_url(blob.url.as_str()) {
+        Some((container, blob_name)) => state
+            .storage
+            .head_blob(&container, &blob_name)
+            .await
+            .map_err(|e| RetryNow::because(e, "reading the blob's properties"))?
+            .map(|(etag, _)| unquote_etag(&etag).to_string()),
+        None => Some(blob.etag_hint.ok_or_else(|| {
+            RetryNow(anyhow::anyhow!(
+                "the blob {} is not in the BlobStorageConnection account and the trigger carries no ETag",
+                blob.url
+            ))
+        })?),
+    };
+    let Some(etag) = etag else {
+        let reason = "the blob was deleted before a job could be created for it".to_string();
+        warn!(blob = %name, "{reason}");
+        dead_letter::put(
+            state,
+            DeadLetter { blob: Some(blob.url.as_str()), ..DeadLetter::new("BlobMonitor", &reason, blob.invocation_id) },
+        )
+        .await
+        .map_err(|e| RetryNow::because(e, "dead-lettering the blob"))?;
+        return Ok(Outcome::DeadLettered { reason: format!("no batch job for {name}: {reason}") });
+    };
+    let submission = Submission {
+        function: "BlobMonitor",
+        blob_url: blob.url.as_str(),
+        blob: &name,
+        etag: &etag,
+        invocation_id: blob.invocation_id,
+        deferrals: 0,
+        host_retries: true,
+    };
+    submit::submit(state, &submission).await
+}
+
+/// One message from the monitor queue: a status check, or a deferred submission. A message that can never succeed
+/// is dead-lettered with the reason and never reaches the batch API.
+pub async fn handle_message(state: &AppState, text: &str, invocation_id: &str) -> Result<Outcome, RetryNow> {
+    match parse_work(text, state.config.storage.blob_endpoint.as_str()) {
+        Ok(Work::Check(message)) => check::check(state, invocation_id, message, text).await,
+        Ok(Work::Submit(m)) => {
+            let submission = Submission {
+                function: "QueueMonitor",
+                blob_url: &m.submit,
+                blob: &m.blob,
+                etag: &m.etag,
+                invocation_id,
+                deferrals: m.attempt,
+                host_retries: false,
+            };
+            match submit::submit(state, &submission).await? {
+                // The queue trigger has no output binding: monitoring starts with a message put now.
+                Outcome::HandOver { message, created } => {
+                    check::requeue(state, &message, Duration::ZERO).await?;
+                    Ok(Outcome::Started { batch_id: message.batch_id, created })
+                }
+                other => Ok(other),
+            }
+        }
+        Err(refusal) => {
+            let reason = refusal.to_string();
+            error!(reason = %reason, "refusing a queue message; it never reaches the batch API");
+            check::poison(state, invocation_id, &reason, None, text).await?;
+            Ok(Outcome::DeadLettered { reason: format!("a queue message: {reason}") })
+        }
+    }
+}
