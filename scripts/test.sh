@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite: unit tests, integration and end-to-end tests against a real Azurite, fuzzing, the load
-# test and the benchmark smoke passes (bench/run.sh's harness in tests/it, bench/floor.sh at the end). Installs what
-# it needs on a fresh machine with Rust and Node.js: Azurite (npm, pinned in package.json) and, for the benchmark
-# smoke pass, wrk and nginx (apt-get, when running as root). bench/floor.sh needs a C compiler (cc).
+# test and the benchmark smoke pass (bench/run.sh's harness, in tests/it). Installs what it needs on a fresh machine
+# with Rust, Node.js and Python 3: Azurite (npm, pinned in package.json); for the benchmark smoke pass, wrk and nginx
+# (apt-get, when running as root) and the original app's `openai` client (pip, pinned in bench/requirements.txt, in
+# target/bench/venv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,8 +23,17 @@ if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || [ -x /usr/s
   service nginx stop >/dev/null 2>&1 || true
 fi
 
+venv=target/bench/venv
+if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+  echo "== installing the original app's client for the benchmark smoke pass (pip, bench/requirements.txt)"
+  if ! python3 -m venv "$venv" >/dev/null 2>&1; then
+    rm -rf "$venv"
+    apt-get install -y -qq python3-venv >/dev/null 2>&1 || sudo apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$venv"
+  fi
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+fi
+
 echo "== cargo test --workspace"
 cargo test --workspace --locked
 
-echo "== bench/floor.sh --smoke"
-./bench/floor.sh --smoke

@@ -17,8 +17,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 use url::Url;
 
-use crate::config::OpenAiAuth;
 use crate::http_client::HttpClient;
+use crate::identity::IdentitySettings;
 use crate::identity::{ManagedIdentity, OPENAI_RESOURCE};
 
 pub use error::{BatchError, ErrorKind};
@@ -26,8 +26,18 @@ pub use model::{Batch, BatchList, BatchStatus, RequestCounts};
 
 /// How long one call may take before it counts as a transient failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
-/// A create must end well within the submitter's record lease ([`crate::jobs::records::SUBMIT_LEASE_SECS`]).
+/// A create must end well within the submitter's lease on the job record (30 s).
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How the handler proves itself to Azure OpenAI (azure-openai-batch.md §2).
+#[derive(Clone, Debug)]
+pub enum OpenAiAuth {
+    /// `OPENAI_API_KEY`, sent as the `api-key` header.
+    ApiKey(SecretString),
+    /// No key set, and the platform provides a managed identity (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`): an Entra ID
+    /// token for `https://cognitiveservices.azure.com`, sent as `Authorization: Bearer`.
+    ManagedIdentity(IdentitySettings),
+}
 
 /// Which REST surface to call (`OPENAI_API_VERSION`).
 #[derive(Clone, Debug, PartialEq, Eq)]

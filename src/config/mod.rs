@@ -10,9 +10,8 @@ use std::time::Duration;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::batch_api::ApiSurface;
+use crate::batch_api::{ApiSurface, OpenAiAuth};
 use crate::http_client::ProxySettings;
-use crate::identity::IdentitySettings;
 use crate::storage::{MessageEncoding, StorageAccount};
 
 mod identity;
@@ -23,6 +22,8 @@ use identity::{identity_based_storage, identity_settings};
 pub const DEFAULT_API_VERSION: &str = "2025-04-01-preview";
 /// `BATCH_RETRY_DELAY` default, in seconds.
 pub const DEFAULT_RETRY_DELAY_SECS: u64 = 30;
+/// `BATCH_RECORDS_CONTAINER` default: where job records live.
+pub const DEFAULT_RECORDS_CONTAINER: &str = "batch-records";
 /// Put Message refuses visibility timeouts over 7 days.
 const MAX_DELAY_SECS: u64 = 604_800;
 
@@ -51,16 +52,6 @@ pub struct Config {
     pub message_encoding: MessageEncoding,
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (either case): how the batch API and Storage are reached.
     pub proxies: ProxySettings,
-}
-
-/// How the handler proves itself to Azure OpenAI (azure-openai-batch.md §2).
-#[derive(Clone, Debug)]
-pub enum OpenAiAuth {
-    /// `OPENAI_API_KEY`, sent as the `api-key` header.
-    ApiKey(SecretString),
-    /// No key set, and the platform provides a managed identity (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`): an Entra ID
-    /// token for `https://cognitiveservices.azure.com`, sent as `Authorization: Bearer`.
-    ManagedIdentity(IdentitySettings),
 }
 
 /// A setting that stops start-up. The message names the setting and never shows a secret value.
@@ -149,7 +140,7 @@ impl Config {
         };
         let records_container = get("BATCH_RECORDS_CONTAINER")
             .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| crate::jobs::records::DEFAULT_RECORDS_CONTAINER.into())
+            .unwrap_or_else(|| DEFAULT_RECORDS_CONTAINER.into())
             .trim()
             .to_string();
         if !is_container_name(&records_container) {
@@ -166,7 +157,7 @@ impl Config {
                 )
             })?,
         };
-        let proxies = ProxySettings::from_lookup(&get)?;
+        let proxies = ProxySettings::from_lookup(&get).map_err(|e| bad(e.setting, e.problem))?;
         Ok(Config {
             openai_endpoint,
             openai_auth,

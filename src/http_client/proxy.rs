@@ -2,13 +2,24 @@
 //! `HTTP_PROXY` for http URLs, `ALL_PROXY` for either when its own is unset, and `NO_PROXY` for the hosts that go
 //! direct. Each name is looked up in capitals first, then in lower case; an empty value counts as unset.
 //!
-//! Read once at start-up into [`ProxySettings`] (typed config, validated with a message naming the variable) rather
+//! Read once at start-up into [`ProxySettings`] (part of the typed config, validated with a message naming the
+//! variable) rather
 //! than left to reqwest's own reading of the environment, so tests can give a client a proxy without changing the
 //! process environment, and so the start-up log can say which proxy is in force without showing its credentials.
 
 use url::Url;
 
-use crate::config::{bad, ConfigError};
+/// A proxy variable that cannot be used. Never shows the value, which may carry a password.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("setting `{setting}` {problem}")]
+pub struct ProxyError {
+    pub setting: &'static str,
+    pub problem: String,
+}
+
+fn bad(setting: &'static str, problem: impl Into<String>) -> ProxyError {
+    ProxyError { setting, problem: problem.into() }
+}
 
 /// The proxies the batch API and Storage calls go through. The managed-identity endpoint never uses them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,7 +34,7 @@ pub struct ProxySettings {
 
 impl ProxySettings {
     /// Reads the variables through `get` (the process environment in production, a map in tests).
-    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Result<Self, ProxyError> {
         let var = |upper: &'static str, lower: &'static str| -> Option<(&'static str, String)> {
             [upper, lower].into_iter().find_map(|k| get(k).filter(|v| !v.trim().is_empty()).map(|v| (k, v)))
         };
@@ -55,7 +66,7 @@ impl ProxySettings {
 }
 
 /// A proxy URL as curl takes it: a bare `host:port` means `http://host:port`.
-fn proxy_url(setting: &'static str, raw: &str) -> Result<Url, ConfigError> {
+fn proxy_url(setting: &'static str, raw: &str) -> Result<Url, ProxyError> {
     let raw = raw.trim();
     let text = if raw.contains("://") { raw.to_string() } else { format!("http://{raw}") };
     // The value may carry a password: the error names the variable and the reason, never the value.
@@ -80,7 +91,7 @@ mod tests {
 
     use super::*;
 
-    fn read(vars: &[(&str, &str)]) -> Result<ProxySettings, ConfigError> {
+    fn read(vars: &[(&str, &str)]) -> Result<ProxySettings, ProxyError> {
         let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         ProxySettings::from_lookup(&|k| map.get(k).cloned())
     }

@@ -16,8 +16,6 @@ use crate::batch_api::{Batch, RequestCounts};
 use crate::storage::blob::Condition;
 use crate::storage::{StorageClient, StorageError};
 
-/// Where records live unless `BATCH_RECORDS_CONTAINER` says otherwise.
-pub const DEFAULT_RECORDS_CONTAINER: &str = "batch-records";
 /// The submitter's lease on a record while it creates the job: longer than a create call may take
 /// ([`crate::batch_api::CREATE_TIMEOUT`]), short enough that a crashed submitter's blob is recovered within a minute.
 pub const SUBMIT_LEASE_SECS: u32 = 30;

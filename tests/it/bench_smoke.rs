@@ -10,7 +10,10 @@ use devstack::bench::{run, BenchOptions};
 fn the_benchmark_harness_runs_end_to_end() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
     let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("bench-smoke-{}", std::process::id()));
-    let options = BenchOptions::smoke(env!("CARGO_BIN_EXE_handler").into(), root, work.clone());
+    let mut options = BenchOptions::smoke(env!("CARGO_BIN_EXE_handler").into(), root.clone(), work.clone());
+    // The original app's check runs when its venv is there (scripts/test.sh and bench/run.sh make it).
+    let python = root.join("target/bench/venv/bin/python");
+    options.python = python.exists().then_some(python);
     let report = run(&options).expect("the bench runs");
     let names: Vec<&str> = report.rows.iter().map(|r| r.name.as_str()).collect();
     for expected in [
@@ -27,6 +30,9 @@ fn the_benchmark_harness_runs_end_to_end() {
         "Deploy size",
     ] {
         assert!(names.iter().any(|n| n.contains(expected)), "no `{expected}` row in {names:#?}");
+    }
+    if options.python.is_some() {
+        assert!(names.iter().any(|n| n.contains("original Python check")), "no original-app row in {names:#?}");
     }
     // The CPU-time split needs schedstat in /proc, which Linux kernels of this kind have.
     if Path::new("/proc/self/schedstat").exists() {

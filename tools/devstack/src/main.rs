@@ -81,6 +81,9 @@ enum Command {
         /// A few seconds: check the harness, quote nothing.
         #[arg(long)]
         smoke: bool,
+        /// A Python with the `openai` package, to measure the original app's check side by side.
+        #[arg(long)]
+        python: Option<PathBuf>,
     },
     /// Print a blob (e.g. a job's results.jsonl, by the URL the final log line names).
     Cat {
@@ -133,7 +136,7 @@ async fn main() -> anyhow::Result<()> {
             stop_signal().await;
             Ok(())
         }
-        Command::Bench { handler, musl, smoke } => {
+        Command::Bench { handler, musl, smoke, python } => {
             let root = project_root(&std::env::current_dir()?).context("run the bench from inside the checkout")?;
             let work = root.join("target/bench");
             let handler = handler.canonicalize().with_context(|| format!("{} (build it first)", handler.display()))?;
@@ -143,6 +146,7 @@ async fn main() -> anyhow::Result<()> {
                 devstack::bench::BenchOptions::full(handler, root.clone(), work)
             };
             options.musl_binary = musl;
+            options.python = python;
             // The bench drives blocking processes and its own runtimes: run it off this runtime.
             let report = tokio::task::spawn_blocking(move || devstack::bench::run(&options)).await??;
             println!("{}", report.markdown());

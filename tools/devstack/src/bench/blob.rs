@@ -1,13 +1,11 @@
 //! The large-blob envelope and a raw HTTP/1.1 client that posts it chunked (as the host probably frames it) or with
-//! a Content-Length, timing the whole request, plus the "read and discard" server used as the baseline.
+//! a Content-Length, timing the whole request (the baseline, nginx reading and discarding the body, is in `nginx.rs`).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::body::Body;
-use http_body_util::BodyExt;
 
 use crate::host_emulator::envelope::{blob_envelope, BlobInfo};
 
@@ -72,17 +70,4 @@ pub fn post(port: u16, path: &str, body: &[u8], framing: Framing) -> anyhow::Res
         bail!("answered {status}: {}", String::from_utf8_lossy(&response));
     }
     Ok((status, elapsed))
-}
-
-/// Serves `POST /BlobMonitor` by reading the body and discarding it: the baseline for the handler's own cost.
-pub async fn discard_server(listener: tokio::net::TcpListener) {
-    let app = axum::Router::new().route(
-        "/BlobMonitor",
-        axum::routing::post(|body: Body| async move {
-            let mut body = body;
-            while let Some(Ok(_frame)) = body.frame().await {}
-            ([("content-type", "application/json")], r#"{"Outputs":{},"Logs":[],"ReturnValue":null}"#)
-        }),
-    );
-    let _ = axum::serve(listener, app.layer(axum::extract::DefaultBodyLimit::disable())).await;
 }

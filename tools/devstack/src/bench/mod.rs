@@ -40,6 +40,9 @@ pub struct BenchOptions {
     pub starts: usize,
     /// The static binary to size, if built.
     pub musl_binary: Option<PathBuf>,
+    /// A Python with the `openai` package (bench/requirements.txt), to run the original app's check beside the
+    /// handler's; skipped when `None`.
+    pub python: Option<PathBuf>,
 }
 
 impl BenchOptions {
@@ -56,6 +59,7 @@ impl BenchOptions {
             blob_bytes: 200 << 20,
             starts: 21,
             musl_binary: None,
+            python: None,
         }
     }
 
@@ -72,6 +76,7 @@ impl BenchOptions {
             blob_bytes: 4 << 20,
             starts: 3,
             musl_binary: None,
+            python: None,
         }
     }
 }

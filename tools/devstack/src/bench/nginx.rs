@@ -13,6 +13,8 @@ use super::procs::{command, free_port, spawn, Proc};
 /// Batch ids the fake knows.
 pub const DONE: &str = "batch_0b1f5a2c-7d3e-4f60-9a1b-2c3d4e5f6a7b";
 pub const RUNNING: &str = "batch_1c2e6b3d-8e4f-4a71-8b2c-3d4e5f6a7b8c";
+/// A path where nginx reads a request's body and discards it: the baseline of the large-blob figure.
+pub const DISCARD: &str = "/discard";
 
 fn batch(id: &str, status: &str) -> String {
     format!(
@@ -78,6 +80,7 @@ http {{
       add_header ETag '"0x3"' always;
       return 201 '';
     }}
+    location = {DISCARD} {{ client_max_body_size 0; return 200 '{{}}'; }}
     location / {{ return 404 '{{"error":{{"code":"404","message":"Resource not found"}}}}'; }}
   }}
 }}
