@@ -3,6 +3,9 @@
 //! certificates (`SSL_CERT_FILE`, a CA installed on the machine), HTTP/1.1 or HTTP/2, keep-alive pooling, and the
 //! proxies of [`ProxySettings`].
 //!
+//! The clients are built on the first call, on a blocking thread, not at start-up: loading the platform's trust store
+//! takes several milliseconds, which the host's readiness probe should not wait for (docs/performance.md, cold start).
+//!
 //! A call is one buffered exchange: the answer's body is read whole, up to the client's limit, inside one deadline
 //! that covers connecting, sending and reading. This module is the one place where reqwest's errors become the
 //! project's [`TransportError`] classes, on which the failure table depends; none of them carries the URL (a storage
@@ -10,7 +13,7 @@
 
 pub mod proxy;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -66,22 +69,29 @@ impl TransportError {
 /// A pooled client. Cheap to clone; clones share their connection pools.
 #[derive(Clone)]
 pub struct HttpClient {
-    clients: Arc<Clients>,
+    shared: Arc<Shared>,
     /// Calls go direct, whatever the proxy settings (the managed-identity endpoint).
     direct: bool,
+}
+
+/// What the clients are built from, and the clients once built.
+struct Shared {
+    max_body: usize,
+    proxies: ProxySettings,
+    ca: Option<reqwest::Certificate>,
+    clients: OnceLock<Result<Clients, TransportError>>,
 }
 
 /// One reqwest client with the proxies and one without; both trust the same roots.
 struct Clients {
     proxied: reqwest::Client,
     direct: reqwest::Client,
-    max_body: usize,
 }
 
 impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpClient")
-            .field("max_body", &self.clients.max_body)
+            .field("max_body", &self.shared.max_body)
             .field("direct", &self.direct)
             .finish_non_exhaustive()
     }
@@ -90,57 +100,49 @@ impl std::fmt::Debug for HttpClient {
 impl HttpClient {
     /// A client whose answers may be at most `max_body` bytes, going through `proxies`.
     pub fn new(max_body: usize, proxies: &ProxySettings) -> Result<Self, TransportError> {
-        Self::build(max_body, proxies, None)
+        Self::with(max_body, proxies, None)
     }
 
     /// The same, also trusting the PEM certificate authority `ca_pem` (tests use a private one).
     pub fn with_extra_root(max_body: usize, proxies: &ProxySettings, ca_pem: &[u8]) -> Result<Self, TransportError> {
         let ca = reqwest::Certificate::from_pem(ca_pem).map_err(|e| invalid("the CA certificate", &e))?;
-        Self::build(max_body, proxies, Some(ca))
+        Self::with(max_body, proxies, Some(ca))
     }
 
-    fn build(
+    fn with(
         max_body: usize,
         proxies: &ProxySettings,
         ca: Option<reqwest::Certificate>,
     ) -> Result<Self, TransportError> {
-        let builder = || {
-            let builder = reqwest::Client::builder()
-                .user_agent(USER_AGENT_VALUE)
-                .connect_timeout(CONNECT_TIMEOUT)
-                .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-                // Neither API redirects; following one would send the api-key header (which reqwest does not
-                // count as sensitive) to wherever the redirect points.
-                .redirect(reqwest::redirect::Policy::none())
-                // reqwest would otherwise read the environment itself; the settings were read once, in `Config`.
-                .no_proxy();
-            match &ca {
-                Some(ca) => builder.add_root_certificate(ca.clone()),
-                None => builder,
-            }
-        };
-        let mut proxied = builder();
-        let no_proxy = proxies.no_proxy.as_deref().and_then(reqwest::NoProxy::from_string);
-        for (proxy, scheme) in [(&proxies.https, "https"), (&proxies.http, "http")] {
-            if let Some(url) = proxy {
-                let proxy = if scheme == "https" {
-                    reqwest::Proxy::https(url.as_str())
-                } else {
-                    reqwest::Proxy::http(url.as_str())
-                };
-                let proxy = proxy.map_err(|e| invalid("the proxy", &e))?.no_proxy(no_proxy.clone());
-                proxied = proxied.proxy(proxy);
-            }
+        // Refused now rather than on the first call.
+        for url in [&proxies.https, &proxies.http].into_iter().flatten() {
+            reqwest::Proxy::all(url.as_str()).map_err(|e| invalid("the proxy", &e))?;
         }
-        let proxied = proxied.build().map_err(|e| invalid("the HTTP client", &e))?;
-        let direct = builder().build().map_err(|e| invalid("the HTTP client", &e))?;
-        Ok(HttpClient { clients: Arc::new(Clients { proxied, direct, max_body }), direct: false })
+        let shared = Shared { max_body, proxies: proxies.clone(), ca, clients: OnceLock::new() };
+        Ok(HttpClient { shared: Arc::new(shared), direct: false })
     }
 
     /// This client without proxies: for the managed-identity endpoint, a local address on App Service that a
     /// proxy could not reach (and must never see the identity header).
     pub fn without_proxy(&self) -> Self {
-        HttpClient { clients: self.clients.clone(), direct: true }
+        HttpClient { shared: self.shared.clone(), direct: true }
+    }
+
+    /// The built clients, waiting for the build (on a blocking thread) if it has not finished.
+    async fn clients(&self) -> Result<&Clients, TransportError> {
+        if self.shared.clients.get().is_none() {
+            let shared = self.shared.clone();
+            tokio::task::spawn_blocking(move || {
+                shared.clients();
+            })
+            .await
+            .map_err(|e| TransportError::Invalid(format!("building the HTTP client failed: {e}")))?;
+        }
+        match self.shared.clients.get() {
+            Some(Ok(clients)) => Ok(clients),
+            Some(Err(e)) => Err(e.clone()),
+            None => Err(TransportError::Invalid("the HTTP client was not built".into())),
+        }
     }
 
     /// Sends one request and reads the whole answer within `timeout`.
@@ -152,8 +154,9 @@ impl HttpClient {
         body: Bytes,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
-        let client = if self.direct { &self.clients.direct } else { &self.clients.proxied };
-        let max_body = self.clients.max_body;
+        let clients = self.clients().await?;
+        let client = if self.direct { &clients.direct } else { &clients.proxied };
+        let max_body = self.shared.max_body;
         let head_request = method == Method::HEAD;
         let mut request = client.request(method, url).headers(headers);
         if !body.is_empty() {
@@ -180,6 +183,42 @@ impl HttpClient {
             Ok(Response { status, headers, body: body.freeze() })
         };
         tokio::time::timeout(timeout, exchange).await.unwrap_or(Err(TransportError::Timeout(timeout)))
+    }
+}
+
+impl Shared {
+    /// Builds the clients once; later calls return the same result.
+    fn clients(&self) -> &Result<Clients, TransportError> {
+        self.clients.get_or_init(|| {
+            let builder = || {
+                let builder = reqwest::Client::builder()
+                    .user_agent(USER_AGENT_VALUE)
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+                    // Neither API redirects; following one would send the api-key header (which reqwest does not
+                    // count as sensitive) to wherever the redirect points.
+                    .redirect(reqwest::redirect::Policy::none())
+                    // reqwest would otherwise read the environment itself; the settings were read once, in `Config`.
+                    .no_proxy();
+                match &self.ca {
+                    Some(ca) => builder.add_root_certificate(ca.clone()),
+                    None => builder,
+                }
+            };
+            let mut proxied = builder();
+            let no_proxy = self.proxies.no_proxy.as_deref().and_then(reqwest::NoProxy::from_string);
+            if let Some(url) = &self.proxies.https {
+                let proxy = reqwest::Proxy::https(url.as_str()).map_err(|e| invalid("the proxy", &e))?;
+                proxied = proxied.proxy(proxy.no_proxy(no_proxy.clone()));
+            }
+            if let Some(url) = &self.proxies.http {
+                let proxy = reqwest::Proxy::http(url.as_str()).map_err(|e| invalid("the proxy", &e))?;
+                proxied = proxied.proxy(proxy.no_proxy(no_proxy));
+            }
+            let proxied = proxied.build().map_err(|e| invalid("the HTTP client", &e))?;
+            let direct = builder().build().map_err(|e| invalid("the HTTP client", &e))?;
+            Ok(Clients { proxied, direct })
+        })
     }
 }
 

@@ -11,18 +11,20 @@ use std::io::IsTerminal;
 
 use tracing::field::Field;
 use tracing_subscriber::field::MakeExt;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::{self, Writer};
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_ansi(std::io::stdout().is_terminal())
-        .with_target(false)
-        .with_env_filter(filter)
-        .fmt_fields(fields())
-        .try_init();
+    let builder =
+        tracing_subscriber::fmt().with_ansi(std::io::stdout().is_terminal()).with_target(false).fmt_fields(fields());
+    // An `EnvFilter` only when `RUST_LOG` asks for one: its directive parser compiles regular expressions on first
+    // use, milliseconds of cold start that the default level does not need.
+    let _ = match std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok()) {
+        Some(filter) => builder.with_env_filter(filter).try_init(),
+        None => builder.with_max_level(LevelFilter::INFO).try_init(),
+    };
 }
 
 /// `message k=v k=v`, as tracing-subscriber's default, with every value passed through [`Escaped`].
