@@ -156,6 +156,12 @@ pub struct Batch {
     pub errors: Vec<BatchErrorItem>,
     #[serde(default)]
     pub created_at: Option<Value>,
+    /// The deployment (OpenAI sends it; Azure may not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `{input_tokens, output_tokens, total_tokens, …_details}` when the service reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Value>,
 }
 
 impl Batch {

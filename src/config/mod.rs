@@ -22,6 +22,8 @@ use identity::{identity_based_storage, identity_settings};
 pub const DEFAULT_API_VERSION: &str = "2025-04-01-preview";
 /// `BATCH_RETRY_DELAY` default, in seconds.
 pub const DEFAULT_RETRY_DELAY_SECS: u64 = 30;
+/// `BATCH_COMPLETED_QUEUE` default.
+pub const DEFAULT_COMPLETED_QUEUE: &str = "batch-completed";
 /// `BATCH_RECORDS_CONTAINER` default: where job records live.
 pub const DEFAULT_RECORDS_CONTAINER: &str = "batch-records";
 /// Put Message refuses visibility timeouts over 7 days.
@@ -50,6 +52,10 @@ pub struct Config {
     pub records_container: String,
     /// `extensions.queues.messageEncoding` from host.json.
     pub message_encoding: MessageEncoding,
+    /// `BATCH_VALIDATE_INPUT`: check a file before submitting it (default on).
+    pub validate_input: bool,
+    /// `BATCH_COMPLETED_QUEUE`: where completion events go (`None`: events are off).
+    pub completed_queue: Option<String>,
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (either case): how the batch API and Storage are reached.
     pub proxies: ProxySettings,
 }
@@ -157,6 +163,23 @@ impl Config {
                 )
             })?,
         };
+        let validate_input = match get("BATCH_VALIDATE_INPUT").map(|v| v.trim().to_ascii_lowercase()) {
+            None => true,
+            Some(v) if v.is_empty() || ["true", "1", "yes"].contains(&v.as_str()) => true,
+            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => false,
+            Some(v) => return Err(bad("BATCH_VALIDATE_INPUT", format!("must be true or false, not `{v}`"))),
+        };
+        let completed_queue = match get("BATCH_COMPLETED_QUEUE") {
+            None => Some(DEFAULT_COMPLETED_QUEUE.to_string()),
+            Some(v) if v.trim().is_empty() => None,
+            Some(v) if is_container_name(v.trim()) => Some(v.trim().to_string()),
+            Some(v) => {
+                return Err(bad(
+                    "BATCH_COMPLETED_QUEUE",
+                    format!("`{v}` is not a queue name (3-63 lowercase letters, digits and single hyphens; empty turns events off)"),
+                ))
+            }
+        };
         let proxies = ProxySettings::from_lookup(&get).map_err(|e| bad(e.setting, e.problem))?;
         Ok(Config {
             openai_endpoint,
@@ -169,6 +192,8 @@ impl Config {
             storage,
             records_container,
             message_encoding,
+            validate_input,
+            completed_queue,
             proxies,
         })
     }

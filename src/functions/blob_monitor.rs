@@ -2,7 +2,8 @@
 //! through the `outQueue` output binding.
 //!
 //! The body is streamed through [`ElidingReader`], so the base64 blob content is never held: the batch service reads
-//! the blob itself from `Metadata.Uri`.
+//! the blob itself from `Metadata.Uri`. On its way past, the content is decoded ([`ContentDecoder`]) and checked line
+//! by line ([`Validator`]) unless `BATCH_VALIDATE_INPUT` is off.
 
 use std::sync::Arc;
 
@@ -16,14 +17,17 @@ use tracing::{info, warn, Instrument};
 use url::Url;
 
 use crate::error::{FunctionError, Result};
+use crate::jobs::validate::{Problem, Validator};
 use crate::jobs::{self, NewBlob, Outcome};
+use crate::protocol::blob_content::ContentDecoder;
 use crate::protocol::blob_envelope::{ElidedValue, ElidingReader};
 use crate::protocol::{EnvelopeError, InvokeRequest, InvokeResponse};
-use crate::storage::blob::unquote_etag;
 use crate::AppState;
 
 /// The queue output binding's name in `BlobMonitor/function.json`.
 const OUTPUT_BINDING: &str = "outQueue";
+/// The container of the trigger's path in `BlobMonitor/function.json` (`batch-input/{name}`).
+const INPUT_CONTAINER: &str = "batch-input";
 /// Largest envelope accepted. The host cannot build more than ~768 MiB of base64 (a .NET string limit).
 pub const MAX_BLOB_ENVELOPE: u64 = 1 << 30;
 /// Largest part of the envelope kept in memory: everything except the blob content.
@@ -37,7 +41,8 @@ pub(super) async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMa
 }
 
 async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<InvokeResponse> {
-    let (request, elided) = read_envelope(body).await.map_err(FunctionError::bad_envelope)?;
+    let (request, elided, problems) =
+        read_envelope(body, state.config.validate_input).await.map_err(FunctionError::bad_envelope)?;
     let uri = request.metadata_str("Uri").ok_or(FunctionError::bad_envelope(EnvelopeError::MissingMetadata("Uri")))?;
     let url = Url::parse(&uri)
         .ok()
@@ -45,13 +50,14 @@ async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<Invoke
         .ok_or_else(|| FunctionError::bad_envelope(anyhow::anyhow!("metadata `Uri` is not an http(s) URL")))?;
     if let Some(content) = elided.first() {
         info!(blob = %url.path(), bytes = content.approx_decoded_len(), "new blob");
-        if content.len == 0 {
+        if problems.is_none() && content.len == 0 {
             warn!(blob = %url.path(), "the blob is empty; the batch service will fail the job with empty_file");
-        } else if content.starts_with_bom() {
+        } else if problems.is_none() && content.starts_with_bom() {
             warn!(blob = %url.path(), "the blob starts with a UTF-8 BOM; the batch service will fail the job with a misleading deployment-name error");
         }
     }
-    let blob = NewBlob { url: &url, etag_hint: etag_from_properties(&request), invocation_id };
+    let blob =
+        NewBlob { url: &url, container: INPUT_CONTAINER, name: request.metadata_str("name"), problems, invocation_id };
     let outcome = jobs::new_blob(state, blob).await.map_err(|e| FunctionError::unavailable(e.0))?;
     let response = InvokeResponse::log(outcome.line());
     Ok(match outcome {
@@ -63,23 +69,36 @@ async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<Invoke
     })
 }
 
-/// `Metadata.Properties.ETag`, when the host sent it as a string (unquoted).
-fn etag_from_properties(request: &InvokeRequest) -> Option<String> {
-    let etag = request.metadata.get("Properties")?.get("ETag")?.as_str()?;
-    Some(unquote_etag(&crate::protocol::unquote(etag)).to_string())
-}
+/// The envelope and, when validating, what validation found in the blob content (`None` when it was off or the
+/// envelope carries no content).
+type Envelope = (InvokeRequest, Vec<ElidedValue>, Option<Vec<Problem>>);
 
-/// Streams the body through the eliding reader, bounded by [`MAX_BLOB_ENVELOPE`].
-async fn read_envelope(mut body: Body) -> anyhow::Result<(InvokeRequest, Vec<ElidedValue>)> {
+/// Streams the body through the eliding reader, bounded by [`MAX_BLOB_ENVELOPE`], validating the content on the way.
+async fn read_envelope(mut body: Body, validate: bool) -> anyhow::Result<Envelope> {
     let mut reader = ElidingReader::new(MAX_KEPT);
+    let mut content = validate.then(|| (ContentDecoder::new(), Validator::new()));
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| anyhow::anyhow!("reading the request body failed: {e}"))?;
         if let Ok(data) = frame.into_data() {
-            reader.feed(&data)?;
+            reader.feed_with(&data, &mut |raw| {
+                if let Some((decoder, validator)) = content.as_mut().filter(|(_, v)| !v.is_done()) {
+                    decoder.feed(raw, &mut |bytes| validator.feed(bytes));
+                }
+            })?;
             if reader.total() > MAX_BLOB_ENVELOPE {
                 anyhow::bail!("the envelope is larger than {MAX_BLOB_ENVELOPE} bytes");
             }
         }
     }
-    Ok(reader.finish()?)
+    let (request, elided) = reader.finish()?;
+    let problems = match content {
+        Some((decoder, mut validator)) if !elided.is_empty() => {
+            if !validator.is_done() {
+                decoder.finish(&mut |bytes| validator.feed(bytes))?;
+            }
+            Some(validator.finish())
+        }
+        _ => None,
+    };
+    Ok((request, elided, problems))
 }

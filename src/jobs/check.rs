@@ -14,6 +14,7 @@ use crate::batch_api::Batch;
 use crate::AppState;
 
 use super::dead_letter::{self, DeadLetter};
+use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, MONITOR_QUEUE};
 use super::policy::{self, AfterCheck, Policy};
 use super::records::{JobRecord, RecordState, Versioned};
@@ -58,15 +59,23 @@ pub async fn check(
     let step = policy::after_check(&Policy::of(&state.config), &message, key.is_some(), &result);
     match (step, result) {
         (AfterCheck::End, Ok(batch)) => {
+            let failures = report::first_failures(&state.storage, &batch).await;
+            let (line, clean) = report::final_report(&message, &batch, failures.line().as_deref());
+            let mut ended = current(known.as_ref(), &message);
+            ended.observe(&batch);
+            ended.failed_requests = failures.requests.clone();
+            // The event goes first: a crash before the record says it was sent resends the same id.
+            let sent =
+                events::announce(state, &CompletionEvent::of(&ended, batch.status.as_str(), Some(&batch))).await?;
             record(state, &message, known, |r| {
                 r.observe(&batch);
                 r.state = RecordState::Ended;
                 r.failures = 0;
                 r.reason = None;
+                r.failed_requests = failures.requests.clone();
+                r.event_id = sent.clone();
             })
             .await?;
-            let failures = report::first_failures(&state.storage, &batch).await;
-            let (line, clean) = report::final_report(&message, &batch, failures.as_deref());
             if clean {
                 info!("{line}");
             } else {
@@ -111,14 +120,29 @@ pub async fn check(
         (AfterCheck::GiveUp { reason }, _) => {
             error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), "{reason}; dead-lettering");
             poison(state, invocation_id, &reason, Some(&message.batch_id), text).await?;
+            let mut dead = current(known.as_ref(), &message);
+            dead.reason = Some(reason.clone());
+            let sent = events::announce(state, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
             record(state, &message, known, |r| {
                 r.state = RecordState::DeadLettered;
                 r.reason = Some(reason.clone());
+                r.event_id = sent.clone();
             })
             .await?;
             Ok(Outcome::DeadLettered { reason })
         }
     }
+}
+
+/// The job's record as this check read it, or what the message says of the job when it names no record (a plain
+/// batch id, as the original app wrote it).
+fn current(known: Option<&Versioned>, message: &MonitorMessage) -> JobRecord {
+    known.map(|v| v.record.clone()).unwrap_or_else(|| JobRecord {
+        blob: message.blob.clone().unwrap_or_default(),
+        etag: message.etag.clone().unwrap_or_default(),
+        batch_id: Some(message.batch_id.clone()),
+        ..JobRecord::default()
+    })
 }
 
 /// The job failed only because the enqueued-token quota was full: submit the blob again later, never poison it.

@@ -9,25 +9,32 @@
 //! - [`message`]: the monitor queue's messages and batch id validation.
 //! - [`dead_letter`]: records of work that can never succeed, on `monitorjobs-poison`.
 //! - [`report`]: the final report line, with the first failed requests from the job's error file.
+//! - [`validate`]: pre-flight validation of an input file, streamed, with line numbers.
+//! - [`events`]: the completion event announced on a queue when a blob's story ends.
 
 pub mod check;
 pub mod dead_letter;
+pub mod events;
 pub mod message;
 pub mod policy;
 pub mod records;
 pub mod report;
 pub mod submit;
+pub mod validate;
 
 use std::time::Duration;
 
 use tracing::{error, warn};
 use url::Url;
 
-use crate::storage::blob::{account_root, unquote_etag};
+use crate::storage::blob::{account_name, unquote_etag};
 use crate::AppState;
 use dead_letter::DeadLetter;
+use events::CompletionEvent;
 use message::{parse_work, MonitorMessage, Work};
+use records::{JobRecord, RecordState, RecordStore};
 use submit::Submission;
+use validate::Problem;
 
 /// What became of one trigger. Every variant is a success for the host (2xx): the work is done, or a delayed
 /// message that continues it is already on the queue, or a dead-letter record says why it stops.
@@ -49,6 +56,8 @@ pub enum Outcome {
     Deferred { after: Duration, reason: String },
     /// Nothing can succeed; a dead-letter record with `reason` is on the poison queue.
     DeadLettered { reason: String },
+    /// The file failed pre-flight validation; no job was created, the record lists the problems.
+    Rejected { reason: String },
     /// Nothing to do: a duplicate or superseded delivery, or a blob version already settled.
     Nothing { reason: String },
 }
@@ -65,6 +74,7 @@ impl Outcome {
             Outcome::Ended { report } => report.clone(),
             Outcome::Deferred { after, reason } => format!("deferred by {} s: {reason}", after.as_secs()),
             Outcome::DeadLettered { reason } => format!("dead-lettered: {reason}"),
+            Outcome::Rejected { reason } => format!("rejected: {reason}"),
             Outcome::Nothing { reason } => reason.clone(),
         }
     }
@@ -95,41 +105,50 @@ impl RetryNow {
 pub struct NewBlob<'a> {
     /// The blob's URL (the trigger's `Uri`).
     pub url: &'a Url,
-    /// The ETag the trigger carried, used when the blob is not in the app's account (its own cannot be read).
-    pub etag_hint: Option<String>,
+    /// The container of the trigger's path (`batch-input`).
+    pub container: &'a str,
+    /// The blob's name within it (the trigger's `name`), used when `url` is not under the configured endpoint.
+    pub name: Option<String>,
+    /// What pre-flight validation found (`None`: it was off).
+    pub problems: Option<Vec<Problem>>,
     pub invocation_id: &'a str,
 }
 
-/// A new blob: read its current ETag, then create its job exactly once ([`submit::submit`]).
+/// A new blob: read its current ETag, reject it if validation found problems, else create its job exactly once
+/// ([`submit::submit`]).
 pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, RetryNow> {
-    let root = account_root(blob.url, &state.config.storage.blob_endpoint);
-    let name = blob.url.as_str().strip_prefix(root.as_str()).unwrap_or(blob.url.path()).trim_start_matches('/');
-    let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
-    let etag = match state.storage.split_blob_url(blob.url.as_str()) {
-        Some((container, blob_name)) => state
-            .storage
-            .head_blob(&container, &blob_name)
-            .await
-            .map_err(|e| RetryNow::because(e, "reading the blob's properties"))?
-            .map(|(etag, _)| unquote_etag(&etag).to_string()),
-        None => Some(blob.etag_hint.ok_or_else(|| {
-            RetryNow(anyhow::anyhow!(
-                "the blob {} is not in the BlobStorageConnection account and the trigger carries no ETag",
-                blob.url
-            ))
-        })?),
+    // A URL under the configured endpoint names its own container and blob; any other form (a custom domain, another
+    // scheme or port, a trailing slash) is looked up by the trigger's path in the configured account.
+    let (container, blob_name) = match state.storage.split_blob_url(blob.url.as_str()) {
+        Some(parts) => parts,
+        None => {
+            let name = blob.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
+                RetryNow(anyhow::anyhow!("the trigger carries no blob name for {} (metadata `name`)", blob.url))
+            })?;
+            (blob.container.to_string(), name)
+        }
     };
-    let Some(etag) = etag else {
-        let reason = "the blob was deleted before a job could be created for it".to_string();
-        warn!(blob = %name, "{reason}");
-        dead_letter::put(
-            state,
-            DeadLetter { blob: Some(blob.url.as_str()), ..DeadLetter::new("BlobMonitor", &reason, blob.invocation_id) },
-        )
+    let name = format!("{container}/{blob_name}");
+    let head = state
+        .storage
+        .head_blob(&container, &blob_name)
         .await
-        .map_err(|e| RetryNow::because(e, "dead-lettering the blob"))?;
-        return Ok(Outcome::DeadLettered { reason: format!("no batch job for {name}: {reason}") });
+        .map_err(|e| RetryNow::because(e, "reading the blob's properties"))?;
+    let Some((etag, _)) = head else {
+        let mine = account_name(&state.config.storage.blob_endpoint);
+        let reason = match (account_name(blob.url), mine) {
+            (Some(theirs), Some(mine)) if !theirs.eq_ignore_ascii_case(&mine) => format!(
+                "the blob is in storage account `{theirs}`, not in `{mine}` (BlobStorageConnection): the trigger and the \
+                 handler must use the same connection"
+            ),
+            _ => "the blob was deleted before a job could be created for it".to_string(),
+        };
+        return gone(state, &blob, &name, reason).await;
     };
+    let etag = unquote_etag(&etag).to_string();
+    if let Some(problems) = blob.problems.filter(|p| !p.is_empty()) {
+        return reject(state, blob.url, &name, &etag, problems).await;
+    }
     let submission = Submission {
         function: "BlobMonitor",
         blob_url: blob.url.as_str(),
@@ -140,6 +159,80 @@ pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, Re
         host_retries: true,
     };
     submit::submit(state, &submission).await
+}
+
+/// No job can be made for the blob (deleted, or in another account): dead-letter it and announce the ending.
+async fn gone(state: &AppState, blob: &NewBlob<'_>, name: &str, reason: String) -> Result<Outcome, RetryNow> {
+    warn!(blob = %name, "{reason}");
+    let letter =
+        DeadLetter { blob: Some(blob.url.as_str()), ..DeadLetter::new("BlobMonitor", &reason, blob.invocation_id) };
+    dead_letter::put(state, letter).await.map_err(|e| RetryNow::because(e, "dead-lettering the blob"))?;
+    let record = JobRecord {
+        blob: name.to_string(),
+        blob_url: blob.url.to_string(),
+        reason: Some(reason.clone()),
+        ..JobRecord::default()
+    };
+    events::announce(state, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
+    Ok(Outcome::DeadLettered { reason: format!("no batch job for {name}: {reason}") })
+}
+
+/// A file with problems: no job; a `rejected` record with the problems, and its ending announced.
+async fn reject(
+    state: &AppState,
+    url: &Url,
+    name: &str,
+    etag: &str,
+    problems: Vec<Problem>,
+) -> Result<Outcome, RetryNow> {
+    let first = &problems[0];
+    let reason = format!("line {}: {}: {}", first.line, first.code, first.message);
+    let key = RecordStore::key(name, etag);
+    let fresh = JobRecord {
+        blob: name.to_string(),
+        blob_url: url.to_string(),
+        etag: etag.to_string(),
+        state: RecordState::Rejected,
+        reason: Some(reason.clone()),
+        problems,
+        started_at: records::unix_now(),
+        ..JobRecord::default()
+    };
+    let created =
+        state.records.create(&key, &fresh).await.map_err(|e| RetryNow::because(e, "creating the job record"))?;
+    let current = match created {
+        Some(_) => fresh,
+        None => {
+            // A retried trigger: the rejection (or a job, from before validation was on) is on record already; only
+            // an event that may not have gone out is sent again.
+            let read = state.records.read(&key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
+            match read.map(|v| v.record) {
+                Some(r)
+                    if r.state == RecordState::Rejected
+                        && r.event_id.is_none()
+                        && state.config.completed_queue.is_some() =>
+                {
+                    r
+                }
+                Some(r) => {
+                    return Ok(Outcome::Nothing { reason: format!("{name} was already dealt with ({:?})", r.state) })
+                }
+                None => return Err(RetryNow(anyhow::anyhow!("the job record {key} disappeared"))),
+            }
+        }
+    };
+    warn!(blob = %name, problems = current.problems.len(), "rejected before submission: {reason}");
+    if let Some(id) = events::announce(state, &CompletionEvent::of(&current, "rejected", None)).await? {
+        state
+            .records
+            .update(&key, None, |r| {
+                r.event_id = Some(id.clone());
+                true
+            })
+            .await
+            .map_err(|e| RetryNow::because(e, "updating the job record"))?;
+    }
+    Ok(Outcome::Rejected { reason: format!("{name}: {reason}") })
 }
 
 /// One message from the monitor queue: a status check, or a deferred submission. A message that can never succeed

@@ -13,6 +13,9 @@ use http::StatusCode;
 use serde::{Deserialize, Serialize};
 
 use crate::batch_api::{Batch, RequestCounts};
+
+use super::report::FailedRequest;
+use super::validate::Problem;
 use crate::storage::blob::Condition;
 use crate::storage::{StorageClient, StorageError};
 
@@ -35,6 +38,8 @@ pub enum RecordState {
     Ended,
     /// No job will be created or followed; `reason` says why.
     DeadLettered,
+    /// The file failed pre-flight validation; `problems` say where. No job was created.
+    Rejected,
 }
 
 /// The record of one input blob version.
@@ -67,8 +72,23 @@ pub struct JobRecord {
     /// Unix seconds.
     pub started_at: u64,
     pub updated_at: u64,
-    /// Why the record is deferred or dead-lettered.
+    /// Why the record is deferred, dead-lettered or rejected.
     pub reason: Option<String>,
+    /// What pre-flight validation found, for a rejected file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<Problem>,
+    /// The first failed requests of an ended job, from its error file.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed_requests: Vec<FailedRequest>,
+    /// The job's deployment, when the batch object names it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Token counts (`input_tokens`, `output_tokens`, `total_tokens`, details), when the batch object carries them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<serde_json::Value>,
+    /// The id of the completion event sent for this ending, once it was put on the queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub event_id: Option<String>,
 }
 
 impl JobRecord {
@@ -79,6 +99,12 @@ impl JobRecord {
         self.output_blob = batch.output_blob().map(str::to_string);
         self.error_blob = batch.error_blob().map(str::to_string);
         self.errors = batch.errors.iter().map(ToString::to_string).collect();
+        if batch.model.is_some() {
+            self.model = batch.model.clone();
+        }
+        if batch.usage.is_some() {
+            self.usage = batch.usage.clone();
+        }
     }
 }
 

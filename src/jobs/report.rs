@@ -7,6 +7,7 @@
 //! fails the invocation. Only the first [`HEAD_BYTES`] are read, however large the file, and only blobs of the app's
 //! own account (the service writes them under `BATCH_OUTPUT_CONTAINER` there).
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
@@ -22,41 +23,87 @@ pub const EXAMPLES: usize = 3;
 /// Longest message quoted per request.
 const MESSAGE_CHARS: usize = 200;
 
-/// `first failed requests: <custom_id>: <code>: <message>; …`, or a note that the error file could not be read;
-/// `None` when no request failed, the job names no error file of this account, or the file holds no readable line.
-pub async fn first_failures(storage: &StorageClient, batch: &Batch) -> Option<String> {
-    if batch.request_counts.as_ref().and_then(|c| c.failed).unwrap_or(0) == 0 {
-        return None;
-    }
-    let (container, name) = storage.split_blob_url(batch.error_blob()?)?;
-    match storage.get_blob_head(&container, &name, HEAD_BYTES).await {
-        // Azure names an error file even when it wrote none (§6).
-        Ok(None) => None,
-        Ok(Some(head)) => summarize(&head, head.len() < HEAD_BYTES),
-        Err(e) => {
-            warn!(batch_id = %batch.id, error = %e, "the job's error file could not be read");
-            Some(format!("the error file could not be read: {e}"))
+/// One failed request, as the error file gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedRequest {
+    pub custom_id: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for FailedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.message.is_empty() {
+            true => write!(f, "{}: {}", self.custom_id, self.code),
+            false => write!(f, "{}: {}: {}", self.custom_id, self.code, self.message),
         }
     }
 }
 
-/// The summary of the first lines of an error file; `whole` says whether `head` is the entire file (else its last,
-/// possibly cut, line is skipped).
-pub fn summarize(head: &[u8], whole: bool) -> Option<String> {
+/// What the head of a job's error file says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ErrorFileSummary {
+    /// The first [`EXAMPLES`] failed requests.
+    pub requests: Vec<FailedRequest>,
+    /// Why the file could not be read, if it could not.
+    pub unreadable: Option<String>,
+}
+
+impl ErrorFileSummary {
+    /// `first failed requests: <custom_id>: <code>: <message>; …`, or a note that the error file could not be read.
+    pub fn line(&self) -> Option<String> {
+        if let Some(why) = &self.unreadable {
+            return Some(format!("the error file could not be read: {why}"));
+        }
+        let examples: Vec<String> = self.requests.iter().map(ToString::to_string).collect();
+        (!examples.is_empty()).then(|| format!("first failed requests: {}", examples.join("; ")))
+    }
+}
+
+/// The first failed requests of `batch`; empty when no request failed, the job names no error file of this account,
+/// or the file holds no readable line.
+pub async fn first_failures(storage: &StorageClient, batch: &Batch) -> ErrorFileSummary {
+    if batch.request_counts.as_ref().and_then(|c| c.failed).unwrap_or(0) == 0 {
+        return ErrorFileSummary::default();
+    }
+    let Some((container, name)) = batch.error_blob().and_then(|url| storage.split_blob_url(url)) else {
+        return ErrorFileSummary::default();
+    };
+    match storage.get_blob_head(&container, &name, HEAD_BYTES).await {
+        // Azure names an error file even when it wrote none (§6).
+        Ok(None) => ErrorFileSummary::default(),
+        Ok(Some(head)) => {
+            ErrorFileSummary { requests: failed_requests(&head, head.len() < HEAD_BYTES), unreadable: None }
+        }
+        Err(e) => {
+            warn!(batch_id = %batch.id, error = %e, "the job's error file could not be read");
+            ErrorFileSummary { requests: Vec::new(), unreadable: Some(e.to_string()) }
+        }
+    }
+}
+
+/// The first failed requests in the first lines of an error file; `whole` says whether `head` is the entire file
+/// (else its last, possibly cut, line is skipped).
+pub fn failed_requests(head: &[u8], whole: bool) -> Vec<FailedRequest> {
     let text = String::from_utf8_lossy(head);
     let complete = if whole { &text[..] } else { text.rsplit_once('\n').map_or("", |(lines, _)| lines) };
-    let examples: Vec<String> = complete
+    complete
         .lines()
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .map(|v| describe(&v))
         .take(EXAMPLES)
-        .collect();
-    (!examples.is_empty()).then(|| format!("first failed requests: {}", examples.join("; ")))
+        .collect()
 }
 
-/// `custom_id: code: message` of one error line. The failure is either `error` (the request was not run) or the
-/// response's `body.error` with its `status_code`.
-fn describe(line: &Value) -> String {
+/// The summary line of the first lines of an error file (see [`failed_requests`]).
+pub fn summarize(head: &[u8], whole: bool) -> Option<String> {
+    ErrorFileSummary { requests: failed_requests(head, whole), unreadable: None }.line()
+}
+
+/// One error line. The failure is either `error` (the request was not run) or the response's `body.error` with its
+/// `status_code`.
+fn describe(line: &Value) -> FailedRequest {
     let text = |v: Option<&Value>| match v {
         Some(Value::String(s)) => Some(s.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -70,12 +117,10 @@ fn describe(line: &Value) -> String {
         .or_else(|| text(response.and_then(|r| r.get("status_code"))))
         .unwrap_or_else(|| "?".into());
     let message = text(failure.and_then(|e| e.get("message"))).unwrap_or_default();
-    let message: String = message.chars().take(MESSAGE_CHARS).collect();
-    let id = text(line.get("custom_id")).unwrap_or_else(|| "?".into());
-    if message.is_empty() {
-        format!("{id}: {code}")
-    } else {
-        format!("{id}: {code}: {message}")
+    FailedRequest {
+        custom_id: text(line.get("custom_id")).unwrap_or_else(|| "?".into()),
+        code,
+        message: message.chars().take(MESSAGE_CHARS).collect(),
     }
 }
 
@@ -98,6 +143,18 @@ pub fn final_report(message: &MonitorMessage, batch: &Batch, failures: Option<&s
     if let Some(failures) = failures {
         line.push_str("; ");
         line.push_str(failures);
+    }
+    if let Some(model) = &batch.model {
+        line.push_str(&format!("; model: {model}"));
+    }
+    if let Some(usage) = &batch.usage {
+        let count = |k: &str| usage.get(k).and_then(Value::as_u64).map_or("?".to_string(), |n| n.to_string());
+        line.push_str(&format!(
+            "; tokens: input={} output={} total={}",
+            count("input_tokens"),
+            count("output_tokens"),
+            count("total_tokens")
+        ));
     }
     line.push_str(&format!("; checks: {}", message.attempt + 1));
     let clean = batch.status == BatchStatus::Completed && counts.failed.unwrap_or(0) == 0;

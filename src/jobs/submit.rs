@@ -16,6 +16,7 @@ use crate::storage::blob::{account_root, Condition};
 use crate::AppState;
 
 use super::dead_letter::{self, DeadLetter};
+use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
 use super::policy::{self, AfterRefusal, Policy, Settled};
 use super::records::{unix_now, JobRecord, RecordState, RecordStore};
@@ -191,8 +192,6 @@ async fn refused(
     match policy::after_refusal(&Policy::of(&state.config), record.failures, &e, s.host_retries) {
         AfterRefusal::DeadLetter => {
             error!(blob = %s.blob, status, code = %code, message = %e.message, "the batch API refused the job; dead-lettering the blob");
-            record.state = RecordState::DeadLettered;
-            held.write(&record).await?;
             let reason = format!("the batch API refused to create a job: {e}");
             let letter = DeadLetter {
                 code: e.code.as_deref(),
@@ -200,6 +199,9 @@ async fn refused(
                 ..DeadLetter::new(s.function, &reason, s.invocation_id)
             };
             dead_letter::put(state, letter).await.map_err(|e| unavailable(e, "dead-lettering the blob"))?;
+            record.state = RecordState::DeadLettered;
+            record.event_id = events::announce(state, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
+            held.write(&record).await?;
             Ok(Outcome::DeadLettered { reason: format!("no batch job for {}: {reason}", s.blob) })
         }
         AfterRefusal::HostRetry => {

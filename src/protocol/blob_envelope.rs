@@ -89,11 +89,17 @@ impl ElidingReader {
     }
 
     /// Consumes one chunk of the body.
-    pub fn feed(&mut self, mut chunk: &[u8]) -> Result<(), EnvelopeError> {
+    pub fn feed(&mut self, chunk: &[u8]) -> Result<(), EnvelopeError> {
+        self.feed_with(chunk, &mut |_| {})
+    }
+
+    /// Consumes one chunk of the body, handing the raw (still JSON-escaped) content of the first value under `Data`
+    /// to `content` as it passes, in order ([`super::blob_content`] decodes it).
+    pub fn feed_with(&mut self, mut chunk: &[u8], content: &mut impl FnMut(&[u8])) -> Result<(), EnvelopeError> {
         self.total += chunk.len() as u64;
         while !chunk.is_empty() {
             if self.in_string {
-                chunk = self.string_bytes(chunk);
+                chunk = self.string_bytes(chunk, content);
             } else {
                 let b = chunk[0];
                 chunk = &chunk[1..];
@@ -145,7 +151,7 @@ impl ElidingReader {
     }
 
     /// Consumes string content up to and including the closing quote; returns the rest of the chunk.
-    fn string_bytes<'a>(&mut self, chunk: &'a [u8]) -> &'a [u8] {
+    fn string_bytes<'a>(&mut self, chunk: &'a [u8], sink: &mut impl FnMut(&[u8])) -> &'a [u8] {
         let mut i = 0;
         loop {
             if self.escape {
@@ -164,7 +170,7 @@ impl ElidingReader {
                 }
                 Some(off) => {
                     let content = &chunk[..i + off];
-                    self.string_content(content);
+                    self.string_content(content, sink);
                     self.in_string = false;
                     self.kept.push(b'"');
                     if self.key {
@@ -179,12 +185,15 @@ impl ElidingReader {
                 None => break,
             }
         }
-        self.string_content(chunk);
+        self.string_content(chunk, sink);
         &[]
     }
 
-    fn string_content(&mut self, content: &[u8]) {
+    fn string_content(&mut self, content: &[u8], sink: &mut impl FnMut(&[u8])) {
         if self.eliding {
+            if self.elided.len() == 1 {
+                sink(content);
+            }
             if let Some(e) = self.elided.last_mut() {
                 e.len += content.len() as u64;
                 let room = HEAD_LEN.saturating_sub(e.head.len());
@@ -270,6 +279,19 @@ mod tests {
             assert_eq!(req.data["b"], "");
             assert_eq!(elided.len(), 1);
             assert_eq!(elided[0].len, br#"ab\"c\\"#.len() as u64);
+        }
+    }
+
+    #[test]
+    fn the_first_data_value_streams_to_the_sink_at_any_chunking() {
+        for chunk in [1, 2, 5, 64, 4096] {
+            let mut r = ElidingReader::new(1 << 20);
+            let mut raw = Vec::new();
+            for c in BLOB_ENVELOPE.as_bytes().chunks(chunk) {
+                r.feed_with(c, &mut |bytes| raw.extend_from_slice(bytes)).expect("feed");
+            }
+            assert_eq!(raw.len(), 188, "chunk {chunk}");
+            assert!(raw.starts_with(b"eyJjdXN0b21faWQi") && raw.ends_with(b"fX0K"));
         }
     }
 

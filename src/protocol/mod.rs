@@ -5,6 +5,7 @@
 //! `{"Outputs", "Logs", "ReturnValue"}` object every answer carries. Blob envelopes are read by [`blob_envelope`],
 //! which streams the body and skips the base64 content instead of holding it.
 
+pub mod blob_content;
 pub mod blob_envelope;
 
 use axum::body::Body;

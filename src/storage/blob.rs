@@ -321,6 +321,19 @@ pub fn account_root(blob_url: &Url, blob_endpoint: &Url) -> Url {
     root
 }
 
+/// The account a blob or endpoint URL names, when it can be told: the first label of a `<account>.blob.<suffix>` host,
+/// or the first path segment of a path-style URL (an IP address or `localhost`, as Azurite uses). `None` for a custom
+/// domain.
+pub fn account_name(url: &Url) -> Option<String> {
+    match url.host()? {
+        url::Host::Domain(host) if !host.eq_ignore_ascii_case("localhost") => {
+            let (account, rest) = host.split_once('.')?;
+            rest.to_ascii_lowercase().starts_with("blob.").then(|| account.to_ascii_lowercase())
+        }
+        _ => url.path_segments()?.next().filter(|s| !s.is_empty()).map(str::to_string),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +341,16 @@ mod tests {
     fn root(blob: &str, endpoint: &str) -> String {
         let u = account_root(&Url::parse(blob).expect("blob"), &Url::parse(endpoint).expect("endpoint"));
         u.as_str().trim_end_matches('/').to_string()
+    }
+
+    #[test]
+    fn account_names_from_urls() {
+        let name = |u: &str| account_name(&Url::parse(u).expect("url"));
+        assert_eq!(name("https://Acct.blob.core.windows.net/batch-input/x"), Some("acct".into()));
+        assert_eq!(name("https://acct.blob.core.chinacloudapi.cn/"), Some("acct".into()));
+        assert_eq!(name("http://127.0.0.1:10000/devstoreaccount1/batch-input/x"), Some("devstoreaccount1".into()));
+        assert_eq!(name("http://localhost:10000/devstoreaccount1"), Some("devstoreaccount1".into()));
+        assert_eq!(name("https://files.contoso.com/batch-input/x"), None, "a custom domain names no account");
     }
 
     #[test]

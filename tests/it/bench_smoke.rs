@@ -38,7 +38,9 @@ fn the_benchmark_harness_runs_end_to_end() {
     if Path::new("/proc/self/schedstat").exists() {
         assert!(names.iter().any(|n| n.contains("CPU per request")), "no CPU-time row in {names:#?}");
     }
-    assert!(report.rows.iter().all(|r| r.value.is_finite() && r.value > 0.0), "{}", report.markdown());
+    // Figures are positive, but a smoke pass's tiny blob can take no measurable time beyond its fixed part.
+    assert!(report.rows.iter().all(|r| r.value.is_finite() && r.value >= 0.0), "{}", report.markdown());
+    assert!(report.rows.iter().filter(|r| r.value > 0.0).count() > report.rows.len() / 2, "{}", report.markdown());
     assert!(report.markdown().lines().count() == report.rows.len() + 2);
     let _ = std::fs::remove_dir_all(work);
 }

@@ -45,9 +45,12 @@ async fn creates_a_blob_mode_job_and_outputs_the_monitor_message() {
 async fn a_large_blob_streams_through_in_chunks() {
     bounded(async {
         let app = spawn_app().await;
-        // ~24 MB blob → ~32 MB envelope, far over axum's 2 MB default limit; sent chunked.
-        let line = sample_jsonl(1);
-        let content = line.repeat(24 * 1024 * 1024 / line.len());
+        // ~25 MB blob → ~34 MB envelope, far over axum's 2 MB default limit; sent chunked. 85,000 distinct
+        // requests of ~300 bytes, so that validation reads the whole file and passes it.
+        let padding = "x".repeat(160);
+        let content: String =
+            sample_jsonl(85_000).lines().map(|l| format!("{}\n", l.replace("Question", &padding))).collect();
+        assert!(content.len() > 24 << 20);
         app.upload("big.jsonl", content.as_bytes()).await;
         let url = app.blob_url("big.jsonl");
         let info = devstack::host_emulator::envelope::BlobInfo {

@@ -75,9 +75,9 @@ async fn every_dropped_blob_becomes_one_job_followed_to_completion() {
 }
 
 #[tokio::test]
-async fn an_input_with_invalid_lines_ends_failed_with_the_error_code_in_the_final_line() {
+async fn with_validation_off_an_input_with_invalid_lines_ends_failed_with_the_error_code_in_the_final_line() {
     bounded(async {
-        let stack = Stack::start(StackOptions::default()).await;
+        let stack = Stack::start(StackOptions { validate_input: false, ..StackOptions::default() }).await;
         let bad = format!("{}{{\"custom_id\": oops}}\n", sample_jsonl(1));
         stack.drop_blob("bad.jsonl", bad.as_bytes()).await;
         let reports = reports(&stack, 1, Duration::from_secs(30)).await;

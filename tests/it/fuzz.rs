@@ -1,6 +1,7 @@
 //! Mutational fuzzing of everything that parses untrusted input: the streaming blob-envelope reader (checked against
 //! a full `serde_json` parse), the envelope decoders, the queue message parser, connection strings and Batch
-//! objects, and finally the running router. Seeds are the protocol doc's examples; mutations are byte flips,
+//! objects, the input-file validator (checked against a plain whole-file reference) and the blob content decoder
+//! (checked against the base64 crate), and finally the running router. Seeds are the protocol doc's examples; mutations are byte flips,
 //! JSON-significant insertions, deletions, duplications, splices and truncations, from a seeded generator.
 //!
 //! `FUZZ_ITERATIONS` (default 20,000) and `FUZZ_SEED` set the run; `scripts/fuzz.sh` runs a long one. A failing
@@ -10,6 +11,8 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use blob_batch_monitor::batch_api::Batch;
 use blob_batch_monitor::jobs::message::{parse_work, validate_batch_id, Work};
+use blob_batch_monitor::jobs::validate::{Validator, MAX_PROBLEMS};
+use blob_batch_monitor::protocol::blob_content::ContentDecoder;
 use blob_batch_monitor::protocol::blob_envelope::ElidingReader;
 use blob_batch_monitor::protocol::InvokeRequest;
 use blob_batch_monitor::storage::StorageAccount;
@@ -138,6 +141,109 @@ fn parsers_survive_mutated_inputs_and_agree_with_a_full_parse() {
         let chunking = 1 + rng.below(64);
         if catch_unwind(AssertUnwindSafe(|| check(&input, chunking))).is_err() {
             let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-failure-{seed}-{i}.bin"));
+            let _ = std::fs::write(&path, &input);
+            panic!("iteration {i} (seed {seed}, chunking {chunking}) failed; input saved to {}", path.display());
+        }
+    }
+}
+
+const JSONL_SEEDS: &[&str] = &[
+    "{\"custom_id\":\"a\",\"method\":\"POST\",\"url\":\"/chat/completions\",\"body\":{\"model\":\"m\",\"messages\":[]}}\n{\"custom_id\":\"b\",\"method\":\"POST\",\"url\":\"/chat/completions\",\"body\":{\"model\":\"m\"}}\n",
+    "\u{feff}{\"custom_id\":\"a\",\"method\":\"POST\",\"url\":\"/v1/responses\",\"body\":{\"model\":\"m\",\"input\":\"Hi\"}}\r\n\r\n",
+    "{\"custom_id\":\"x\",\"method\":\"GET\",\"url\":\"/u\",\"body\":{\"model\":\"m\"}}\n{\"custom_id\":\"x\",\"method\":\"POST\",\"url\":\"/v\",\"body\":[]}",
+];
+
+fn validate(input: &[u8], chunking: usize) -> Vec<(u64, String)> {
+    let mut v = Validator::new();
+    input.chunks(chunking.max(1)).for_each(|c| v.feed(c));
+    v.finish().into_iter().map(|p| (p.line, p.code)).collect()
+}
+
+/// The rules of azure-openai-batch.md §7 applied to a whole file at once with `serde_json::Value`: the oracle.
+fn reference(input: &[u8]) -> Vec<(u64, String)> {
+    let mut out: Vec<(u64, String)> = Vec::new();
+    let body = match input.strip_prefix(b"\xEF\xBB\xBF") {
+        Some(rest) => {
+            out.push((1, "bom".into()));
+            rest
+        }
+        None => input,
+    };
+    let (mut ids, mut url, mut model, mut requests) = (std::collections::HashMap::new(), None, None, 0u64);
+    let lines = body.split(|b| *b == b'\n').collect::<Vec<_>>();
+    let total =
+        body.iter().filter(|b| **b == b'\n').count() as u64 + u64::from(!body.is_empty() && !body.ends_with(b"\n"));
+    for (i, raw) in lines.iter().enumerate() {
+        let n = i as u64 + 1;
+        let text = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        requests += 1;
+        let Ok(Value::Object(line)) = serde_json::from_slice::<Value>(text) else {
+            out.push((n, "invalid_json_line".into()));
+            continue;
+        };
+        match line.get("custom_id").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            None => out.push((n, "missing_custom_id".into())),
+            Some(id) if ids.contains_key(id) => out.push((n, "duplicate_custom_id".into())),
+            Some(id) => {
+                ids.insert(id.to_string(), n);
+            }
+        }
+        if line.get("method").and_then(Value::as_str) != Some("POST") {
+            out.push((n, "invalid_method".into()));
+        }
+        match (line.get("url").and_then(Value::as_str), &url) {
+            (None, _) => out.push((n, "url_mismatch".into())),
+            (Some(u), None) => url = Some(u.to_string()),
+            (Some(u), Some(first)) if u != first => out.push((n, "url_mismatch".into())),
+            _ => {}
+        }
+        match line.get("body").and_then(Value::as_object).map(|b| b.get("model").and_then(Value::as_str)) {
+            None | Some(None) => out.push((n, "invalid_request".into())),
+            Some(Some(m)) if model.is_none() => model = Some(m.to_string()),
+            Some(Some(m)) if Some(m) != model.as_deref() => out.push((n, "model_mismatch".into())),
+            _ => {}
+        }
+    }
+    if requests == 0 && out.iter().all(|(_, c)| c == "bom") {
+        out.push((total.max(1), "empty_file".into()));
+    }
+    out.truncate(MAX_PROBLEMS);
+    out
+}
+
+/// The validator agrees with the reference at any chunking; the content decoder recovers any bytes from their
+/// base64, escaped or not, at any chunking.
+fn check_jsonl(input: &[u8], chunking: usize, escape: bool) {
+    let expected = reference(input);
+    assert_eq!(validate(input, input.len().max(1)), expected, "whole: {:?}", String::from_utf8_lossy(input));
+    assert_eq!(validate(input, chunking), expected, "chunks of {chunking}");
+    use base64::Engine;
+    let mut raw = base64::engine::general_purpose::STANDARD.encode(input);
+    if escape {
+        raw = raw.replace('+', "\\u002B").replace('/', "\\/");
+    }
+    let mut decoder = ContentDecoder::new();
+    let mut decoded = Vec::new();
+    raw.as_bytes().chunks(chunking).for_each(|c| decoder.feed(c, &mut |b| decoded.extend_from_slice(b)));
+    decoder.finish(&mut |b| decoded.extend_from_slice(b)).expect("valid base64 decodes");
+    assert_eq!(decoded, input);
+}
+
+#[test]
+fn the_validator_agrees_with_a_whole_file_reference_on_mutated_files() {
+    let seed: u64 = std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x0bad_5eed);
+    let mut rng = Rng(seed.rotate_left(17) | 1);
+    for i in 0..iterations() {
+        let mut input = JSONL_SEEDS[rng.below(JSONL_SEEDS.len())].as_bytes().to_vec();
+        for _ in 0..=rng.below(3) {
+            input = mutate(&mut rng, &input);
+        }
+        let (chunking, escape) = (1 + rng.below(64), rng.below(2) == 0);
+        if catch_unwind(AssertUnwindSafe(|| check_jsonl(&input, chunking, escape))).is_err() {
+            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-jsonl-{seed}-{i}.bin"));
             let _ = std::fs::write(&path, &input);
             panic!("iteration {i} (seed {seed}, chunking {chunking}) failed; input saved to {}", path.display());
         }

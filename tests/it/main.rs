@@ -3,9 +3,11 @@
 mod bench_smoke;
 mod blob_monitor;
 mod e2e;
+mod events;
 mod fuzz;
 mod helpers;
 mod identity;
 mod load;
 mod queue_monitor;
 mod reliability;
+mod validation;

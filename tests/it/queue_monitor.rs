@@ -66,7 +66,10 @@ async fn each_terminal_status_ends_monitoring_with_a_final_report() {
 #[tokio::test]
 async fn a_completed_job_reports_its_result_blobs_and_a_failed_one_its_errors() {
     bounded(async {
-        let app = crate::helpers::spawn_app_with(crate::helpers::TestOptions::quick_jobs()).await;
+        // Validation off, so that the service itself fails the bad file.
+        let options =
+            crate::helpers::TestOptions { validate_input: false, ..crate::helpers::TestOptions::quick_jobs() };
+        let app = crate::helpers::spawn_app_with(options).await;
         let good = app.create_job("good.jsonl").await;
         let bad = app.submit("bad.jsonl", b"{\"custom_id\": \"a\", not json}\n").await;
         for id in [&good.batch_id, &bad.batch_id] {

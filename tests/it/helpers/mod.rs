@@ -69,6 +69,10 @@ pub struct TestOptions {
     /// `(IDENTITY_ENDPOINT, IDENTITY_HEADER)`: the handler gets these instead of `OPENAI_API_KEY`, and the emulator
     /// accepts the identity emulator's Azure OpenAI token.
     pub identity: Option<(String, String)>,
+    /// `BATCH_VALIDATE_INPUT`: off for tests of what the batch service itself does with a bad file.
+    pub validate_input: bool,
+    /// `BATCH_COMPLETED_QUEUE` (`""` turns completion events off).
+    pub completed_queue: String,
 }
 
 impl TestOptions {
@@ -88,6 +92,8 @@ impl Default for TestOptions {
             max_check_failures: 30,
             api_version: "2025-04-01-preview".into(),
             identity: None,
+            validate_input: true,
+            completed_queue: "batch-completed".into(),
         }
     }
 }
@@ -132,6 +138,8 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         ("BATCH_MAX_CHECK_FAILURES", options.max_check_failures.to_string()),
         ("BlobStorageConnection", conn),
         ("OPENAI_API_VERSION", options.api_version.clone()),
+        ("BATCH_VALIDATE_INPUT", options.validate_input.to_string()),
+        ("BATCH_COMPLETED_QUEUE", options.completed_queue.clone()),
     ]
     .into_iter()
     .chain(credential)
@@ -211,11 +219,16 @@ impl TestApp {
     /// Uploads a blob and invokes BlobMonitor for it with the host's envelope.
     pub async fn invoke_blob(&self, name: &str, content: &[u8]) -> Answer {
         let etag = self.upload(name, content).await;
+        self.deliver_blob(name, content, &etag).await
+    }
+
+    /// Invokes BlobMonitor for the blob version `etag` of `name` (already uploaded), as the trigger delivers it.
+    pub async fn deliver_blob(&self, name: &str, content: &[u8], etag: &str) -> Answer {
         let url = self.blob_url(name);
         let info = BlobInfo {
             url: &url,
             name,
-            etag: &etag,
+            etag,
             last_modified: "2026-11-28T10:00:00+00:00",
             content_type: "application/jsonl",
         };

@@ -19,11 +19,18 @@ pub struct StackOptions {
     pub retry_delay_secs: u64,
     /// A storage connection string to use instead of a fresh account on the shared Azurite.
     pub connection: Option<String>,
+    /// `BATCH_VALIDATE_INPUT`: off for tests of what the batch service itself does with a bad file.
+    pub validate_input: bool,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        StackOptions { timings: Timings::uniform(Duration::from_millis(300)), retry_delay_secs: 1, connection: None }
+        StackOptions {
+            timings: Timings::uniform(Duration::from_millis(300)),
+            retry_delay_secs: 1,
+            connection: None,
+            validate_input: true,
+        }
     }
 }
 
@@ -77,6 +84,7 @@ impl Stack {
             ("BATCH_RETRY_DELAY".into(), options.retry_delay_secs.to_string()),
             // Back-off doubles from the retry delay; a low cap keeps fault tests within seconds.
             ("BATCH_BACKOFF_CAP".into(), "4".into()),
+            ("BATCH_VALIDATE_INPUT".into(), options.validate_input.to_string()),
         ];
         let app_dir = app_dir();
         let mut host_options = HostOptions::new(app_dir.clone(), settings);

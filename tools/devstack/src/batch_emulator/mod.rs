@@ -103,6 +103,19 @@ impl Job {
             "expired_at": ts("expired_at"), "cancelling_at": ts("cancelling_at"), "cancelled_at": ts("cancelled_at"),
             "request_counts": {"total": self.total, "completed": self.completed, "failed": self.failed},
             "metadata": null, "input_blob": self.input_blob, "output_blob": self.output_blob, "error_blob": self.error_blob,
+            "usage": self.usage(),
+        })
+    }
+
+    /// Token counts as OpenAI reports them once requests have run (12 in and 8 out per completed request); `null`
+    /// before (Azure may leave the field out altogether, azure-openai-batch.md §4).
+    fn usage(&self) -> Value {
+        if self.completed == 0 {
+            return Value::Null;
+        }
+        json!({
+            "input_tokens": 12 * self.completed, "output_tokens": 8 * self.completed, "total_tokens": 20 * self.completed,
+            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0},
         })
     }
 

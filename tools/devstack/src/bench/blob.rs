@@ -9,13 +9,20 @@ use anyhow::{bail, Context};
 
 use crate::host_emulator::envelope::{blob_envelope, BlobInfo};
 
-/// A JSONL blob of about `bytes` and its BlobMonitor envelope for `url`.
+/// A valid JSONL input of about `bytes` (at least one request) and its BlobMonitor envelope for `url`: requests of
+/// about 2.2 KB, distinct `custom_id`s, so that 200 MB holds about 95,000 of them, under the 100,000 limit, and
+/// validation reads all of it.
 pub fn envelope(bytes: usize, url: &str) -> Vec<u8> {
-    let line = br#"{"custom_id":"task-00000000","method":"POST","url":"/chat/completions","body":{"model":"gpt-4o-batch","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"When was Microsoft founded? Answer in one sentence."}]}}"#;
-    let mut content = Vec::with_capacity(bytes + line.len());
-    while content.len() < bytes {
-        content.extend_from_slice(line);
+    let question = "When was Microsoft founded? Answer in one sentence, then explain why it matters. ".repeat(25);
+    let mut content = Vec::with_capacity(bytes + 4096);
+    let mut i = 0;
+    while content.len() < bytes || i == 0 {
+        let line = format!(
+            r#"{{"custom_id":"task-{i:08}","method":"POST","url":"/chat/completions","body":{{"model":"gpt-4o-batch","messages":[{{"role":"system","content":"You are a helpful assistant."}},{{"role":"user","content":"{question}"}}]}}}}"#
+        );
+        content.extend_from_slice(line.as_bytes());
         content.push(b'\n');
+        i += 1;
     }
     let info = BlobInfo {
         url,

@@ -59,7 +59,7 @@ http {{
     location = /openai/batches/{DONE} {{ return 200 '{done}'; }}
     location = /openai/batches/{RUNNING} {{ return 200 '{running}'; }}
     location = /openai/batches {{ return 201 '{created}'; }}
-    location = /devstoreaccount1/monitorjobs/messages {{
+    location ~ ^/devstoreaccount1/[a-z0-9-]+/messages$ {{
       default_type application/xml;
       return 201 '<?xml version="1.0" encoding="utf-8"?><QueueMessagesList><QueueMessage><MessageId>7b2a</MessageId><InsertionTime>Sat, 28 Nov 2026 10:27:06 GMT</InsertionTime><ExpirationTime>Fri, 31 Dec 9999 23:59:59 GMT</ExpirationTime><PopReceipt>MjhO</PopReceipt><TimeNextVisible>Sat, 28 Nov 2026 10:27:36 GMT</TimeNextVisible></QueueMessage></QueueMessagesList>';
     }}

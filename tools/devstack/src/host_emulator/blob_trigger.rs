@@ -97,7 +97,8 @@ async fn scan_once(
     };
     for blob in blobs.iter().filter(|b| matches(pattern, &b.name)) {
         let etag = unquote_etag(&blob.properties.etag);
-        let receipt = format!("{prefix}{etag}/{container}/{}", blob.name);
+        // The host writes the ETag with its quotes (Azure.ETag's ToString).
+        let receipt = receipt_path(&prefix, etag, container, &blob.name);
         match receipts.get(&receipt) {
             Some(false) => continue, // done
             Some(true) => {}         // a previous run died between receipt and enqueue: enqueue again
@@ -253,6 +254,11 @@ fn encode_path(name: &str) -> String {
         .join("/")
 }
 
+/// `<prefix>"<ETag>"/<container>/<blob>`: the receipt of one blob version.
+fn receipt_path(prefix: &str, etag: &str, container: &str, blob: &str) -> String {
+    format!("{prefix}\"{etag}\"/{container}/{blob}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -264,5 +270,13 @@ mod tests {
         assert!(!matches("{name}.jsonl", "a.txt"));
         assert!(matches("in/{name}", "in/x"));
         assert!(!matches("in/{name}", "out/x"));
+    }
+
+    #[test]
+    fn receipts_carry_the_quoted_etag() {
+        assert_eq!(
+            receipt_path("blobreceipts/host/fn/", "0x8DD1", "batch-input", "a/b.jsonl"),
+            "blobreceipts/host/fn/\"0x8DD1\"/batch-input/a/b.jsonl"
+        );
     }
 }

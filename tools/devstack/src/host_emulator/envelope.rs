@@ -80,18 +80,17 @@ pub fn queue_envelope(function: &str, binding: &str, text: &[u8], binary: bool, 
     if !binary && trimmed.starts_with('{') && trimmed.ends_with('}') {
         if let Ok(Value::Object(fields)) = serde_json::from_str::<Value>(trimmed) {
             for (k, v) in fields {
-                match v {
-                    Value::Array(_) => {}
-                    obj @ Value::Object(_) => {
-                        metadata.insert(k, obj);
-                    }
-                    Value::String(s) => {
-                        metadata.insert(k, quoted(&s));
-                    }
-                    other => {
-                        metadata.insert(k, quoted(&other.to_string()));
-                    }
-                }
+                let value = match v {
+                    Value::Array(_) | Value::Null => continue,
+                    obj @ Value::Object(_) => obj,
+                    Value::String(s) => quoted(&s),
+                    // .NET's `ToString`: `True` / `False`.
+                    Value::Bool(b) => quoted(if b { "True" } else { "False" }),
+                    other => quoted(&other.to_string()),
+                };
+                // The binding data dictionary ignores case: a field overwrites a same-named key, which keeps its name.
+                let key = metadata.keys().find(|existing| existing.eq_ignore_ascii_case(&k)).cloned().unwrap_or(k);
+                metadata.insert(key, value);
             }
         }
     }
@@ -230,6 +229,27 @@ mod tests {
         assert_eq!(v["Metadata"]["Id"], "\"fake\"");
         assert_eq!(v["Metadata"]["n"], json!({"a": 1}));
         assert!(v["Metadata"].get("l").is_none());
+    }
+
+    #[test]
+    fn message_fields_match_keys_ignoring_case_write_dotnet_booleans_and_skip_nulls() {
+        let info = QueueInfo {
+            id: "real",
+            pop_receipt: "p",
+            dequeue_count: 2,
+            insertion_time: "",
+            expiration_time: "",
+            next_visible_time: "",
+        };
+        let text = br#"{"id":"fake","popreceipt":null,"ok":true,"no":false,"n":1,"x":null}"#;
+        let v: Value = serde_json::from_slice(&queue_envelope("Q", "job", text, false, &info)).expect("json");
+        let metadata = v["Metadata"].as_object().expect("object");
+        assert_eq!(metadata["Id"], "\"fake\"", "`id` overwrites `Id`, which keeps its name");
+        assert!(!metadata.contains_key("id"));
+        assert_eq!(metadata["PopReceipt"], "\"p\"", "a null field is skipped, not copied");
+        assert!(!metadata.contains_key("x"));
+        assert_eq!((metadata["ok"].clone(), metadata["no"].clone()), (json!("\"True\""), json!("\"False\"")));
+        assert_eq!(metadata["n"], "\"1\"");
     }
 
     #[test]

@@ -99,7 +99,8 @@ impl Ctx {
     /// Invokes a function, applies its queue outputs on success, logs and records the invocation.
     pub async fn invoke(&self, function: &Function, trigger: String, body: Vec<u8>) -> Outcome {
         let started = std::time::Instant::now();
-        let mut outcome = self.worker.invoke(&function.name, body).await;
+        let has_return = function.bindings.iter().any(|b| b.name == "$return");
+        let mut outcome = self.worker.invoke(&function.name, has_return, body).await;
         if outcome.succeeded() {
             if let Err(e) = self.apply_outputs(function, &outcome).await {
                 outcome.error = Some(format!("outputs could not be written: {e:#}"));

@@ -241,8 +241,10 @@ impl Worker {
         format!("http://127.0.0.1:{}", self.port.load(Ordering::SeqCst))
     }
 
-    /// POSTs an envelope to `/<function>` and interprets the answer as the host does.
-    pub async fn invoke(&self, function: &str, body: Vec<u8>) -> Outcome {
+    /// POSTs an envelope to `/<function>` and interprets the answer as the host does. `has_return`: the function
+    /// declares a `$return` output binding.
+    pub async fn invoke(&self, function: &str, has_return: bool, body: Vec<u8>) -> Outcome {
+        let started = std::time::Instant::now();
         let mut ready = self.ready.subscribe();
         if tokio::time::timeout(READY_TIMEOUT, ready.wait_for(|r| *r)).await.is_err() {
             return Outcome { error: Some("the handler is not running".into()), ..Default::default() };
@@ -287,11 +289,21 @@ impl Worker {
             outcome.error = Some(format!("the handler answered {status}; outputs and logs dropped"));
             return outcome;
         }
+        if is_no_result(&bytes) {
+            // The host completes an invocation only with a non-null result: it waits for `functionTimeout`, then
+            // disposes of the single worker process, failing every invocation in flight.
+            let limit = self.spec.function_timeout.unwrap_or(DEFAULT_FUNCTION_TIMEOUT);
+            tokio::time::sleep(limit.saturating_sub(started.elapsed())).await;
+            tracing::error!(target: "host", "function timeout after {limit:?} (a 2xx without a result): restarting the handler");
+            self.kill_handler();
+            outcome.error = Some(format!("function timeout ({limit:?}): the handler answered {status} with no result"));
+            return outcome;
+        }
         if !content_type.starts_with("application/json") {
             outcome.error = Some(format!("no MediaTypeFormatter is available for content type `{content_type}`"));
             return outcome;
         }
-        match parse_result(&bytes) {
+        match parse_result(&bytes, has_return) {
             Ok((outputs, logs)) => {
                 outcome.outputs = outputs;
                 outcome.logs = logs;
@@ -302,17 +314,35 @@ impl Worker {
     }
 }
 
-/// Reads `{"Outputs", "Logs", "ReturnValue"}` (top-level names matched case-insensitively).
-fn parse_result(bytes: &[u8]) -> Result<(Map<String, Value>, Vec<String>), String> {
+/// Without a `functionTimeout` in host.json, the Consumption plan's default.
+const DEFAULT_FUNCTION_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A 2xx body that gives the host no result: empty, or `null`.
+fn is_no_result(bytes: &[u8]) -> bool {
+    let text = bytes.trim_ascii();
+    text.is_empty() || text == b"null"
+}
+
+/// Reads `{"Outputs", "Logs", "ReturnValue"}` (top-level names matched case-insensitively). `ReturnValue` becomes
+/// the `$return` output when the function declares one; otherwise an object `ReturnValue` is merged into `Outputs`,
+/// its entries winning (host `WorkerFunctionInvoker.HandleOutputDictionary` assigns them after the outputs).
+fn parse_result(bytes: &[u8], has_return: bool) -> Result<(Map<String, Value>, Vec<String>), String> {
     let Ok(Value::Object(top)) = serde_json::from_slice::<Value>(bytes) else {
         return Err("the handler's 2xx body is not a JSON object".into());
     };
     let get = |name: &str| top.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v);
-    let outputs = match get("Outputs") {
+    let mut outputs = match get("Outputs") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(o)) => o.clone(),
         Some(_) => return Err("`Outputs` is not an object".into()),
     };
+    match get("ReturnValue") {
+        Some(value) if has_return => {
+            outputs.insert("$return".into(), value.clone());
+        }
+        Some(Value::Object(returned)) => outputs.extend(returned.clone()),
+        _ => {}
+    }
     let logs = match get("Logs") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
@@ -334,12 +364,34 @@ mod tests {
 
     #[test]
     fn result_parsing_follows_the_host() {
-        let (o, l) = parse_result(br#"{"Outputs":{"q":{"a":1}},"Logs":["x"],"ReturnValue":null}"#).expect("ok");
+        let (o, l) = parse_result(br#"{"Outputs":{"q":{"a":1}},"Logs":["x"],"ReturnValue":null}"#, false).expect("ok");
         assert_eq!(o.len(), 1);
         assert_eq!(l, ["x"]);
-        assert!(parse_result(br#"{"outputs":{},"logs":[]}"#).is_ok());
-        assert!(parse_result(br#"{"Logs":[1]}"#).is_err());
-        assert!(parse_result(b"null").is_err());
-        assert!(parse_result(b"").is_err());
+        assert!(parse_result(br#"{"outputs":{},"logs":[]}"#, false).is_ok());
+        assert!(parse_result(br#"{"Logs":[1]}"#, false).is_err());
+    }
+
+    #[test]
+    fn an_object_return_value_is_merged_into_the_outputs_unless_there_is_a_return_binding() {
+        let body =
+            br#"{"Outputs":{"q":{"from":"outputs"},"r":1},"Logs":[],"ReturnValue":{"q":{"from":"return"},"s":2}}"#;
+        let (merged, _) = parse_result(body, false).expect("ok");
+        assert_eq!(merged["q"]["from"], "return", "ReturnValue's entries are assigned last");
+        assert_eq!((merged["r"].clone(), merged["s"].clone()), (Value::from(1), Value::from(2)));
+        let (returned, _) = parse_result(body, true).expect("ok");
+        assert_eq!(returned["q"]["from"], "outputs");
+        assert_eq!(returned["$return"]["s"], 2);
+        let (plain, _) = parse_result(br#"{"Outputs":{},"ReturnValue":"text"}"#, false).expect("ok");
+        assert!(plain.is_empty(), "a non-object ReturnValue adds nothing without a $return binding");
+    }
+
+    #[test]
+    fn an_empty_or_null_body_is_no_result() {
+        for body in [&b""[..], b"null", b"  null\n", b"\n"] {
+            assert!(is_no_result(body), "{body:?}");
+        }
+        for body in [&b"{}"[..], b"nullx", b"[]"] {
+            assert!(!is_no_result(body), "{body:?}");
+        }
     }
 }

@@ -1,0 +1,178 @@
+//! Completion events: when a blob's story ends (its job `completed`, `failed`, `expired` or `cancelled`, the file
+//! `rejected` by validation, or the work `dead-lettered`), one JSON message goes on `BATCH_COMPLETED_QUEUE` for the
+//! next step, encoded as host.json's `messageEncoding` says so a queue-triggered function reads it as is.
+//!
+//! Each ending has a stable [`CompletionEvent::id`], derived from the blob version, the batch and the status, so the
+//! same ending reported twice carries the same id and consumers deduplicate by it. The event is put *before* the job
+//! record says it was sent: a crash between the two sends the same id again rather than losing it.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::batch_api::{Batch, RequestCounts};
+use crate::AppState;
+
+use super::records::JobRecord;
+use super::report::FailedRequest;
+use super::validate::Problem;
+use super::RetryNow;
+
+/// Job errors quoted in an event.
+const MAX_ERRORS: usize = 5;
+
+/// One error of the job, as the batch object gives it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct JobError {
+    pub code: Option<String>,
+    pub message: Option<String>,
+}
+
+/// The message put on `BATCH_COMPLETED_QUEUE`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompletionEvent {
+    /// Stable per ending: consumers deduplicate by it.
+    pub id: String,
+    /// `completed`, `failed`, `expired`, `cancelled`, `rejected` or `dead-lettered`.
+    pub status: String,
+    /// `container/name`.
+    pub blob: String,
+    pub blob_url: String,
+    pub etag: Option<String>,
+    /// `null` when no job was created.
+    pub batch_id: Option<String>,
+    pub request_counts: Option<RequestCounts>,
+    pub output_blob: Option<String>,
+    pub error_blob: Option<String>,
+    pub errors: Vec<JobError>,
+    pub failed_requests: Vec<FailedRequest>,
+    /// Validation problems, for `rejected`.
+    pub problems: Vec<Problem>,
+    /// Why, for `dead-lettered` (and `rejected`).
+    pub reason: Option<String>,
+    /// Token counts when the batch object carries them.
+    pub usage: Option<Value>,
+    /// The deployment, when the batch object names it.
+    pub model: Option<String>,
+    /// RFC 3339; `null` when the blob version has no record (it was deleted before one was written).
+    pub submitted_at: Option<String>,
+    pub ended_at: String,
+}
+
+impl CompletionEvent {
+    /// The event of `record`'s ending with `status`; `batch` is the final batch object, when there is one.
+    pub fn of(record: &JobRecord, status: &str, batch: Option<&Batch>) -> Self {
+        let errors = batch
+            .map(|b| {
+                b.errors.iter().take(MAX_ERRORS).map(|e| JobError { code: e.code.clone(), message: e.message.clone() })
+            })
+            .into_iter()
+            .flatten()
+            .collect();
+        CompletionEvent {
+            id: event_id(&record.blob_url, &record.etag, record.batch_id.as_deref(), status),
+            status: status.to_string(),
+            blob: record.blob.clone(),
+            blob_url: record.blob_url.clone(),
+            etag: (!record.etag.is_empty()).then(|| record.etag.clone()),
+            batch_id: record.batch_id.clone(),
+            request_counts: record.request_counts.clone(),
+            output_blob: record.output_blob.clone(),
+            error_blob: record.error_blob.clone(),
+            errors,
+            failed_requests: record.failed_requests.clone(),
+            problems: record.problems.clone(),
+            reason: record.reason.clone(),
+            usage: record.usage.clone(),
+            model: record.model.clone(),
+            submitted_at: (record.started_at > 0).then(|| rfc3339(record.started_at)),
+            ended_at: rfc3339(super::records::unix_now()),
+        }
+    }
+}
+
+/// 32 hex digits of SHA-256 over the ending's identity: the blob version, the batch (if any) and the status.
+pub fn event_id(blob_url: &str, etag: &str, batch_id: Option<&str>, status: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [blob_url, etag, batch_id.unwrap_or(""), status] {
+        hash.update(part.as_bytes());
+        hash.update([0]);
+    }
+    hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn rfc3339(unix_secs: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
+}
+
+/// Puts `event` on the completion queue, if events are on (`BATCH_COMPLETED_QUEUE` not empty), and returns its id
+/// (`None`: events are off); the queue is created when missing. A failure fails the invocation, so the host delivers
+/// the trigger again and the event is not lost.
+pub async fn announce(state: &AppState, event: &CompletionEvent) -> Result<Option<String>, RetryNow> {
+    let Some(queue) = &state.config.completed_queue else { return Ok(None) };
+    let json = serde_json::to_vec(event).map_err(|e| RetryNow::because(e, "serializing the completion event"))?;
+    state
+        .storage
+        .put_message(queue, &json, state.config.message_encoding, Duration::ZERO)
+        .await
+        .map_err(|e| RetryNow::because(e, "putting the completion event on its queue"))?;
+    tracing::info!(queue = %queue, event_id = %event.id, status = %event.status, blob = %event.blob, "announced the ending");
+    Ok(Some(event.id.clone()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_stable_per_ending_and_differ_between_endings() {
+        let a = event_id("https://a/batch-input/x.jsonl", "0x1", Some("batch_1"), "completed");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, event_id("https://a/batch-input/x.jsonl", "0x1", Some("batch_1"), "completed"));
+        assert_ne!(a, event_id("https://a/batch-input/x.jsonl", "0x2", Some("batch_1"), "completed"));
+        assert_ne!(a, event_id("https://a/batch-input/x.jsonl", "0x1", Some("batch_2"), "completed"));
+        assert_ne!(a, event_id("https://a/batch-input/x.jsonl", "0x1", None, "rejected"));
+        // The separator keeps the parts apart.
+        assert_ne!(event_id("ab", "c", None, "s"), event_id("a", "bc", None, "s"));
+    }
+
+    #[test]
+    fn an_event_has_every_documented_field_in_camel_case() {
+        let record = JobRecord {
+            blob: "batch-input/x.jsonl".into(),
+            blob_url: "https://a.blob.core.windows.net/batch-input/x.jsonl".into(),
+            etag: "0x8D1".into(),
+            batch_id: Some("batch_1".into()),
+            started_at: 1_764_324_000,
+            usage: Some(serde_json::json!({"input_tokens": 10, "output_tokens": 5, "total_tokens": 15})),
+            ..JobRecord::default()
+        };
+        let json = serde_json::to_value(CompletionEvent::of(&record, "completed", None)).expect("serializes");
+        for field in [
+            "id",
+            "status",
+            "blob",
+            "blobUrl",
+            "etag",
+            "batchId",
+            "requestCounts",
+            "outputBlob",
+            "errorBlob",
+            "errors",
+            "failedRequests",
+            "problems",
+            "reason",
+            "usage",
+            "model",
+            "submittedAt",
+            "endedAt",
+        ] {
+            assert!(json.get(field).is_some(), "no `{field}` in {json}");
+        }
+        assert_eq!(json["submittedAt"], "2025-11-28T10:00:00Z");
+        assert_eq!(json["usage"]["total_tokens"], 15);
+    }
+}

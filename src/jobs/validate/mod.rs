@@ -1,0 +1,236 @@
+//! Pre-flight validation of a batch input file, so that a bad file is rejected before it costs a job, with the line
+//! of each problem (azure-openai-batch.md §7 lists the rules and Azure's codes).
+//!
+//! [`Validator`] is fed the decoded blob in chunks of any size and keeps only the line in progress, the first line's
+//! `url` and `body.model`, and one 128-bit hash per `custom_id` (about 40 bytes per request, 4 MB at the 100,000
+//! limit), so memory does not grow with the size of the file. It stops looking after [`MAX_PROBLEMS`].
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+
+use serde_json::value::RawValue;
+
+/// Problems reported per file; reading stops after this many.
+pub const MAX_PROBLEMS: usize = 20;
+/// Requests per file Azure accepts.
+pub const MAX_REQUESTS: u64 = 100_000;
+/// A longer line is reported rather than held: no chat or responses request comes near it.
+pub const MAX_LINE: usize = 16 << 20;
+
+/// One problem, at a 1-based line as an editor shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    pub line: u64,
+    /// Azure's code where it has one: `bom`, `empty_file`, `invalid_json_line`, `missing_custom_id`,
+    /// `duplicate_custom_id`, `invalid_method`, `url_mismatch`, `invalid_request`, `model_mismatch`, `too_many_tasks`.
+    pub code: String,
+    pub message: String,
+    /// For `duplicate_custom_id`: the line where the id was first used.
+    #[serde(rename = "firstLine", default, skip_serializing_if = "Option::is_none")]
+    pub first_line: Option<u64>,
+}
+
+/// A JSON object's members, values unparsed: the rules read a few of them, the rest is only checked to be JSON. A
+/// repeated key keeps its last value, as a plain JSON parse does (duplicates are not refused: the service may not).
+type Members<'a> = BTreeMap<String, &'a RawValue>;
+
+/// The streaming validator. Feed with [`Validator::feed`], then call [`Validator::finish`].
+#[derive(Default)]
+pub struct Validator {
+    /// The line in progress (without its `\n`).
+    line: Vec<u8>,
+    /// Lines seen so far, the one in progress included once it has a byte.
+    line_no: u64,
+    /// Whether the line in progress grew past [`MAX_LINE`] (its bytes are dropped).
+    overlong: bool,
+    /// The file's first bytes, held until there are three (a BOM may straddle chunks).
+    head: Vec<u8>,
+    started: bool,
+    requests: u64,
+    first_url: Option<String>,
+    first_model: Option<String>,
+    ids: HashMap<u128, u64>,
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    pub fn new() -> Self {
+        Validator::default()
+    }
+
+    /// Whether enough problems were found: the caller may stop feeding.
+    pub fn is_done(&self) -> bool {
+        self.problems.len() >= MAX_PROBLEMS
+    }
+
+    /// Consumes the next bytes of the file.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        if !self.started {
+            let take = (3 - self.head.len()).min(bytes.len());
+            self.head.extend_from_slice(&bytes[..take]);
+            bytes = &bytes[take..];
+            if self.head.len() < 3 {
+                return;
+            }
+            self.start();
+        }
+        self.split(bytes);
+    }
+
+    /// Checks the head for a BOM, then reads it like the rest.
+    fn start(&mut self) {
+        self.started = true;
+        let head = std::mem::take(&mut self.head);
+        match head.strip_prefix(b"\xEF\xBB\xBF") {
+            Some(rest) => {
+                self.report(
+                    1,
+                    "bom",
+                    "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM".into(),
+                );
+                self.split(rest);
+            }
+            None => self.split(&head),
+        }
+    }
+
+    fn split(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && !self.is_done() {
+            match memchr::memchr(b'\n', bytes) {
+                Some(end) => {
+                    self.push(&bytes[..end]);
+                    self.end_line();
+                    bytes = &bytes[end + 1..];
+                }
+                None => {
+                    self.push(bytes);
+                    bytes = &[];
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.overlong {
+            return;
+        }
+        if self.line.len() + bytes.len() > MAX_LINE {
+            self.overlong = true;
+            self.line = Vec::new();
+            return;
+        }
+        self.line.extend_from_slice(bytes);
+    }
+
+    fn end_line(&mut self) {
+        self.line_no += 1;
+        let line = std::mem::take(&mut self.line);
+        self.check_line(&line);
+        // The buffer is reused unless one long line made it large.
+        if line.capacity() <= 1 << 20 {
+            self.line = line;
+            self.line.clear();
+        }
+        self.overlong = false;
+    }
+
+    /// The file has ended: the problems found, in line order (at most [`MAX_PROBLEMS`]).
+    pub fn finish(mut self) -> Vec<Problem> {
+        if !self.started {
+            self.start();
+        }
+        if !self.is_done() && (!self.line.is_empty() || self.overlong) {
+            let line = std::mem::take(&mut self.line);
+            self.line_no += 1;
+            self.check_line(&line);
+        }
+        if self.requests == 0 && self.problems.iter().all(|p| p.code == "bom") {
+            let line = self.line_no.max(1);
+            self.report(line, "empty_file", "the file holds no request (it is empty or only blank lines)".into());
+        }
+        self.problems
+    }
+
+    fn report(&mut self, line: u64, code: &str, message: String) {
+        if !self.is_done() {
+            self.problems.push(Problem { line, code: code.into(), message, first_line: None });
+        }
+    }
+
+    fn check_line(&mut self, raw: &[u8]) {
+        let n = self.line_no;
+        if self.overlong {
+            self.requests += 1;
+            return self.report(n, "invalid_request", format!("the line is longer than {} MiB", MAX_LINE >> 20));
+        }
+        let text = raw.strip_suffix(b"\r").unwrap_or(raw);
+        if text.iter().all(u8::is_ascii_whitespace) {
+            return;
+        }
+        self.requests += 1;
+        if self.requests == MAX_REQUESTS + 1 {
+            self.report(n, "too_many_tasks", format!("more than {MAX_REQUESTS} requests in one file"));
+        }
+        // serde would also read a struct from a JSON array.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return self.report(n, "invalid_json_line", "the line is not a JSON object".into());
+        }
+        let line: Members<'_> = match serde_json::from_slice(text) {
+            Ok(line) => line,
+            Err(e) => return self.report(n, "invalid_json_line", format!("the line is not one JSON object: {e}")),
+        };
+        self.check_custom_id(n, line.get("custom_id").copied());
+        if string_of(line.get("method").copied()).as_deref() != Some("POST") {
+            self.report(n, "invalid_method", "`method` must be \"POST\"".into());
+        }
+        match (string_of(line.get("url").copied()), &self.first_url) {
+            (None, _) => self.report(n, "url_mismatch", "`url` is missing or not a string".into()),
+            (Some(url), None) => self.first_url = Some(url),
+            (Some(url), Some(first)) if &url != first => {
+                let message = format!("`url` is {url:?} where the first line has {first:?}; one file, one url");
+                self.report(n, "url_mismatch", message);
+            }
+            _ => {}
+        }
+        let body = line.get("body").and_then(|b| serde_json::from_str::<Members<'_>>(b.get()).ok());
+        let Some(model) = body.map(|b| b.get("model").copied()) else {
+            return self.report(n, "invalid_request", "`body` must be a JSON object".into());
+        };
+        match (model.and_then(|m| string_of(Some(m))), &self.first_model) {
+            (None, _) => self.report(n, "invalid_request", "`body.model` (the deployment name) is missing".into()),
+            (Some(model), None) => self.first_model = Some(model),
+            (Some(model), Some(first)) if &model != first => {
+                let message =
+                    format!("`body.model` is {model:?} where the first line has {first:?}; one deployment per file");
+                self.report(n, "model_mismatch", message);
+            }
+            _ => {}
+        }
+    }
+
+    fn check_custom_id(&mut self, n: u64, raw: Option<&RawValue>) {
+        let id = match raw.and_then(|r| string_of(Some(r))) {
+            Some(id) if !id.is_empty() => id,
+            _ => return self.report(n, "missing_custom_id", "`custom_id` must be a non-empty string".into()),
+        };
+        let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        if let Some(first) = self.ids.get(&hash).copied() {
+            let message = format!("`custom_id` {id:?} was already used on line {first}");
+            self.report(n, "duplicate_custom_id", message);
+            if let Some(p) = self.problems.last_mut().filter(|p| p.code == "duplicate_custom_id" && p.line == n) {
+                p.first_line = Some(first);
+            }
+            return;
+        }
+        self.ids.insert(hash, n);
+    }
+}
+
+/// A raw JSON value as a string, if it is one.
+fn string_of(raw: Option<&RawValue>) -> Option<String> {
+    serde_json::from_str::<String>(raw?.get()).ok()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,127 @@
+//! Each rule on a small file, the shapes that must pass, and chunking at every size.
+
+use super::*;
+
+fn line(id: &str, url: &str, model: &str) -> String {
+    format!(
+        r#"{{"custom_id":"{id}","method":"POST","url":"{url}","body":{{"model":"{model}","messages":[{{"role":"user","content":"Hi"}}]}}}}"#
+    )
+}
+
+fn good(id: &str) -> String {
+    line(id, "/chat/completions", "gpt-4o-batch")
+}
+
+/// The problems of `file` fed in chunks of `chunk` bytes.
+fn check_in_chunks(file: &[u8], chunk: usize) -> Vec<Problem> {
+    let mut v = Validator::new();
+    for c in file.chunks(chunk.max(1)) {
+        v.feed(c);
+    }
+    v.finish()
+}
+
+fn check(file: &str) -> Vec<Problem> {
+    check_in_chunks(file.as_bytes(), file.len().max(1))
+}
+
+fn codes(problems: &[Problem]) -> Vec<(u64, &str)> {
+    problems.iter().map(|p| (p.line, p.code.as_str())).collect()
+}
+
+#[test]
+fn valid_files_pass_in_every_shape() {
+    let lf = format!("{}\n{}\n", good("a"), good("b"));
+    let crlf = format!("{}\r\n{}\r\n", good("a"), good("b"));
+    let no_final_newline = format!("{}\n{}", good("a"), good("b"));
+    let trailing_blank = format!("{}\n{}\n\n", good("a"), good("b"));
+    let non_ascii = format!("{}\n", line("täsk-ü-日本", "/chat/completions", "gpt-4o-batch"));
+    let v1 = format!("{}\n{}\n", line("a", "/v1/chat/completions", "m"), line("b", "/v1/chat/completions", "m"));
+    let responses = r#"{"custom_id":"r1","method":"POST","url":"/v1/responses","body":{"model":"m","input":"Hi"}}"#;
+    for file in [lf, crlf, no_final_newline, trailing_blank, non_ascii, v1, responses.to_string()] {
+        for chunk in [1, 2, 3, 5, 64, file.len()] {
+            assert_eq!(check_in_chunks(file.as_bytes(), chunk), [], "{file:?} in chunks of {chunk}");
+        }
+    }
+}
+
+#[test]
+fn a_bom_is_reported_even_when_it_arrives_byte_by_byte() {
+    let file = format!("\u{feff}{}\n", good("a"));
+    for chunk in [1, 2, 3, 4, file.len()] {
+        assert_eq!(codes(&check_in_chunks(file.as_bytes(), chunk)), [(1, "bom")], "chunk {chunk}");
+    }
+}
+
+#[test]
+fn an_empty_file_or_only_blank_lines_is_empty() {
+    assert_eq!(codes(&check("")), [(1, "empty_file")]);
+    assert_eq!(codes(&check("\n \r\n\t\n")), [(3, "empty_file")]);
+    assert_eq!(codes(&check("\u{feff}")), [(1, "bom"), (1, "empty_file")]);
+}
+
+#[test]
+fn each_rule_reports_its_code_at_its_line() {
+    let cases = [
+        ("not json", "invalid_json_line"),
+        ("[1,2]", "invalid_json_line"),
+        (r#"{"custom_id":"x","method":"POST""#, "invalid_json_line"),
+        (r#"{"method":"POST","url":"/chat/completions","body":{"model":"gpt-4o-batch"}}"#, "missing_custom_id"),
+        (
+            r#"{"custom_id":7,"method":"POST","url":"/chat/completions","body":{"model":"gpt-4o-batch"}}"#,
+            "missing_custom_id",
+        ),
+        (
+            r#"{"custom_id":"","method":"POST","url":"/chat/completions","body":{"model":"gpt-4o-batch"}}"#,
+            "missing_custom_id",
+        ),
+        (
+            r#"{"custom_id":"x","method":"GET","url":"/chat/completions","body":{"model":"gpt-4o-batch"}}"#,
+            "invalid_method",
+        ),
+        (r#"{"custom_id":"x","url":"/chat/completions","body":{"model":"gpt-4o-batch"}}"#, "invalid_method"),
+        (r#"{"custom_id":"x","method":"POST","body":{"model":"gpt-4o-batch"}}"#, "url_mismatch"),
+        (&line("x", "/embeddings", "gpt-4o-batch"), "url_mismatch"),
+        (r#"{"custom_id":"x","method":"POST","url":"/chat/completions","body":"text"}"#, "invalid_request"),
+        (r#"{"custom_id":"x","method":"POST","url":"/chat/completions"}"#, "invalid_request"),
+        (r#"{"custom_id":"x","method":"POST","url":"/chat/completions","body":{"messages":[]}}"#, "invalid_request"),
+        (&line("x", "/chat/completions", "other-deployment"), "model_mismatch"),
+        (&good("a"), "duplicate_custom_id"),
+    ];
+    for (bad, code) in cases {
+        let file = format!("{}\n{}\n{bad}\n{}\n", good("a"), good("b"), good("c"));
+        let problems = check(&file);
+        assert_eq!(codes(&problems), [(3, code)], "{bad}");
+        assert!(!problems[0].message.is_empty());
+    }
+}
+
+#[test]
+fn a_duplicate_names_the_first_line_too() {
+    let file = format!("{}\n\n{}\n{}\n", good("same"), good("b"), good("same"));
+    let problems = check(&file);
+    assert_eq!(codes(&problems), [(4, "duplicate_custom_id")]);
+    assert_eq!(problems[0].first_line, Some(1));
+    assert!(problems[0].message.contains("line 1"), "{}", problems[0].message);
+}
+
+#[test]
+fn more_than_100000_requests_are_too_many() {
+    let mut v = Validator::new();
+    for i in 0..=MAX_REQUESTS {
+        v.feed(good(&format!("task-{i}")).as_bytes());
+        v.feed(b"\n");
+    }
+    assert_eq!(codes(&v.finish()), [(100_001, "too_many_tasks")]);
+}
+
+#[test]
+fn reading_stops_after_twenty_problems() {
+    let file: String = (0..50).map(|_| "garbage\n").collect();
+    let mut v = Validator::new();
+    v.feed(file.as_bytes());
+    assert!(v.is_done());
+    let problems = v.finish();
+    assert_eq!(problems.len(), MAX_PROBLEMS);
+    assert_eq!(problems.last().map(|p| p.line), Some(20));
+}

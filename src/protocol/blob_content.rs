@@ -1,0 +1,161 @@
+//! The blob's own bytes, recovered as the envelope streams past: the host sends the blob as base64 inside a JSON
+//! string (functions-protocol.md §2.1), so the raw string content is JSON-unescaped (a serializer may write `+` as
+//! `\u002B` or `/` as `\/`) and base64-decoded chunk by chunk, and handed on without the blob ever being held.
+
+use base64::Engine;
+
+/// Base64 characters decoded at once (a multiple of 4).
+const BATCH: usize = 16 << 10;
+
+/// Why the content is not the base64 of a blob.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ContentError {
+    #[error("the blob content has an escape that is not a base64 character: {0}")]
+    BadEscape(String),
+    #[error("the blob content is not base64: {0}")]
+    NotBase64(String),
+}
+
+/// What is left of an escape sequence that a chunk boundary cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Escape {
+    #[default]
+    None,
+    Backslash,
+    /// `\u` and the hex digits read so far.
+    Unicode {
+        digits: u8,
+        value: u32,
+    },
+}
+
+/// Decodes the raw JSON string content of a base64 blob, fed in chunks of any size.
+#[derive(Default)]
+pub struct ContentDecoder {
+    escape: Escape,
+    /// Base64 characters not decoded yet.
+    pending: Vec<u8>,
+    decoded: Vec<u8>,
+    error: Option<ContentError>,
+}
+
+impl ContentDecoder {
+    pub fn new() -> Self {
+        ContentDecoder::default()
+    }
+
+    /// The first error met, if any; after one, further input is ignored.
+    pub fn error(&self) -> Option<&ContentError> {
+        self.error.as_ref()
+    }
+
+    /// Consumes raw string content; decoded bytes go to `out` in order.
+    pub fn feed(&mut self, raw: &[u8], out: &mut impl FnMut(&[u8])) {
+        if self.error.is_some() {
+            return;
+        }
+        for &b in raw {
+            let char = match (self.escape, b) {
+                (Escape::None, b'\\') => {
+                    self.escape = Escape::Backslash;
+                    continue;
+                }
+                (Escape::None, b) => b,
+                (Escape::Backslash, b'u') => {
+                    self.escape = Escape::Unicode { digits: 0, value: 0 };
+                    continue;
+                }
+                (Escape::Backslash, b @ (b'/' | b'\\')) => {
+                    self.escape = Escape::None;
+                    b
+                }
+                (Escape::Backslash, other) => {
+                    return self.fail(ContentError::BadEscape(format!("\\{}", other as char)));
+                }
+                (Escape::Unicode { digits, value }, hex) => {
+                    let Some(d) = (hex as char).to_digit(16) else {
+                        return self.fail(ContentError::BadEscape(format!("\\u with {:?}", hex as char)));
+                    };
+                    let value = value * 16 + d;
+                    if digits < 3 {
+                        self.escape = Escape::Unicode { digits: digits + 1, value };
+                        continue;
+                    }
+                    self.escape = Escape::None;
+                    match u8::try_from(value).ok().filter(u8::is_ascii) {
+                        Some(c) => c,
+                        None => return self.fail(ContentError::BadEscape(format!("\\u{value:04x}"))),
+                    }
+                }
+            };
+            self.pending.push(char);
+            if self.pending.len() >= BATCH + 4 {
+                // The last quad is held back: only the very last may carry padding.
+                self.decode(BATCH, out);
+            }
+        }
+    }
+
+    /// The content has ended: decodes the rest.
+    pub fn finish(mut self, out: &mut impl FnMut(&[u8])) -> Result<(), ContentError> {
+        if self.error.is_none() && self.escape != Escape::None {
+            self.error = Some(ContentError::BadEscape("an escape cut off at the end".into()));
+        }
+        if self.error.is_none() {
+            let all = self.pending.len();
+            self.decode(all, out);
+        }
+        self.error.map_or(Ok(()), Err)
+    }
+
+    fn decode(&mut self, chars: usize, out: &mut impl FnMut(&[u8])) {
+        self.decoded.clear();
+        match base64::engine::general_purpose::STANDARD.decode_vec(&self.pending[..chars], &mut self.decoded) {
+            Ok(()) => {
+                out(&self.decoded);
+                self.pending.drain(..chars);
+            }
+            Err(e) => self.fail(ContentError::NotBase64(e.to_string())),
+        }
+    }
+
+    fn fail(&mut self, e: ContentError) {
+        self.error = Some(e);
+        self.pending = Vec::new();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_in_chunks(raw: &[u8], chunk: usize) -> Result<Vec<u8>, ContentError> {
+        let mut d = ContentDecoder::new();
+        let mut bytes = Vec::new();
+        for c in raw.chunks(chunk) {
+            d.feed(c, &mut |b| bytes.extend_from_slice(b));
+        }
+        d.finish(&mut |b| bytes.extend_from_slice(b)).map(|()| bytes)
+    }
+
+    #[test]
+    fn plain_and_escaped_base64_decode_at_any_chunking() {
+        let blob: Vec<u8> = (0..=255u8).cycle().take(3 * BATCH + 7).collect();
+        let plain = base64::engine::general_purpose::STANDARD.encode(&blob);
+        // What System.Text.Json's default encoder writes: `+` as `\u002B`; and `\/` as some encoders write `/`.
+        let escaped = plain.replace('+', "\\u002B").replace('/', "\\/");
+        for raw in [&plain, &escaped] {
+            for chunk in [1, 3, 4, 5, 999, BATCH, raw.len()] {
+                assert_eq!(decode_in_chunks(raw.as_bytes(), chunk).as_deref(), Ok(&blob[..]), "chunk {chunk}");
+            }
+        }
+        assert_eq!(decode_in_chunks(b"", 1), Ok(Vec::new()));
+    }
+
+    #[test]
+    fn what_is_not_base64_is_an_error() {
+        for bad in [&b"abc"[..], b"ab=c", b"a\\nbc", b"ab\\u00e9c", b"abc\\", b"ab\\u00"] {
+            assert!(decode_in_chunks(bad, 2).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}
