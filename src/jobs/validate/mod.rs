@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use serde_json::value::RawValue;
+use siphasher::sip128::SipHasher13;
 
 /// Problems reported per file; reading stops after this many.
 pub const MAX_PROBLEMS: usize = 20;
@@ -214,7 +215,7 @@ impl Validator {
             Some(id) if !id.is_empty() => id,
             _ => return self.report(n, "missing_custom_id", "`custom_id` must be a non-empty string".into()),
         };
-        let hash = xxhash_rust::xxh3::xxh3_128(id.as_bytes());
+        let hash = SipHasher13::new().hash(id.as_bytes()).as_u128();
         if let Some(first) = self.ids.get(&hash).copied() {
             let message = format!("`custom_id` {id:?} was already used on line {first}");
             self.report(n, "duplicate_custom_id", message);
