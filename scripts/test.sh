@@ -3,7 +3,7 @@
 # test and the benchmark smoke pass (bench/run.sh's harness, in tests/it). Installs what it needs on a fresh machine
 # with Rust, Node.js and Python 3: Azurite (npm, pinned in package.json); for the benchmark smoke pass, wrk and nginx
 # (apt-get, when running as root) and the original app's `openai` client (pip, pinned in bench/requirements.txt, in
-# target/bench/venv).
+# target/bench/venv); for the browser test of the operators' page, Debian's chromium and chromium-driver (apt-get).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +21,15 @@ if ! command -v wrk >/dev/null || ! { command -v nginx >/dev/null || [ -x /usr/s
   fi
   # The package starts a system nginx on port 80; the benchmarks run their own.
   service nginx stop >/dev/null 2>&1 || true
+fi
+
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  echo "== installing chromium and chromium-driver for the browser test"
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  else
+    sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null
+  fi
 fi
 
 venv=target/bench/venv

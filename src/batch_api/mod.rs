@@ -185,6 +185,11 @@ impl BatchClient {
         self.call(Method::GET, self.url(&[id]), None, REQUEST_TIMEOUT).await
     }
 
+    /// Asks the service to cancel a batch job; it turns `cancelling`, then `cancelled` (up to 10 minutes later).
+    pub async fn cancel(&self, id: &str) -> Result<Batch, BatchError> {
+        self.call(Method::POST, self.url(&[id, "cancel"]), None, REQUEST_TIMEOUT).await
+    }
+
     /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
     pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<BatchList, BatchError> {
         let mut url = self.url(&[]);

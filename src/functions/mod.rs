@@ -1,4 +1,5 @@
-//! The routes the Functions host calls: one module per function, plus `GET /` for the host's readiness probe.
+//! The routes the Functions host calls: one module per function (`Jobs`, an HTTP trigger, gets the client's own
+//! request under `/api/jobs`), plus `GET /` for the host's readiness probe.
 //!
 //! Every invocation runs inside a span named after its function and carrying the host's invocation id
 //! (`QueueMonitor{invocation_id=…}`), so each log line on stdout can be tied to its invocation even when the host drops
@@ -6,6 +7,7 @@
 //! The lifecycle lives in [`crate::jobs`]; these modules only adapt envelopes to it and outcomes to answers.
 
 mod blob_monitor;
+mod jobs_page;
 mod queue_monitor;
 
 use axum::extract::DefaultBodyLimit;
@@ -24,6 +26,7 @@ pub fn router(state: AppState) -> Router {
         // The blob route streams its body itself and enforces its own bounds.
         .route("/BlobMonitor", post(blob_monitor::invoke).layer(DefaultBodyLimit::disable()))
         .route("/QueueMonitor", post(queue_monitor::invoke))
+        .merge(jobs_page::routes())
         // The host polls this every 25 ms until any answer arrives; answer at once, with no work.
         .route("/", get(|| async { "ok" }))
         // One Arc for all invocations: cloning the state per request would copy URLs and secrets.

@@ -73,7 +73,7 @@ impl CompletionEvent {
             .flatten()
             .collect();
         CompletionEvent {
-            id: event_id(&record.blob_url, &record.etag, record.batch_id.as_deref(), status),
+            id: event_id(&record.blob_url, &record.etag, record.batch_id.as_deref(), status, record.resubmissions),
             status: status.to_string(),
             blob: record.blob.clone(),
             blob_url: record.blob_url.clone(),
@@ -94,10 +94,11 @@ impl CompletionEvent {
     }
 }
 
-/// 32 hex digits of SHA-256 over the ending's identity: the blob version, the batch (if any) and the status.
-pub fn event_id(blob_url: &str, etag: &str, batch_id: Option<&str>, status: &str) -> String {
+/// 32 hex digits of SHA-256 over the ending's identity: the blob version, the batch (if any), the status, and how
+/// often an operator resubmitted the blob version (a resubmitted story ends anew).
+pub fn event_id(blob_url: &str, etag: &str, batch_id: Option<&str>, status: &str, resubmissions: u32) -> String {
     let mut hash = Sha256::new();
-    for part in [blob_url, etag, batch_id.unwrap_or(""), status] {
+    for part in [blob_url, etag, batch_id.unwrap_or(""), status, &resubmissions.to_string()] {
         hash.update(part.as_bytes());
         hash.update([0]);
     }
@@ -129,14 +130,21 @@ mod tests {
 
     #[test]
     fn ids_are_stable_per_ending_and_differ_between_endings() {
-        let a = event_id("https://a/batch-input/x.jsonl", "0x1", Some("batch_1"), "completed");
+        let id =
+            |etag, batch, status, resubmissions| event_id("https://a/b/x.jsonl", etag, batch, status, resubmissions);
+        let a = id("0x1", Some("batch_1"), "completed", 0);
         assert_eq!(a.len(), 32);
-        assert_eq!(a, event_id("https://a/batch-input/x.jsonl", "0x1", Some("batch_1"), "completed"));
-        assert_ne!(a, event_id("https://a/batch-input/x.jsonl", "0x2", Some("batch_1"), "completed"));
-        assert_ne!(a, event_id("https://a/batch-input/x.jsonl", "0x1", Some("batch_2"), "completed"));
-        assert_ne!(a, event_id("https://a/batch-input/x.jsonl", "0x1", None, "rejected"));
+        assert_eq!(a, id("0x1", Some("batch_1"), "completed", 0));
+        assert_ne!(a, id("0x2", Some("batch_1"), "completed", 0));
+        assert_ne!(a, id("0x1", Some("batch_2"), "completed", 0));
+        assert_ne!(a, id("0x1", None, "rejected", 0));
+        assert_ne!(
+            id("0x1", None, "dead-lettered", 0),
+            id("0x1", None, "dead-lettered", 1),
+            "a resubmission ends anew"
+        );
         // The separator keeps the parts apart.
-        assert_ne!(event_id("ab", "c", None, "s"), event_id("a", "bc", None, "s"));
+        assert_ne!(event_id("ab", "c", None, "s", 0), event_id("a", "bc", None, "s", 0));
     }
 
     #[test]

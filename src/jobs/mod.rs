@@ -11,11 +11,13 @@
 //! - [`report`]: the final report line, with the first failed requests from the job's error file.
 //! - [`validate`]: pre-flight validation of an input file, streamed, with line numbers.
 //! - [`events`]: the completion event announced on a queue when a blob's story ends.
+//! - [`overview`]: every job for the operators' page, from the records' listing; cancel and resubmit.
 
 pub mod check;
 pub mod dead_letter;
 pub mod events;
 pub mod message;
+pub mod overview;
 pub mod policy;
 pub mod records;
 pub mod report;

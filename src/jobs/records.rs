@@ -89,6 +89,13 @@ pub struct JobRecord {
     /// The id of the completion event sent for this ending, once it was put on the queue.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub event_id: Option<String>,
+    /// Times an operator sent the blob version back to submission (each is a new story with new endings).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub resubmissions: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl JobRecord {
@@ -177,8 +184,12 @@ impl RecordStore {
         let mut record = record.clone();
         record.updated_at = unix_now();
         let body = Bytes::from(serde_json::to_vec_pretty(&record).map_err(|e| StorageError::Parse(e.to_string()))?);
-        let put =
-            || self.storage.put_blob(&self.container, key, body.clone(), "application/json", condition.clone(), &[]);
+        // What the operators' page shows of the record rides along as metadata, so one listing gives every row.
+        let summary = super::overview::Summary::of(&record).encode();
+        let metadata = [(super::overview::SUMMARY_METADATA, summary.as_str())];
+        let put = || {
+            self.storage.put_blob(&self.container, key, body.clone(), "application/json", condition.clone(), &metadata)
+        };
         match put().await {
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, code }) if code == "ContainerNotFound" => {
                 self.storage.create_container(&self.container).await?;
@@ -226,6 +237,14 @@ impl RecordStore {
             Ok(id) => Ok(Some(id)),
             Err(StorageError::Status { status: StatusCode::CONFLICT, .. }) => Ok(None),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Every record's name and metadata, following the listing's pages (5,000 records a page).
+    pub async fn list(&self) -> Result<Vec<crate::storage::blob::BlobItem>, StorageError> {
+        match self.storage.list_all_blobs(&self.container, None).await {
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(Vec::new()),
+            other => other,
         }
     }
 

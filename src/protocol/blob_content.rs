@@ -5,7 +5,7 @@
 use base64::Engine;
 
 /// Base64 characters decoded at once (a multiple of 4).
-const BATCH: usize = 16 << 10;
+const BATCH: usize = 64 << 10;
 
 /// Why the content is not the base64 of a blob.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -50,49 +50,72 @@ impl ContentDecoder {
     }
 
     /// Consumes raw string content; decoded bytes go to `out` in order.
-    pub fn feed(&mut self, raw: &[u8], out: &mut impl FnMut(&[u8])) {
-        if self.error.is_some() {
-            return;
-        }
-        for &b in raw {
-            let char = match (self.escape, b) {
-                (Escape::None, b'\\') => {
-                    self.escape = Escape::Backslash;
-                    continue;
+    pub fn feed(&mut self, mut raw: &[u8], out: &mut impl FnMut(&[u8])) {
+        while !raw.is_empty() && self.error.is_none() {
+            if self.escape == Escape::None {
+                // The content is almost all plain base64: copy it in runs, up to the next escape.
+                let run = memchr::memchr(b'\\', raw).unwrap_or(raw.len());
+                self.push(&raw[..run], out);
+                raw = &raw[run..];
+                if raw.is_empty() {
+                    break;
                 }
-                (Escape::None, b) => b,
-                (Escape::Backslash, b'u') => {
-                    self.escape = Escape::Unicode { digits: 0, value: 0 };
-                    continue;
-                }
-                (Escape::Backslash, b @ (b'/' | b'\\')) => {
-                    self.escape = Escape::None;
-                    b
-                }
-                (Escape::Backslash, other) => {
-                    return self.fail(ContentError::BadEscape(format!("\\{}", other as char)));
-                }
-                (Escape::Unicode { digits, value }, hex) => {
-                    let Some(d) = (hex as char).to_digit(16) else {
-                        return self.fail(ContentError::BadEscape(format!("\\u with {:?}", hex as char)));
-                    };
-                    let value = value * 16 + d;
-                    if digits < 3 {
-                        self.escape = Escape::Unicode { digits: digits + 1, value };
-                        continue;
-                    }
-                    self.escape = Escape::None;
-                    match u8::try_from(value).ok().filter(u8::is_ascii) {
-                        Some(c) => c,
-                        None => return self.fail(ContentError::BadEscape(format!("\\u{value:04x}"))),
-                    }
-                }
-            };
-            self.pending.push(char);
-            if self.pending.len() >= BATCH + 4 {
-                // The last quad is held back: only the very last may carry padding.
-                self.decode(BATCH, out);
+                self.escape = Escape::Backslash;
+                raw = &raw[1..];
+                continue;
             }
+            let b = raw[0];
+            raw = &raw[1..];
+            if let Some(c) = self.escaped(b) {
+                self.push(&[c], out);
+            }
+        }
+    }
+
+    /// One byte of an escape sequence; the character it stands for once the sequence is complete.
+    fn escaped(&mut self, b: u8) -> Option<u8> {
+        match (self.escape, b) {
+            (Escape::Backslash, b'u') => {
+                self.escape = Escape::Unicode { digits: 0, value: 0 };
+                None
+            }
+            (Escape::Backslash, c @ (b'/' | b'\\')) => {
+                self.escape = Escape::None;
+                Some(c)
+            }
+            (Escape::Unicode { digits, value }, hex) => {
+                let Some(d) = (hex as char).to_digit(16) else {
+                    self.fail(ContentError::BadEscape(format!("\\u with {:?}", hex as char)));
+                    return None;
+                };
+                let value = value * 16 + d;
+                if digits < 3 {
+                    self.escape = Escape::Unicode { digits: digits + 1, value };
+                    return None;
+                }
+                self.escape = Escape::None;
+                match u8::try_from(value).ok().filter(u8::is_ascii) {
+                    Some(c) => Some(c),
+                    None => {
+                        self.fail(ContentError::BadEscape(format!("\\u{value:04x}")));
+                        None
+                    }
+                }
+            }
+            (_, other) => {
+                self.fail(ContentError::BadEscape(format!("\\{}", other as char)));
+                None
+            }
+        }
+    }
+
+    /// Base64 characters, decoded a batch at a time; the last quad is held back, since only the very last may carry
+    /// padding.
+    fn push(&mut self, chars: &[u8], out: &mut impl FnMut(&[u8])) {
+        self.pending.extend_from_slice(chars);
+        if self.pending.len() >= BATCH + 4 {
+            let whole = (self.pending.len() - 4) / 4 * 4;
+            self.decode(whole, out);
         }
     }
 

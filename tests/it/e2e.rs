@@ -45,6 +45,29 @@ async fn assert_no_poison(stack: &Stack) {
 }
 
 #[tokio::test]
+async fn the_jobs_page_is_served_through_the_host_as_func_start_serves_it() {
+    bounded(async {
+        let stack = Stack::start(StackOptions::default()).await;
+        stack.drop_blob("paged.jsonl", sample_jsonl(2).as_bytes()).await;
+        reports(&stack, 1, Duration::from_secs(30)).await;
+        let address = stack.host.http_address().expect("HTTP triggers are served");
+        let client = reqwest::Client::new();
+        let page = client.get(format!("http://{address}/api/jobs?code=k")).send().await.expect("answer");
+        assert_eq!(page.status(), reqwest::StatusCode::OK);
+        assert!(page.headers().contains_key("content-security-policy"), "the handler's headers come back");
+        let html = page.text().await.expect("html");
+        assert!(html.contains("batch-input/paged.jsonl") && html.contains("badge completed"), "{html}");
+        assert!(html.contains("code=k"), "the key stays on the links");
+        let answer = client.get(format!("http://{address}/api/jobs?format=json")).send().await.expect("answer");
+        let json: serde_json::Value = serde_json::from_slice(&answer.bytes().await.expect("body")).expect("json");
+        assert_eq!(json["counters"]["byState"]["completed"], 1);
+        let elsewhere = client.get(format!("http://{address}/api/other")).send().await.expect("answer");
+        assert_eq!(elsewhere.status(), reqwest::StatusCode::NOT_FOUND);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn every_dropped_blob_becomes_one_job_followed_to_completion() {
     bounded(async {
         let stack = Stack::start(StackOptions::default()).await;

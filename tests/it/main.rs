@@ -2,11 +2,13 @@
 
 mod bench_smoke;
 mod blob_monitor;
+mod browser;
 mod e2e;
 mod events;
 mod fuzz;
 mod helpers;
 mod identity;
+mod jobs_page;
 mod load;
 mod queue_monitor;
 mod reliability;

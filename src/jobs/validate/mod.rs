@@ -5,7 +5,7 @@
 //! `url` and `body.model`, and one 128-bit hash per `custom_id` (about 40 bytes per request, 4 MB at the 100,000
 //! limit), so memory does not grow with the size of the file. It stops looking after [`MAX_PROBLEMS`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,9 +32,9 @@ pub struct Problem {
     pub first_line: Option<u64>,
 }
 
-/// A JSON object's members, values unparsed: the rules read a few of them, the rest is only checked to be JSON. A
-/// repeated key keeps its last value, as a plain JSON parse does (duplicates are not refused: the service may not).
-type Members<'a> = BTreeMap<String, &'a RawValue>;
+mod line;
+
+use line::{Body, Line};
 
 /// The streaming validator. Feed with [`Validator::feed`], then call [`Validator::finish`].
 #[derive(Default)]
@@ -177,15 +177,19 @@ impl Validator {
         if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return self.report(n, "invalid_json_line", "the line is not a JSON object".into());
         }
-        let line: Members<'_> = match serde_json::from_slice(text) {
+        // UTF-8 first, for the whole line: serde_json does not check the strings it skips.
+        let Ok(text) = std::str::from_utf8(text) else {
+            return self.report(n, "invalid_json_line", "the line is not UTF-8 text".into());
+        };
+        let line: Line<'_> = match serde_json::from_str(text) {
             Ok(line) => line,
             Err(e) => return self.report(n, "invalid_json_line", format!("the line is not one JSON object: {e}")),
         };
-        self.check_custom_id(n, line.get("custom_id").copied());
-        if string_of(line.get("method").copied()).as_deref() != Some("POST") {
+        self.check_custom_id(n, line.custom_id);
+        if string_of(line.method).as_deref() != Some("POST") {
             self.report(n, "invalid_method", "`method` must be \"POST\"".into());
         }
-        match (string_of(line.get("url").copied()), &self.first_url) {
+        match (string_of(line.url), &self.first_url) {
             (None, _) => self.report(n, "url_mismatch", "`url` is missing or not a string".into()),
             (Some(url), None) => self.first_url = Some(url),
             (Some(url), Some(first)) if &url != first => {
@@ -194,8 +198,7 @@ impl Validator {
             }
             _ => {}
         }
-        let body = line.get("body").and_then(|b| serde_json::from_str::<Members<'_>>(b.get()).ok());
-        let Some(model) = body.map(|b| b.get("model").copied()) else {
+        let Some(Body::Object { model }) = line.body else {
             return self.report(n, "invalid_request", "`body` must be a JSON object".into());
         };
         match (model.and_then(|m| string_of(Some(m))), &self.first_model) {

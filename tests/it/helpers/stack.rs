@@ -52,7 +52,7 @@ fn app_dir() -> PathBuf {
         std::process::id(),
         APPS.fetch_add(1, Ordering::SeqCst)
     ));
-    for f in ["BlobMonitor", "QueueMonitor"] {
+    for f in ["BlobMonitor", "QueueMonitor", "Jobs"] {
         std::fs::create_dir_all(dir.join(f)).expect("mkdir");
         std::fs::copy(src.join(f).join("function.json"), dir.join(f).join("function.json")).expect("copy");
     }
@@ -91,6 +91,8 @@ impl Stack {
         host_options.executable = Some(PathBuf::from(env!("CARGO_BIN_EXE_handler")));
         host_options.blob_scan_interval = Duration::from_millis(300);
         host_options.lease = Duration::from_secs(30);
+        // HTTP triggers on a free port (`func start` uses 7071).
+        host_options.http_port = Some(0);
         let host = FunctionsHost::start(host_options).await.expect("host starts");
         Stack { host, emulator, storage, app_dir }
     }

@@ -283,6 +283,8 @@ async fn up(
     let mut options = HostOptions::new(root.clone(), settings);
     options.executable = Some(executable);
     options.blob_scan_interval = Duration::from_secs(2);
+    // Where `func start` serves HTTP triggers.
+    options.http_port = Some(7071);
     let host = FunctionsHost::start(options).await?;
 
     println!();
@@ -292,6 +294,9 @@ async fn up(
         println!("  batch emulator  {} (jobs: {}/_emulator/batches)", e.uri(), e.uri());
     }
     println!("  handler         {}", host.worker().base_url());
+    if let Some(addr) = host.http_address() {
+        println!("  jobs page       http://{addr}/api/jobs");
+    }
     println!();
     println!("Drop a JSONL file into batch-input, e.g.:  cargo run -p devstack -- upload samples/chat.jsonl");
     println!(

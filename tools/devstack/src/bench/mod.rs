@@ -8,6 +8,7 @@
 
 mod blob;
 mod nginx;
+mod page;
 pub mod procs;
 mod scenarios;
 
@@ -40,6 +41,8 @@ pub struct BenchOptions {
     pub starts: usize,
     /// The static binary to size, if built.
     pub musl_binary: Option<PathBuf>,
+    /// Job records behind the operators' page measurement.
+    pub page_records: usize,
     /// A Python with the `openai` package (bench/requirements.txt), to run the original app's check beside the
     /// handler's; skipped when `None`.
     pub python: Option<PathBuf>,
@@ -58,6 +61,7 @@ impl BenchOptions {
             ratio_secs: 3.0,
             blob_bytes: 200 << 20,
             starts: 21,
+            page_records: 10_000,
             musl_binary: None,
             python: None,
         }
@@ -75,6 +79,7 @@ impl BenchOptions {
             ratio_secs: 1.0,
             blob_bytes: 4 << 20,
             starts: 3,
+            page_records: 300,
             musl_binary: None,
             python: None,
         }

@@ -40,6 +40,7 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     }
     scale(o, &nginx, &runtime, load, &mut report)?;
     large_blob(o, &nginx, &mut report)?;
+    super::page::page(o, &nginx, &runtime, &mut report)?;
     deploy_size(o, &mut report)?;
     Ok(report)
 }
@@ -60,6 +61,9 @@ fn env(o: &BenchOptions, port: u16, api: u16, storage: u16) -> Vec<(String, Stri
         ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
         ("BATCH_RETRY_DELAY", "30".into()),
         ("BlobStorageConnection", conn),
+        // Completion events off: a terminal check then does what the original app's does (one retrieve and a log
+        // line); `overhead_of` measures the path with its event separately.
+        ("BATCH_COMPLETED_QUEUE", String::new()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -72,7 +76,7 @@ fn handler(o: &BenchOptions, cpu: Option<usize>, api: u16, storage: u16) -> anyh
 }
 
 /// The same, with `extra` settings.
-fn handler_with(
+pub(super) fn handler_with(
     o: &BenchOptions,
     cpu: Option<usize>,
     api: u16,
@@ -133,6 +137,27 @@ fn overhead(
 ) -> anyhow::Result<()> {
     let (proc, port) = handler(o, shared, nginx.port, nginx.port)?;
     overhead_of(o, nginx, shared, load, (proc.pid(), port), "", report)?;
+    drop(proc);
+    // The same terminal check with its completion event (a second storage call, Put Message).
+    let events = [("BATCH_COMPLETED_QUEUE", "batch-completed")];
+    let (_with_events, events_port) = handler_with(o, shared, nginx.port, nginx.port, &events)?;
+    let url = format!("http://127.0.0.1:{events_port}/QueueMonitor");
+    let plain = format!(r#"{{"batchId":"{DONE}","blob":"batch-input/job1.jsonl","attempt":3}}"#);
+    let script = wrk_post_script(&o.work_dir, "terminal-events.lua", &queue_body(&plain))?;
+    wrk(load, &url, 8, 1.0, Some(&script))?;
+    let mut rps = Vec::new();
+    for _ in 0..o.runs {
+        let r = wrk(load, &url, 8, o.load_secs, Some(&script))?;
+        anyhow::ensure!(r.errors == 0, "the handler answered errors under load");
+        rps.push(r.requests_per_sec);
+    }
+    report.add(
+        "QueueMonitor terminal path with its completion event: throughput (median)",
+        median(rps),
+        "checks/s",
+        None,
+        "a retrieve, then Put Message of the event; the rows above run with events off, as the original app's check",
+    );
     if let Some(musl) = &o.musl_binary {
         // The deployed build: same protocol, the static binary.
         let musl_options = BenchOptions { handler: musl.clone(), ..o.clone() };

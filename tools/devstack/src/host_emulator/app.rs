@@ -35,6 +35,10 @@ pub struct Binding {
     pub queue_name: Option<String>,
     pub connection: String,
     pub data_type: Option<String>,
+    /// An `httpTrigger`'s route template (`jobs/{*rest}`); the function's name when absent.
+    pub route: Option<String>,
+    /// An `httpTrigger`'s methods, lower case (empty: any).
+    pub methods: Vec<String>,
 }
 
 /// A function: its folder name (= route) and bindings.
@@ -144,6 +148,12 @@ impl App {
                         direction: s("direction").unwrap_or_default(),
                         path: s("path"),
                         queue_name: s("queueName"),
+                        route: s("route"),
+                        methods: b
+                            .get("methods")
+                            .and_then(Value::as_array)
+                            .map(|m| m.iter().filter_map(Value::as_str).map(str::to_ascii_lowercase).collect())
+                            .unwrap_or_default(),
                         // An empty connection means AzureWebJobsStorage.
                         connection: s("connection")
                             .filter(|c| !c.is_empty())

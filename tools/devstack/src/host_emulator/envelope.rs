@@ -213,16 +213,21 @@ mod tests {
         assert_eq!(req.queue_text("job").expect("text").as_bytes(), text);
     }
 
-    #[test]
-    fn message_fields_overwrite_metadata_keys() {
-        let info = QueueInfo {
+    /// A delivered message's properties: id `real`, pop receipt `p`.
+    fn message_info() -> QueueInfo<'static> {
+        QueueInfo {
             id: "real",
             pop_receipt: "p",
             dequeue_count: 2,
             insertion_time: "",
             expiration_time: "",
             next_visible_time: "",
-        };
+        }
+    }
+
+    #[test]
+    fn message_fields_overwrite_metadata_keys() {
+        let info = message_info();
         let v: Value =
             serde_json::from_slice(&queue_envelope("Q", "job", br#"{"Id":"fake","n":{"a":1},"l":[1]}"#, false, &info))
                 .expect("json");
@@ -233,14 +238,7 @@ mod tests {
 
     #[test]
     fn message_fields_match_keys_ignoring_case_write_dotnet_booleans_and_skip_nulls() {
-        let info = QueueInfo {
-            id: "real",
-            pop_receipt: "p",
-            dequeue_count: 2,
-            insertion_time: "",
-            expiration_time: "",
-            next_visible_time: "",
-        };
+        let info = message_info();
         let text = br#"{"id":"fake","popreceipt":null,"ok":true,"no":false,"n":1,"x":null}"#;
         let v: Value = serde_json::from_slice(&queue_envelope("Q", "job", text, false, &info)).expect("json");
         let metadata = v["Metadata"].as_object().expect("object");

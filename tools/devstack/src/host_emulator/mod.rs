@@ -8,7 +8,8 @@
 pub mod app;
 mod blob_trigger;
 pub mod envelope;
-pub mod outputs;
+pub mod http_trigger;
+mod outputs;
 mod queue_trigger;
 pub mod worker;
 
@@ -41,6 +42,8 @@ pub struct HostOptions {
     pub lease: Duration,
     /// Names receipts and the internal blob-trigger queue.
     pub host_id: String,
+    /// Where HTTP triggers are served (`func start` uses 7071; 0 picks a free port); `None`: not served.
+    pub http_port: Option<u16>,
 }
 
 impl HostOptions {
@@ -53,6 +56,7 @@ impl HostOptions {
             blob_scan_interval: Duration::from_secs(10),
             lease: Duration::from_secs(600),
             host_id: "devstack".into(),
+            http_port: None,
         }
     }
 }
@@ -75,6 +79,8 @@ pub(crate) struct Ctx {
     accounts: HashMap<String, StorageClient>,
     wakeups: Mutex<HashMap<String, Arc<Notify>>>,
     pub records: Mutex<Vec<InvocationRecord>>,
+    /// Passes HTTP-triggered requests to the handler.
+    pub http: reqwest::Client,
 }
 
 impl Ctx {
@@ -147,6 +153,7 @@ impl Ctx {
 pub struct FunctionsHost {
     ctx: Arc<Ctx>,
     tasks: Vec<JoinHandle<()>>,
+    http_address: Option<std::net::SocketAddr>,
 }
 
 impl FunctionsHost {
@@ -180,13 +187,31 @@ impl FunctionsHost {
             function_timeout: app.host.function_timeout,
         })
         .await?;
-        let ctx =
-            Arc::new(Ctx { app, options, worker, accounts, wakeups: Mutex::default(), records: Mutex::default() });
+        // Redirects and cookies belong to the client, whose requests these are.
+        let forwarder = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).no_proxy().build()?;
+        let ctx = Arc::new(Ctx {
+            app,
+            options,
+            worker,
+            accounts,
+            wakeups: Mutex::default(),
+            records: Mutex::default(),
+            http: forwarder,
+        });
         let mut tasks = Vec::new();
+        let mut http_address = None;
+        if let Some(port) = ctx.options.http_port.filter(|_| !http_trigger::prefixes(&ctx.app.functions).is_empty()) {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+            http_address = Some(listener.local_addr()?);
+            tasks.push(tokio::spawn(http_trigger::serve(listener, ctx.clone())));
+        }
         for f in ctx.app.functions.clone() {
             let Some(trigger) = f.trigger().cloned() else {
                 continue;
             };
+            if trigger.kind == "httpTrigger" {
+                continue;
+            }
             ctx.account(&trigger.connection)?;
             match trigger.kind.as_str() {
                 "blobTrigger" => tasks.extend(blob_trigger::spawn(ctx.clone(), f.clone(), trigger)?),
@@ -197,7 +222,12 @@ impl FunctionsHost {
             }
         }
         tracing::info!(target: "host", "functions host started: {}", ctx.app.functions.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", "));
-        Ok(FunctionsHost { ctx, tasks })
+        Ok(FunctionsHost { ctx, tasks, http_address })
+    }
+
+    /// Where HTTP triggers are served (`http://<this>/api/…`), if they are.
+    pub fn http_address(&self) -> Option<std::net::SocketAddr> {
+        self.http_address
     }
 
     /// The supervised handler process.

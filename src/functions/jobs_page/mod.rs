@@ -1,0 +1,217 @@
+//! `Jobs`: the operators' page, an HTTP trigger (`/api/jobs…`) that the host hands over as the client sent it
+//! (`customHandler.enableProxyingHttpRequest`, functions-protocol.md). `GET /api/jobs` is the table (HTML, or JSON
+//! with `?format=json` or `Accept: application/json`); `GET /api/jobs/<container>/<blob name>/<etag>` one job;
+//! `POST …/<etag>/cancel` and `…/resubmit` the actions, answered with a redirect back to the job.
+//!
+//! Every answer carries a strict Content-Security-Policy, `nosniff`, `no-store` and `no-referrer` (the function key
+//! travels in the query). POSTs from another site are refused (`Sec-Fetch-Site`, `Origin`). The key (`code`) is kept
+//! on the page's own links and forms and never logged.
+
+mod html;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::{ACCEPT, CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, HOST, LOCATION, ORIGIN};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::jobs::overview::{self, ActionError};
+use crate::AppState;
+use html::Links;
+
+/// The query string the page understands.
+#[derive(Debug, Default, Deserialize)]
+struct Params {
+    state: Option<String>,
+    q: Option<String>,
+    /// Read leniently: a page number that is not one means the first page, not an error page without the headers.
+    page: Option<String>,
+    format: Option<String>,
+    /// The function key, as the host accepted it: kept on links, never logged.
+    code: Option<String>,
+    /// A note to show after an action.
+    done: Option<String>,
+}
+
+/// The page's routes.
+pub(super) fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/api/jobs", get(list))
+        .route("/api/jobs/", get(list))
+        .route("/api/jobs/{*rest}", get(detail).post(action))
+}
+
+async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, Query(p): Query<Params>) -> Response {
+    let links = Links { code: p.code.as_deref() };
+    let page = p.page.as_deref().and_then(|n| n.trim().parse().ok());
+    let query = overview::Query { state: p.state.clone(), q: p.q.clone(), page };
+    let json = p.format.as_deref() == Some("json")
+        || headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
+    match overview::overview(&state, &query).await {
+        Ok(o) if json => answer(StatusCode::OK, "application/json", serde_json::to_string(&o).unwrap_or_default()),
+        Ok(o) => {
+            let page = html::list_page(&o, p.state.as_deref().unwrap_or(""), p.q.as_deref().unwrap_or(""), &links);
+            answer(StatusCode::OK, "text/html; charset=utf-8", page)
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "the job records could not be listed");
+            let text = "The job records could not be listed; the log says why.";
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/html; charset=utf-8",
+                html::message_page("Unavailable", text, &links),
+            )
+        }
+    }
+}
+
+async fn detail(State(state): State<Arc<AppState>>, Path(rest): Path<String>, Query(p): Query<Params>) -> Response {
+    let links = Links { code: p.code.as_deref() };
+    let html = "text/html; charset=utf-8";
+    let Some(key) = record_key(&rest) else {
+        return answer(
+            StatusCode::NOT_FOUND,
+            html,
+            html::message_page("No such job", "That is not a job's address.", &links),
+        );
+    };
+    match overview::detail(&state, &key).await {
+        Ok(Some(d)) if p.format.as_deref() == Some("json") => {
+            answer(StatusCode::OK, "application/json", serde_json::to_string(&d).unwrap_or_default())
+        }
+        Ok(Some(d)) => answer(StatusCode::OK, html, html::detail_page(&d, &links, p.done.as_deref())),
+        Ok(None) => answer(StatusCode::NOT_FOUND, html, html::message_page("No such job", &key, &links)),
+        Err(e) => {
+            tracing::error!(error = %e, "a job record could not be read");
+            answer(
+                StatusCode::SERVICE_UNAVAILABLE,
+                html,
+                html::message_page("Unavailable", "The job record could not be read.", &links),
+            )
+        }
+    }
+}
+
+async fn action(
+    State(state): State<Arc<AppState>>,
+    Path(rest): Path<String>,
+    Query(p): Query<Params>,
+    headers: HeaderMap,
+) -> Response {
+    let links = Links { code: p.code.as_deref() };
+    let html = "text/html; charset=utf-8";
+    if !same_origin(&headers) {
+        let text = "Actions are accepted only from this page.";
+        return answer(StatusCode::FORBIDDEN, html, html::message_page("Refused", text, &links));
+    }
+    let (key, verb) = match rest.rsplit_once('/').and_then(|(k, v)| Some((record_key(k)?, v))) {
+        Some((key, verb @ ("cancel" | "resubmit"))) => (key, verb),
+        _ => return answer(StatusCode::NOT_FOUND, html, html::message_page("No such action", "", &links)),
+    };
+    let result = match verb {
+        "cancel" => overview::cancel(&state, &key).await,
+        _ => overview::resubmit(&state, &key).await,
+    };
+    match result {
+        Ok(note) => {
+            // Post, redirect, get: a reload does not repeat the action.
+            let mut back = links.job(&key, None);
+            back.push_str(if back.contains('?') { "&" } else { "?" });
+            back.push_str(&url::form_urlencoded::Serializer::new(String::new()).append_pair("done", &note).finish());
+            let mut response = answer(StatusCode::SEE_OTHER, html, String::new());
+            if let Ok(location) = HeaderValue::from_str(&back) {
+                response.headers_mut().insert(LOCATION, location);
+            }
+            response
+        }
+        Err(e @ (ActionError::NoRecord(_) | ActionError::NotNow(_))) => {
+            answer(StatusCode::CONFLICT, html, html::message_page("Not done", &e.to_string(), &links))
+        }
+        Err(e) => {
+            tracing::error!(action = verb, error = %e, "an operator action failed");
+            answer(StatusCode::BAD_GATEWAY, html, html::message_page("Failed", &e.to_string(), &links))
+        }
+    }
+}
+
+/// `<container>/<blob name…>/<etag>` from the path after `/api/jobs/`; `None` for anything else.
+fn record_key(rest: &str) -> Option<String> {
+    let rest = rest.trim_matches('/');
+    let parts: Vec<&str> = rest.split('/').collect();
+    let usable = parts.len() >= 3 && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..");
+    usable.then(|| rest.to_string())
+}
+
+/// Whether a POST comes from this site: browsers send `Sec-Fetch-Site`, and `Origin` on every POST.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let header = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(site) = header("sec-fetch-site") {
+        return matches!(site, "same-origin" | "none");
+    }
+    match (header(ORIGIN.as_str()), header(HOST.as_str())) {
+        (Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, rest)| rest == host),
+        (Some(_), None) => false,
+        // Not a browser (curl, a script): nothing to forge.
+        (None, _) => true,
+    }
+}
+
+/// An answer with the page's security headers.
+fn answer(status: StatusCode, content_type: &'static str, body: String) -> Response {
+    let mut response = (status, body).into_response();
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if let Ok(csp) = HeaderValue::from_str(&html::CONTENT_SECURITY_POLICY) {
+        h.insert(CONTENT_SECURITY_POLICY, csp);
+    }
+    h.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_need_a_container_a_name_and_an_etag_and_never_climb() {
+        assert_eq!(record_key("batch-input/a.jsonl/0x1").as_deref(), Some("batch-input/a.jsonl/0x1"));
+        assert_eq!(record_key("batch-input/dir/a.jsonl/0x1/").as_deref(), Some("batch-input/dir/a.jsonl/0x1"));
+        for bad in ["", "batch-input/0x1", "batch-input/../x/0x1", "a//b/c"] {
+            assert_eq!(record_key(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn cross_site_posts_are_refused() {
+        let with = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_static(v));
+            }
+            same_origin(&h)
+        };
+        assert!(with(&[("sec-fetch-site", "same-origin")]));
+        assert!(!with(&[("sec-fetch-site", "cross-site"), ("origin", "https://app.azurewebsites.net")]));
+        assert!(!with(&[("sec-fetch-site", "same-site")]));
+        assert!(with(&[("origin", "http://127.0.0.1:7071"), ("host", "127.0.0.1:7071")]));
+        assert!(!with(&[("origin", "https://evil.example"), ("host", "app.azurewebsites.net")]));
+        assert!(with(&[]), "no browser, nothing to forge");
+    }
+
+    #[test]
+    fn links_carry_the_function_key_and_encode_names() {
+        let links = Links { code: Some("k=1&x") };
+        assert_eq!(links.to("", &[("state", "running"), ("q", "")]), "/api/jobs?state=running&code=k%3D1%26x");
+        assert_eq!(
+            links.job("batch-input/a b.jsonl/0x1", Some("cancel")),
+            "/api/jobs/batch-input/a%20b.jsonl/0x1/cancel?code=k%3D1%26x"
+        );
+        assert_eq!(Links { code: None }.to("", &[]), "/api/jobs");
+    }
+}

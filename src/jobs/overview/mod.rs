@@ -1,0 +1,280 @@
+//! The operators' view of every job, built from the job records alone: counters by state, a table newest first with
+//! filters and paging, one job's whole record with its batch as the API reports it now, and the two operator
+//! actions, cancel and resubmit.
+//!
+//! Listing reads no record blob: what the table shows of a record is kept in the record blob's metadata
+//! ([`SUMMARY_METADATA`], written by every record write), so one List Blobs page of 5,000 gives 5,000 rows.
+
+use std::collections::BTreeMap;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::batch_api::{BatchError, RequestCounts};
+use crate::storage::StorageError;
+use crate::AppState;
+
+use super::message::{SubmitMessage, MONITOR_QUEUE};
+use super::records::{unix_now, JobRecord, RecordState};
+
+/// The record blob's metadata key holding its [`Summary`] (base64url of its JSON: metadata values are ASCII).
+pub const SUMMARY_METADATA: &str = "summary";
+/// Rows on one page of the table.
+pub const PAGE_SIZE: usize = 100;
+/// Longest reason kept in a summary (the metadata of a blob holds at most 8 KB).
+const REASON_CHARS: usize = 300;
+
+/// What the table shows of one record.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Summary {
+    /// `container/name`.
+    pub blob: String,
+    pub etag: String,
+    pub state: RecordState,
+    /// The batch's last known status.
+    pub status: Option<String>,
+    pub batch_id: Option<String>,
+    pub request_counts: Option<RequestCounts>,
+    /// Unix seconds.
+    pub started_at: u64,
+    pub updated_at: u64,
+    /// Why it is deferred, rejected (the first problem, with its line) or dead-lettered.
+    pub reason: Option<String>,
+    /// `usage.total_tokens`, when the batch object carried it.
+    pub total_tokens: Option<u64>,
+}
+
+impl Summary {
+    pub fn of(r: &JobRecord) -> Self {
+        Summary {
+            blob: r.blob.clone(),
+            etag: r.etag.clone(),
+            state: r.state,
+            status: r.status.clone(),
+            batch_id: r.batch_id.clone(),
+            request_counts: r.request_counts.clone(),
+            started_at: r.started_at,
+            updated_at: r.updated_at,
+            reason: r.reason.as_ref().map(|why| why.chars().take(REASON_CHARS).collect()),
+            total_tokens: r.usage.as_ref().and_then(|u| u.get("total_tokens")).and_then(Value::as_u64),
+        }
+    }
+
+    /// The metadata value.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(self).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// From the metadata value; `None` if it is not one.
+    pub fn decode(value: &str) -> Option<Self> {
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
+        serde_json::from_slice(&json).ok()
+    }
+
+    /// The state as the page groups it: a running job by itself, an ended one by its terminal status.
+    pub fn shown_state(&self) -> &str {
+        match self.state {
+            RecordState::Submitting => "submitting",
+            RecordState::Deferred => "deferred",
+            RecordState::Submitted => "running",
+            RecordState::Ended => self.status.as_deref().unwrap_or("ended"),
+            RecordState::Rejected => "rejected",
+            RecordState::DeadLettered => "dead-lettered",
+        }
+    }
+}
+
+/// One row of the table: a record's key (its name in the records container) and its summary.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Row {
+    pub key: String,
+    /// [`Summary::shown_state`].
+    pub shown: String,
+    #[serde(flatten)]
+    pub summary: Summary,
+}
+
+/// Records by shown state, across all records, and the tokens ended jobs used.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Counters {
+    pub by_state: BTreeMap<String, u64>,
+    /// Running jobs by their batch status (`validating`, `in_progress`, `finalizing`, `cancelling`).
+    pub running_by_status: BTreeMap<String, u64>,
+    pub tokens_used: u64,
+    pub total: u64,
+}
+
+/// What the page asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct Query {
+    /// A shown state (`running`, `completed`, `dead-lettered`, …).
+    pub state: Option<String>,
+    /// A substring of the blob name.
+    pub q: Option<String>,
+    /// 1-based.
+    pub page: Option<usize>,
+}
+
+/// One page of the table, with the counters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Overview {
+    pub counters: Counters,
+    pub rows: Vec<Row>,
+    /// Rows matching the filters, on all pages.
+    pub matching: usize,
+    pub page: usize,
+    pub pages: usize,
+}
+
+/// Lists the records (their metadata only) and builds the page `query` asks for.
+pub async fn overview(state: &AppState, query: &Query) -> Result<Overview, StorageError> {
+    let items = state.records.list().await?;
+    let rows = items.into_iter().filter_map(|item| {
+        let summary = item.metadata.as_ref()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(SUMMARY_METADATA))?.1;
+        let summary = Summary::decode(summary)?;
+        let key = item.name.strip_suffix(".json").unwrap_or(&item.name).to_string();
+        Some(Row { key, shown: summary.shown_state().to_string(), summary })
+    });
+    Ok(build(rows.collect(), query))
+}
+
+/// Counters over all rows, then the filtered rows newest first, cut to the requested page.
+pub fn build(mut rows: Vec<Row>, query: &Query) -> Overview {
+    let mut counters = Counters { total: rows.len() as u64, ..Counters::default() };
+    for row in &rows {
+        *counters.by_state.entry(row.shown.clone()).or_default() += 1;
+        if row.summary.state == RecordState::Submitted {
+            let status = row.summary.status.clone().unwrap_or_else(|| "submitted".into());
+            *counters.running_by_status.entry(status).or_default() += 1;
+        }
+        if row.summary.state == RecordState::Ended {
+            counters.tokens_used += row.summary.total_tokens.unwrap_or(0);
+        }
+    }
+    let wanted_state = query.state.as_deref().filter(|s| !s.is_empty());
+    let needle = query.q.as_deref().map(str::to_lowercase).filter(|s| !s.is_empty());
+    rows.retain(|r| {
+        wanted_state.is_none_or(|s| r.shown == s)
+            && needle.as_deref().is_none_or(|n| r.summary.blob.to_lowercase().contains(n))
+    });
+    rows.sort_by(|a, b| b.summary.started_at.cmp(&a.summary.started_at).then_with(|| a.key.cmp(&b.key)));
+    let matching = rows.len();
+    let pages = matching.div_ceil(PAGE_SIZE).max(1);
+    let page = query.page.unwrap_or(1).clamp(1, pages);
+    let rows = rows.into_iter().skip((page - 1) * PAGE_SIZE).take(PAGE_SIZE).collect();
+    Overview { counters, rows, matching, page, pages }
+}
+
+/// One job in full: its record and, when it has a batch, the batch object as the API reports it now.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Detail {
+    pub key: String,
+    pub record: JobRecord,
+    /// The live batch object (`None` without a batch), or why it could not be read.
+    pub batch: Option<Result<Value, String>>,
+}
+
+/// The job of record `key` (`None`: no such record).
+pub async fn detail(state: &AppState, key: &str) -> Result<Option<Detail>, StorageError> {
+    let Some(versioned) = state.records.read(&record_name(key)).await? else { return Ok(None) };
+    let record = versioned.record;
+    let batch = match &record.batch_id {
+        Some(id) => Some(match state.batch.retrieve(id).await {
+            Ok(b) => serde_json::to_value(b).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }),
+        None => None,
+    };
+    Ok(Some(Detail { key: key.to_string(), record, batch }))
+}
+
+/// Why an operator action was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("there is no job record {0}")]
+    NoRecord(String),
+    #[error("{0}")]
+    NotNow(String),
+    #[error("the batch API refused: {0}")]
+    Api(#[from] BatchError),
+    #[error("storage failed: {0}")]
+    Storage(#[from] StorageError),
+}
+
+/// Cancels the running job of record `key`. Monitoring goes on until the job reports `cancelled`.
+pub async fn cancel(state: &AppState, key: &str) -> Result<String, ActionError> {
+    let name = record_name(key);
+    let record = state.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
+    let (RecordState::Submitted, Some(batch_id)) = (record.state, record.batch_id.clone()) else {
+        return Err(ActionError::NotNow(format!("{} has no running job ({:?})", record.blob, record.state)));
+    };
+    let batch = state.batch.cancel(&batch_id).await?;
+    let note = format!("an operator asked to cancel batch {batch_id} at {}", rfc3339_now());
+    state
+        .records
+        .update(&name, None, |r| {
+            r.observe(&batch);
+            r.reason = Some(note.clone());
+            true
+        })
+        .await?;
+    tracing::warn!(blob = %record.blob, batch_id = %batch_id, status = %batch.status, "{note}");
+    Ok(note)
+}
+
+/// Sends a dead-lettered blob version back to submission through `monitorjobs`, as if new: the job record still
+/// makes it exactly once.
+pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError> {
+    let name = record_name(key);
+    let record = state.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
+    if record.state != RecordState::DeadLettered {
+        return Err(ActionError::NotNow(format!(
+            "only a dead-lettered job can be resubmitted, not {:?}",
+            record.state
+        )));
+    }
+    let note = format!("an operator resubmitted it at {}", rfc3339_now());
+    let updated = state
+        .records
+        .update(&name, None, |r| {
+            if r.state != RecordState::DeadLettered {
+                return false;
+            }
+            if let Some(old) = r.batch_id.take() {
+                r.superseded_batch_ids.push(old);
+            }
+            r.state = RecordState::Deferred;
+            r.failures = 0;
+            r.event_id = None;
+            r.resubmissions += 1;
+            r.reason = Some(note.clone());
+            true
+        })
+        .await?
+        .filter(|r| r.state == RecordState::Deferred && r.reason.as_deref() == Some(note.as_str()))
+        .ok_or_else(|| ActionError::NotNow("the record changed meanwhile; look again".into()))?;
+    let message = SubmitMessage { submit: updated.blob_url, blob: updated.blob, etag: updated.etag, attempt: 0 };
+    let encoding = state.config.message_encoding;
+    state.storage.put_message(MONITOR_QUEUE, message.to_json().as_bytes(), encoding, std::time::Duration::ZERO).await?;
+    tracing::warn!(blob = %message.blob, "{note}");
+    Ok(note)
+}
+
+/// The record blob's name for a key as the page shows it.
+fn record_name(key: &str) -> String {
+    format!("{}.json", key.trim_end_matches(".json"))
+}
+
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_now())).to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! The operators' page (`/api/jobs`) against Azurite and the batch emulator: every state with its reason in HTML and
+//! JSON, filters and paging, hostile names, the security headers, cancel and resubmit (exactly one job still), and a
+//! 10,000-record listing.
+
+use axum::http::StatusCode;
+use serde_json::Value;
+
+use blob_batch_monitor::jobs::records::{JobRecord, RecordState, RecordStore};
+use blob_batch_monitor::jobs::validate::Problem;
+use blob_batch_monitor::storage::blob::Condition;
+
+use crate::helpers::{bounded, bounded_for, sample_jsonl, spawn_app, TestApp};
+
+/// What a GET answered.
+struct Page {
+    status: StatusCode,
+    headers: reqwest::header::HeaderMap,
+    text: String,
+}
+
+async fn get(app: &TestApp, path_and_query: &str) -> Page {
+    let r = app.http.get(format!("http://{}{path_and_query}", app.addr)).send().await.expect("answer");
+    Page { status: r.status(), headers: r.headers().clone(), text: r.text().await.expect("body") }
+}
+
+async fn json(app: &TestApp, path_and_query: &str) -> Value {
+    serde_json::from_str(&get(app, path_and_query).await.text).expect("json")
+}
+
+async fn post(app: &TestApp, path: &str, origin: &str) -> reqwest::Response {
+    // No redirects followed: the answer itself is checked.
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+    let r = client.post(format!("http://{}{path}", app.addr)).header("origin", origin).header("content-length", "0");
+    r.send().await.expect("answer")
+}
+
+fn records(app: &TestApp) -> RecordStore {
+    RecordStore::new(app.storage.clone(), "batch-records".into())
+}
+
+/// Writes a record directly, as the lifecycle would have left it.
+async fn put(app: &TestApp, name: &str, state: RecordState, status: Option<&str>, reason: Option<&str>, started: u64) {
+    let record = JobRecord {
+        blob: format!("batch-input/{name}"),
+        blob_url: app.blob_url(name),
+        etag: "0x8D1".into(),
+        state,
+        status: status.map(str::to_string),
+        batch_id: matches!(state, RecordState::Submitted | RecordState::Ended).then(|| format!("batch_{started}")),
+        reason: reason.map(str::to_string),
+        started_at: started,
+        ..JobRecord::default()
+    };
+    records(app).put(&RecordStore::key(&record.blob, &record.etag), &record, Condition::None).await.expect("record");
+}
+
+#[tokio::test]
+async fn every_state_appears_with_its_reason_in_html_and_json_behind_strict_headers() {
+    bounded(async {
+        let app = spawn_app().await;
+        let now = 1_764_500_000;
+        put(&app, "sub.jsonl", RecordState::Submitting, None, None, now).await;
+        put(&app, "def.jsonl", RecordState::Deferred, None, Some("429 throttled: deferred by 60 s"), now + 1).await;
+        put(&app, "run.jsonl", RecordState::Submitted, Some("in_progress"), None, now + 2).await;
+        for (i, status) in ["completed", "failed", "expired", "cancelled"].iter().enumerate() {
+            put(&app, &format!("{status}.jsonl"), RecordState::Ended, Some(status), None, now + 3 + i as u64).await;
+        }
+        put(&app, "dead.jsonl", RecordState::DeadLettered, None, Some("the batch API refused: 400"), now + 8).await;
+        // A real rejection, through BlobMonitor: its reason is the first problem with its line.
+        let rejected = app.invoke_blob("bad.jsonl", b"not json\n").await;
+        assert!(rejected.logs().contains("rejected"), "{}", rejected.logs());
+
+        let page = get(&app, "/api/jobs").await;
+        assert_eq!(page.status, StatusCode::OK);
+        let csp = page.headers["content-security-policy"].to_str().expect("ascii");
+        assert!(csp.contains("default-src 'none'") && csp.contains("script-src 'sha256-"), "{csp}");
+        assert!(
+            !csp.contains("unsafe-inline") && !csp.contains("http"),
+            "no inline allowance, no remote source: {csp}"
+        );
+        assert_eq!(page.headers["x-content-type-options"], "nosniff");
+        assert_eq!(page.headers["cache-control"], "no-store");
+        assert!(page.headers["content-type"].to_str().is_ok_and(|t| t.starts_with("text/html")));
+        for state in [
+            "submitting",
+            "deferred",
+            "running",
+            "completed",
+            "failed",
+            "expired",
+            "cancelled",
+            "rejected",
+            "dead-lettered",
+        ] {
+            assert!(page.text.contains(&format!("class=\"badge {state}\"")), "no {state} badge");
+        }
+        for reason in ["429 throttled: deferred by 60 s", "the batch API refused: 400", "line 1: invalid_json_line"] {
+            assert!(page.text.contains(reason), "no reason {reason:?}");
+        }
+        assert!(page.text.contains("in_progress"), "a running job shows its batch status");
+        assert!(!page.text.contains("<script src") && !page.text.contains("<link"), "nothing loaded from elsewhere");
+
+        let json: Value = serde_json::from_str(&get(&app, "/api/jobs?format=json").await.text).expect("json");
+        assert_eq!(json["counters"]["total"], 9, "one record per state");
+        for state in [
+            "submitting",
+            "deferred",
+            "running",
+            "completed",
+            "failed",
+            "expired",
+            "cancelled",
+            "rejected",
+            "dead-lettered",
+        ] {
+            assert_eq!(json["counters"]["byState"][state], 1, "{state}: {}", json["counters"]);
+        }
+        assert_eq!(json["rows"][0]["blob"], "batch-input/bad.jsonl", "newest first");
+        let accept = app.http.get(format!("http://{}/api/jobs", app.addr)).header("accept", "application/json");
+        let by_accept: Value =
+            serde_json::from_slice(&accept.send().await.expect("answer").bytes().await.expect("body")).expect("json");
+        assert_eq!(by_accept["counters"], json["counters"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn filters_and_paging_keep_the_function_key() {
+    bounded(async {
+        let app = spawn_app().await;
+        let store = records(&app);
+        let writes = (0..205u64).map(|i| {
+            let store = store.clone();
+            let url = app.blob_url(&format!("n{i:03}.jsonl"));
+            async move {
+                let state = if i % 5 == 0 { RecordState::DeadLettered } else { RecordState::Submitted };
+                let r = JobRecord {
+                    blob: format!("batch-input/n{i:03}.jsonl"),
+                    blob_url: url,
+                    etag: "0x1".into(),
+                    state,
+                    started_at: 1_000 + i,
+                    ..JobRecord::default()
+                };
+                store.put(&RecordStore::key(&r.blob, &r.etag), &r, Condition::None).await.expect("record");
+            }
+        });
+        futures_join_all(writes).await;
+        let first = json(&app, "/api/jobs?format=json").await;
+        assert_eq!((first["rows"].as_array().map(Vec::len), first["pages"].clone()), (Some(100), Value::from(3)));
+        assert_eq!(first["rows"][0]["blob"], "batch-input/n204.jsonl");
+        let third = json(&app, "/api/jobs?format=json&page=3").await;
+        assert_eq!(third["rows"].as_array().map(Vec::len), Some(5));
+        let dead = json(&app, "/api/jobs?format=json&state=dead-lettered").await;
+        assert_eq!(dead["matching"], 41);
+        let named = json(&app, "/api/jobs?format=json&q=N20").await;
+        assert_eq!(named["matching"], 5, "n200..n204, ignoring case");
+        let page = get(&app, "/api/jobs?state=running&q=n&code=s3cr%2Ft").await.text;
+        assert!(page.contains("page=2") && page.contains("code=s3cr%2Ft"), "links keep the filters and the key");
+        assert!(page.contains("name=\"code\" value=\"s3cr/t\""), "the filter form keeps the key");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_hostile_blob_name_shows_as_text() {
+    bounded(async {
+        let app = spawn_app().await;
+        let name = "<img src=x onerror=alert(1)>.jsonl";
+        let mut record = JobRecord {
+            blob: format!("batch-input/{name}"),
+            blob_url: app.blob_url(name),
+            etag: "0x1".into(),
+            state: RecordState::Rejected,
+            reason: Some("line 1: invalid_json_line: <script>alert(2)</script>".into()),
+            ..JobRecord::default()
+        };
+        record.problems.push(Problem {
+            line: 1,
+            code: "invalid_json_line".into(),
+            message: "<b>x</b>".into(),
+            first_line: None,
+        });
+        records(&app)
+            .put(&RecordStore::key(&record.blob, &record.etag), &record, Condition::None)
+            .await
+            .expect("record");
+        let page = get(&app, "/api/jobs").await.text;
+        assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;.jsonl"), "escaped in the table");
+        assert!(!page.contains("<img") && !page.contains("<script>alert"), "nothing hostile is markup");
+        let detail = get(&app, &format!("/api/jobs/batch-input/{}/0x1", urlencode(name))).await;
+        assert_eq!(detail.status, StatusCode::OK, "{}", detail.text);
+        assert!(detail.text.contains("&lt;b&gt;x&lt;/b&gt;") && !detail.text.contains("<img"), "escaped in the detail");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn cancel_from_the_page_reaches_the_batch_api_and_cross_site_posts_do_not() {
+    bounded(async {
+        let app = spawn_app().await;
+        let message = app.create_job("tocancel.jsonl").await;
+        let record = app.record("tocancel.jsonl").await.expect("record");
+        let key = format!("batch-input/tocancel.jsonl/{}", record.etag);
+        let forged = post(&app, &format!("/api/jobs/{key}/cancel"), "https://evil.example").await;
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        assert!(app.emulator.world.job(&message.batch_id).is_some_and(|j| !j.cancel_requested));
+
+        let answer = post(&app, &format!("/api/jobs/{key}/cancel?code=k1"), &format!("http://{}", app.addr)).await;
+        assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+        let back = answer.headers()["location"].to_str().expect("ascii").to_string();
+        assert!(back.starts_with(&format!("/api/jobs/{key}?")) && back.contains("code=k1"), "{back}");
+        assert!(app.emulator.world.job(&message.batch_id).is_some_and(|j| j.cancel_requested));
+        let record = app.record("tocancel.jsonl").await.expect("record");
+        assert!(record.reason.as_deref().is_some_and(|r| r.contains("asked to cancel")), "{record:?}");
+        assert_eq!(record.state, RecordState::Submitted, "monitoring goes on until the job reports cancelled");
+        let detail = get(&app, &back).await;
+        assert!(detail.text.contains("Batch, as the API reports it now") && detail.text.contains("cancel"));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_dead_lettered_blob_resubmitted_from_the_page_makes_exactly_one_job() {
+    bounded(async {
+        let app = spawn_app().await;
+        let etag = app.upload("again.jsonl", sample_jsonl(2).as_bytes()).await;
+        let etag = etag.trim_matches('"').to_string();
+        let dead = JobRecord {
+            blob: "batch-input/again.jsonl".into(),
+            blob_url: app.blob_url("again.jsonl"),
+            etag: etag.clone(),
+            state: RecordState::DeadLettered,
+            reason: Some("401: the key was wrong".into()),
+            submit_attempts: 1,
+            ..JobRecord::default()
+        };
+        records(&app).put(&RecordStore::key(&dead.blob, &etag), &dead, Condition::None).await.expect("record");
+        let key = format!("batch-input/again.jsonl/{etag}");
+        let origin = format!("http://{}", app.addr);
+        assert_eq!(post(&app, &format!("/api/jobs/{key}/resubmit"), &origin).await.status(), StatusCode::SEE_OTHER);
+        let again = post(&app, &format!("/api/jobs/{key}/resubmit"), &origin).await;
+        assert_eq!(again.status(), StatusCode::CONFLICT, "not dead-lettered any more");
+        let submit = app.peek(blob_batch_monitor::jobs::message::MONITOR_QUEUE).await;
+        assert_eq!(submit.len(), 1, "{submit:?}");
+        let started = app.invoke_queue(&submit[0], 1).await;
+        assert!(started.logs().contains("created batch"), "{}", started.logs());
+        // The same message delivered twice still makes one job.
+        let twice = app.invoke_queue(&submit[0], 2).await;
+        assert_eq!(twice.status, StatusCode::OK);
+        assert_eq!(app.emulator.world.jobs().len(), 1);
+        assert_eq!(app.record("again.jsonl").await.expect("record").resubmissions, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn ten_thousand_records_list_in_two_pages_of_storage_and_one_of_the_table() {
+    bounded_for(std::time::Duration::from_secs(170), async {
+        let app = spawn_app().await;
+        let store = records(&app);
+        for chunk in (0..10_000u64).collect::<Vec<_>>().chunks(500) {
+            let writes = chunk.iter().map(|&i| {
+                let store = store.clone();
+                async move {
+                    let r = JobRecord {
+                        blob: format!("batch-input/r{i:05}.jsonl"),
+                        etag: "0x1".into(),
+                        state: RecordState::Submitted,
+                        status: Some("in_progress".into()),
+                        started_at: i,
+                        ..JobRecord::default()
+                    };
+                    store.put(&RecordStore::key(&r.blob, &r.etag), &r, Condition::None).await.expect("record");
+                }
+            });
+            futures_join_all(writes).await;
+        }
+        let json: Value = serde_json::from_str(&get(&app, "/api/jobs?format=json").await.text).expect("json");
+        assert_eq!(json["counters"]["total"], 10_000);
+        assert_eq!(json["counters"]["runningByStatus"]["in_progress"], 10_000);
+        assert_eq!(json["rows"][0]["blob"], "batch-input/r09999.jsonl");
+        assert_eq!(json["pages"], 100);
+    })
+    .await;
+}
+
+/// Runs the futures concurrently, each as a task, and waits for all of them.
+async fn futures_join_all<F>(futures: impl IntoIterator<Item = F>)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    for task in tasks {
+        task.await.expect("a write task");
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
+}
