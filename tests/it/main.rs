@@ -7,6 +7,7 @@ mod e2e;
 mod events;
 mod fuzz;
 mod helpers;
+mod host_emulator;
 mod identity;
 mod jobs_page;
 mod load;
