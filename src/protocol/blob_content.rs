@@ -112,6 +112,17 @@ impl ContentDecoder {
     /// Base64 characters, decoded a batch at a time; the last quad is held back, since only the very last may carry
     /// padding.
     fn push(&mut self, chars: &[u8], out: &mut impl FnMut(&[u8])) {
+        let mut chars = chars;
+        if self.pending.is_empty() && chars.len() >= BATCH + 4 {
+            // Nothing waiting: decode straight from the input, keeping back the last quad as `pending` would.
+            let whole = (chars.len() - 4) / 4 * 4;
+            self.decoded.clear();
+            match base64::engine::general_purpose::STANDARD.decode_vec(&chars[..whole], &mut self.decoded) {
+                Ok(()) => out(&self.decoded),
+                Err(e) => return self.fail(ContentError::NotBase64(e.to_string())),
+            }
+            chars = &chars[whole..];
+        }
         self.pending.extend_from_slice(chars);
         if self.pending.len() >= BATCH + 4 {
             let whole = (self.pending.len() - 4) / 4 * 4;
@@ -119,8 +130,21 @@ impl ContentDecoder {
         }
     }
 
+    /// Ready for another blob, keeping the buffers' memory.
+    pub fn reset(&mut self) {
+        self.escape = Escape::None;
+        self.pending.clear();
+        self.decoded.clear();
+        self.error = None;
+    }
+
     /// The content has ended: decodes the rest.
     pub fn finish(mut self, out: &mut impl FnMut(&[u8])) -> Result<(), ContentError> {
+        self.finish_blob(out)
+    }
+
+    /// [`ContentDecoder::finish`] for a decoder that goes on to the next blob after [`ContentDecoder::reset`].
+    pub fn finish_blob(&mut self, out: &mut impl FnMut(&[u8])) -> Result<(), ContentError> {
         if self.error.is_none() && self.escape != Escape::None {
             self.error = Some(ContentError::BadEscape("an escape cut off at the end".into()));
         }
@@ -128,7 +152,7 @@ impl ContentDecoder {
             let all = self.pending.len();
             self.decode(all, out);
         }
-        self.error.map_or(Ok(()), Err)
+        self.error.take().map_or(Ok(()), Err)
     }
 
     fn decode(&mut self, chars: usize, out: &mut impl FnMut(&[u8])) {

@@ -100,6 +100,11 @@ impl Browser {
         self.call(reqwest::Method::POST, &format!("/element/{id}/click"), json!({})).await;
     }
 
+    /// Ends the session, which closes Chromium (killing chromedriver alone would leave it running).
+    async fn quit(self) {
+        let _ = self.http.delete(format!("{}/session/{}", self.base, self.session)).send().await;
+    }
+
     async fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;
         let png = self.call(reqwest::Method::GET, "/screenshot", Value::Null).await;
@@ -201,6 +206,7 @@ async fn a_person_sees_every_state_a_hostile_name_as_text_and_can_cancel_a_job()
         assert!(after.as_str().is_some_and(|t| t.contains("asked to cancel")), "{after}");
         let url = browser.call(reqwest::Method::GET, "/url", Value::Null).await;
         assert!(url.as_str().is_some_and(|u| u.contains("code=browser-key")), "the key survived the action: {url}");
+        browser.quit().await;
     })
     .await;
 }

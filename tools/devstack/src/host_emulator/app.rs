@@ -192,9 +192,13 @@ mod tests {
         assert_eq!(app.host.message_encoding, MessageEncoding::Base64);
         assert_eq!(app.host.visibility_timeout, Duration::from_secs(30));
         let names: Vec<&str> = app.functions.iter().map(|f| f.name.as_str()).collect();
-        assert_eq!(names, ["BlobMonitor", "QueueMonitor"]);
+        assert_eq!(names, ["BlobMonitor", "Jobs", "QueueMonitor"]);
         let blob = &app.functions[0];
         assert_eq!(blob.trigger().and_then(|t| t.path.as_deref()), Some("batch-input/{name}"));
+        assert_eq!(blob.trigger().and_then(|t| t.data_type.as_deref()), Some("binary"));
         assert_eq!(blob.queue_outputs().count(), 1);
+        let jobs = app.functions[1].trigger().expect("an HTTP trigger");
+        assert_eq!((jobs.kind.as_str(), jobs.route.as_deref()), ("httpTrigger", Some("jobs/{*rest}")));
+        assert_eq!(jobs.methods, ["get", "post"]);
     }
 }
