@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
+use blob_batch_monitor::jobs::overview::SHOWN_STATES;
 use blob_batch_monitor::jobs::records::{JobRecord, RecordState, RecordStore};
 use blob_batch_monitor::storage::blob::Condition;
 
@@ -167,17 +168,7 @@ async fn a_person_sees_every_state_a_hostile_name_as_text_and_can_cancel_a_job()
         let page = format!("http://{}/api/jobs?code=browser-key", app.addr);
         browser.open(&page).await;
         assert_eq!(browser.eval("return document.querySelectorAll('tbody tr').length").await, 10);
-        for badge in [
-            "submitting",
-            "deferred",
-            "running",
-            "completed",
-            "failed",
-            "expired",
-            "cancelled",
-            "rejected",
-            "dead-lettered",
-        ] {
+        for badge in SHOWN_STATES {
             let n = browser.eval(&format!("return document.querySelectorAll('tbody .badge.{badge}').length")).await;
             assert!(n.as_u64().is_some_and(|n| n >= 1), "no {badge} badge in a row");
         }

@@ -5,6 +5,7 @@
 use axum::http::StatusCode;
 use serde_json::Value;
 
+use blob_batch_monitor::jobs::overview::SHOWN_STATES;
 use blob_batch_monitor::jobs::records::{JobRecord, RecordState, RecordStore};
 use blob_batch_monitor::jobs::validate::Problem;
 use blob_batch_monitor::storage::blob::Condition;
@@ -81,17 +82,7 @@ async fn every_state_appears_with_its_reason_in_html_and_json_behind_strict_head
         assert_eq!(page.headers["x-content-type-options"], "nosniff");
         assert_eq!(page.headers["cache-control"], "no-store");
         assert!(page.headers["content-type"].to_str().is_ok_and(|t| t.starts_with("text/html")));
-        for state in [
-            "submitting",
-            "deferred",
-            "running",
-            "completed",
-            "failed",
-            "expired",
-            "cancelled",
-            "rejected",
-            "dead-lettered",
-        ] {
+        for state in SHOWN_STATES {
             assert!(page.text.contains(&format!("class=\"badge {state}\"")), "no {state} badge");
         }
         for reason in ["429 throttled: deferred by 60 s", "the batch API refused: 400", "line 1: invalid_json_line"] {
@@ -102,17 +93,7 @@ async fn every_state_appears_with_its_reason_in_html_and_json_behind_strict_head
 
         let json: Value = serde_json::from_str(&get(&app, "/api/jobs?format=json").await.text).expect("json");
         assert_eq!(json["counters"]["total"], 9, "one record per state");
-        for state in [
-            "submitting",
-            "deferred",
-            "running",
-            "completed",
-            "failed",
-            "expired",
-            "cancelled",
-            "rejected",
-            "dead-lettered",
-        ] {
+        for state in SHOWN_STATES {
             assert_eq!(json["counters"]["byState"][state], 1, "{state}: {}", json["counters"]);
         }
         assert_eq!(json["rows"][0]["blob"], "batch-input/bad.jsonl", "newest first");

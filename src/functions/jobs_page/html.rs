@@ -9,7 +9,7 @@ use base64::Engine;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use sha2::{Digest, Sha256};
 
-use crate::jobs::overview::{Detail, Overview, Row};
+use crate::jobs::overview::{Detail, Overview, Row, SHOWN_STATES as STATES};
 use crate::jobs::records::unix_now;
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1f2328}\
@@ -43,10 +43,6 @@ pub static CONTENT_SECURITY_POLICY: LazyLock<String> = LazyLock::new(|| {
 /// Everything but RFC 3986's unreserved characters is percent-encoded in a path segment.
 const PATH_SEGMENT: &percent_encoding::AsciiSet =
     &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
-
-/// The states the counters show, in order.
-const STATES: [&str; 9] =
-    ["submitting", "deferred", "running", "completed", "failed", "expired", "cancelled", "rejected", "dead-lettered"];
 
 /// Builds `/api/jobs[/…]?…`, carrying the function key (`code`) so that navigation keeps working behind the host.
 pub struct Links<'a> {

@@ -22,6 +22,9 @@ use super::records::{unix_now, JobRecord, RecordState};
 pub const SUMMARY_METADATA: &str = "summary";
 /// Rows on one page of the table.
 pub const PAGE_SIZE: usize = 100;
+/// Every state the page shows, in the order of its counters ([`Summary::shown_state`]).
+pub const SHOWN_STATES: [&str; 9] =
+    ["submitting", "deferred", "running", "completed", "failed", "expired", "cancelled", "rejected", "dead-lettered"];
 /// Longest reason kept in a summary (the metadata of a blob holds at most 8 KB).
 const REASON_CHARS: usize = 300;
 
