@@ -6,7 +6,7 @@
 //! same ending reported twice carries the same id and consumers deduplicate by it. The event is put *before* the job
 //! record says it was sent: a crash between the two sends the same id again rather than losing it.
 
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::Value;
@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::batch_api::{Batch, RequestCounts};
 use crate::AppState;
 
-use super::records::JobRecord;
+use super::records::{rfc3339, JobRecord};
 use super::report::FailedRequest;
 use super::validate::Problem;
 use super::RetryNow;
@@ -103,10 +103,6 @@ pub fn event_id(blob_url: &str, etag: &str, batch_id: Option<&str>, status: &str
         hash.update([0]);
     }
     hash.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn rfc3339(unix_secs: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix_secs)).to_string()
 }
 
 /// Puts `event` on the completion queue, if events are on (`BATCH_COMPLETED_QUEUE` not empty), and returns its id

@@ -120,6 +120,12 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
+/// A Unix time as RFC 3339 in UTC, to the second (`2026-11-30T10:00:00Z`).
+pub fn rfc3339(unix_secs: u64) -> String {
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
+    humantime::format_rfc3339_seconds(at).to_string()
+}
+
 /// Records in one container of one account.
 #[derive(Clone, Debug)]
 pub struct RecordStore {

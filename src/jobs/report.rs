@@ -96,11 +96,6 @@ pub fn failed_requests(head: &[u8], whole: bool) -> Vec<FailedRequest> {
         .collect()
 }
 
-/// The summary line of the first lines of an error file (see [`failed_requests`]).
-pub fn summarize(head: &[u8], whole: bool) -> Option<String> {
-    ErrorFileSummary { requests: failed_requests(head, whole), unreadable: None }.line()
-}
-
 /// One error line. The failure is either `error` (the request was not run) or the response's `body.error` with its
 /// `status_code`.
 fn describe(line: &Value) -> FailedRequest {
@@ -164,6 +159,11 @@ pub fn final_report(message: &MonitorMessage, batch: &Batch, failures: Option<&s
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The summary line of the first lines of an error file (see [`failed_requests`]).
+    fn summarize(head: &[u8], whole: bool) -> Option<String> {
+        ErrorFileSummary { requests: failed_requests(head, whole), unreadable: None }.line()
+    }
 
     #[test]
     fn both_error_line_shapes_are_described() {

@@ -3,14 +3,13 @@
 //! in the Content-Security-Policy; nothing is loaded from anywhere else, so the page works on a locked-down network.
 
 use std::sync::LazyLock;
-use std::time::{Duration, UNIX_EPOCH};
 
 use base64::Engine;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use sha2::{Digest, Sha256};
 
 use crate::jobs::overview::{Detail, Overview, Row, SHOWN_STATES as STATES};
-use crate::jobs::records::unix_now;
+use crate::jobs::records::{rfc3339, unix_now};
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1f2328}\
 h1{font-size:1.3rem}a{color:#0969da}table{border-collapse:collapse;width:100%}\
@@ -231,7 +230,7 @@ fn time(unix: u64) -> String {
     if unix == 0 {
         return "—".into();
     }
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string().replace('T', " ")
+    rfc3339(unix).replace('T', " ")
 }
 
 fn duration(secs: u64) -> String {

@@ -16,7 +16,7 @@ use crate::storage::StorageError;
 use crate::AppState;
 
 use super::message::{SubmitMessage, MONITOR_QUEUE};
-use super::records::{unix_now, JobRecord, RecordState};
+use super::records::{rfc3339, unix_now, JobRecord, RecordState};
 
 /// The record blob's metadata key holding its [`Summary`] (base64url of its JSON: metadata values are ASCII).
 pub const SUMMARY_METADATA: &str = "summary";
@@ -219,7 +219,7 @@ pub async fn cancel(state: &AppState, key: &str) -> Result<String, ActionError> 
         return Err(ActionError::NotNow(format!("{} has no running job ({:?})", record.blob, record.state)));
     };
     let batch = state.batch.cancel(&batch_id).await?;
-    let note = format!("an operator asked to cancel batch {batch_id} at {}", rfc3339_now());
+    let note = format!("an operator asked to cancel batch {batch_id} at {}", rfc3339(unix_now()));
     state
         .records
         .update(&name, None, |r| {
@@ -243,7 +243,7 @@ pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError
             record.state
         )));
     }
-    let note = format!("an operator resubmitted it at {}", rfc3339_now());
+    let note = format!("an operator resubmitted it at {}", rfc3339(unix_now()));
     let updated = state
         .records
         .update(&name, None, |r| {
@@ -273,10 +273,6 @@ pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError
 /// The record blob's name for a key as the page shows it.
 fn record_name(key: &str) -> String {
     format!("{}.json", key.trim_end_matches(".json"))
-}
-
-fn rfc3339_now() -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_now())).to_string()
 }
 
 #[cfg(test)]

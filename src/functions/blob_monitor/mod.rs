@@ -2,11 +2,8 @@
 //! through the `outQueue` output binding.
 //!
 //! The body is streamed through [`ElidingReader`], so the base64 blob content is never held: the batch service reads
-//! the blob itself from `Metadata.Uri`. On its way past, the content is decoded ([`ContentDecoder`]) and checked line
-//! by line ([`Validator`]) unless `BATCH_VALIDATE_INPUT` is off: on one checking thread per process, fed through a
-//! bounded channel, so that checking overlaps reading the request (the 200 MB file's time target,
-//! docs/performance.md). One long-lived thread rather than one per request: the allocator keeps a thread's freed
-//! memory for that thread, and a new thread per file added that memory up.
+//! the blob itself from `Metadata.Uri`. On its way past, the content is decoded and checked line by line unless
+//! `BATCH_VALIDATE_INPUT` is off ([`check`]).
 
 use std::sync::Arc;
 
@@ -20,12 +17,15 @@ use tracing::{info, warn, Instrument};
 use url::Url;
 
 use crate::error::{FunctionError, Result};
-use crate::jobs::validate::{Problem, Validator};
+use crate::jobs::validate::Problem;
 use crate::jobs::{self, NewBlob, Outcome};
-use crate::protocol::blob_content::{ContentDecoder, ContentError};
 use crate::protocol::blob_envelope::{ElidedValue, ElidingReader};
 use crate::protocol::{EnvelopeError, InvokeRequest, InvokeResponse};
 use crate::AppState;
+
+mod check;
+
+use check::{Check, CHECK_PIECE};
 
 /// The queue output binding's name in `BlobMonitor/function.json`.
 const OUTPUT_BINDING: &str = "outQueue";
@@ -35,9 +35,6 @@ const INPUT_CONTAINER: &str = "batch-input";
 pub const MAX_BLOB_ENVELOPE: u64 = 1 << 30;
 /// Largest part of the envelope kept in memory: everything except the blob content.
 const MAX_KEPT: usize = 4 << 20;
-/// Content handed to the checking thread at a time, and how many such pieces may wait for it.
-const CHECK_PIECE: usize = 64 << 10;
-const CHECK_QUEUE: usize = 2;
 
 pub(super) async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let invocation_id = super::invocation_id(&headers);
@@ -112,80 +109,4 @@ async fn read_envelope(mut body: Body, validate: bool) -> anyhow::Result<Envelop
         None => None,
     };
     Ok((request, elided, problems))
-}
-
-/// One file's check on the checking thread: raw content in, problems out. The pieces' buffers go back to the
-/// reading task to be filled again, so a file holds a few pieces at most.
-struct Check {
-    pieces: tokio::sync::mpsc::Sender<Vec<u8>>,
-    spares: std::sync::mpsc::Receiver<Vec<u8>>,
-    done: tokio::sync::oneshot::Receiver<Result<Vec<Problem>, ContentError>>,
-}
-
-/// What the checking thread is handed for one file.
-struct CheckJob {
-    pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
-    give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
-    done: tokio::sync::oneshot::Sender<Result<Vec<Problem>, ContentError>>,
-}
-
-/// The checking thread's queue of files, started on first use.
-fn checker() -> &'static std::sync::Mutex<std::sync::mpsc::Sender<CheckJob>> {
-    static CHECKER: std::sync::OnceLock<std::sync::Mutex<std::sync::mpsc::Sender<CheckJob>>> =
-        std::sync::OnceLock::new();
-    CHECKER.get_or_init(|| {
-        let (jobs, incoming) = std::sync::mpsc::channel::<CheckJob>();
-        let spawned = std::thread::Builder::new().name("content-check".into()).spawn(move || {
-            // One decoder and one validator for every file: their buffers and id table are reused, not reallocated.
-            let (mut decoder, mut validator) = (ContentDecoder::new(), Validator::new());
-            for mut job in incoming {
-                decoder.reset();
-                validator.reset();
-                while let Some(mut raw) = job.pieces.blocking_recv() {
-                    // Once enough problems are found, the rest is only drained.
-                    if !validator.is_done() {
-                        decoder.feed(&raw, &mut |bytes| validator.feed(bytes));
-                    }
-                    raw.clear();
-                    let _ = job.give_back.try_send(raw);
-                }
-                let finished =
-                    if validator.is_done() { Ok(()) } else { decoder.finish_blob(&mut |b| validator.feed(b)) };
-                let _ = job.done.send(finished.map(|()| validator.finish_file()));
-            }
-        });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "the content-check thread could not start");
-        }
-        std::sync::Mutex::new(jobs)
-    })
-}
-
-impl Check {
-    fn start() -> Self {
-        let (pieces, incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(CHECK_QUEUE);
-        let (give_back, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHECK_QUEUE + 2);
-        let (done_tx, done) = tokio::sync::oneshot::channel();
-        let job = CheckJob { pieces: incoming, give_back, done: done_tx };
-        // A failed hand-over drops the job, and `finish` reports that the check stopped.
-        let _ = checker().lock().unwrap_or_else(std::sync::PoisonError::into_inner).send(job);
-        Check { pieces, spares, done }
-    }
-
-    /// An empty buffer for the next piece: one the thread gave back, or a new one.
-    fn spare(&self) -> Vec<u8> {
-        self.spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(2 * CHECK_PIECE))
-    }
-
-    async fn send(&mut self, piece: Vec<u8>) {
-        if !piece.is_empty() {
-            // The receiver lives until all pieces are in; a send can only fail if the thread died, which `finish` reports.
-            let _ = self.pieces.send(piece).await;
-        }
-    }
-
-    async fn finish(self) -> anyhow::Result<Vec<Problem>> {
-        drop(self.pieces);
-        Ok(self.done.await.map_err(|_| anyhow::anyhow!("the content check stopped"))??)
-    }
 }

@@ -1,0 +1,87 @@
+//! The content check of BlobMonitor: the blob's raw (JSON-escaped base64) content is decoded ([`ContentDecoder`])
+//! and validated line by line ([`Validator`]) on one checking thread per process, fed through a bounded channel, so
+//! that checking overlaps reading the request (the 200 MB file's time target, docs/performance.md). One long-lived
+//! thread with one reused decoder and validator rather than one per request: the allocator keeps a thread's freed
+//! memory for that thread, and a new thread, table and buffers per file added that memory up.
+
+use crate::jobs::validate::{Problem, Validator};
+use crate::protocol::blob_content::{ContentDecoder, ContentError};
+
+/// Content handed to the checking thread at a time, and how many such pieces may wait for it.
+pub(super) const CHECK_PIECE: usize = 64 << 10;
+const CHECK_QUEUE: usize = 2;
+
+/// One file's check on the checking thread: raw content in, problems out. The pieces' buffers go back to the
+/// reading task to be filled again, so a file holds a few pieces at most.
+pub(super) struct Check {
+    pieces: tokio::sync::mpsc::Sender<Vec<u8>>,
+    spares: std::sync::mpsc::Receiver<Vec<u8>>,
+    done: tokio::sync::oneshot::Receiver<Result<Vec<Problem>, ContentError>>,
+}
+
+/// What the checking thread is handed for one file.
+struct CheckJob {
+    pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
+    done: tokio::sync::oneshot::Sender<Result<Vec<Problem>, ContentError>>,
+}
+
+/// The checking thread's queue of files, started on first use.
+fn checker() -> &'static std::sync::mpsc::Sender<CheckJob> {
+    static CHECKER: std::sync::OnceLock<std::sync::mpsc::Sender<CheckJob>> = std::sync::OnceLock::new();
+    CHECKER.get_or_init(|| {
+        let (jobs, incoming) = std::sync::mpsc::channel::<CheckJob>();
+        let spawned = std::thread::Builder::new().name("content-check".into()).spawn(move || {
+            // One decoder and one validator for every file: their buffers and id table are reused, not reallocated.
+            let (mut decoder, mut validator) = (ContentDecoder::new(), Validator::new());
+            for mut job in incoming {
+                decoder.reset();
+                validator.reset();
+                while let Some(mut raw) = job.pieces.blocking_recv() {
+                    // Once enough problems are found, the rest is only drained.
+                    if !validator.is_done() {
+                        decoder.feed(&raw, &mut |bytes| validator.feed(bytes));
+                    }
+                    raw.clear();
+                    let _ = job.give_back.try_send(raw);
+                }
+                let finished =
+                    if validator.is_done() { Ok(()) } else { decoder.finish_blob(&mut |b| validator.feed(b)) };
+                let _ = job.done.send(finished.map(|()| validator.finish_file()));
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "the content-check thread could not start");
+        }
+        jobs
+    })
+}
+
+impl Check {
+    pub(super) fn start() -> Self {
+        let (pieces, incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(CHECK_QUEUE);
+        let (give_back, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHECK_QUEUE + 2);
+        let (done_tx, done) = tokio::sync::oneshot::channel();
+        let job = CheckJob { pieces: incoming, give_back, done: done_tx };
+        // A failed hand-over drops the job, and `finish` reports that the check stopped.
+        let _ = checker().send(job);
+        Check { pieces, spares, done }
+    }
+
+    /// An empty buffer for the next piece: one the thread gave back, or a new one.
+    pub(super) fn spare(&self) -> Vec<u8> {
+        self.spares.try_recv().unwrap_or_else(|_| Vec::with_capacity(2 * CHECK_PIECE))
+    }
+
+    pub(super) async fn send(&mut self, piece: Vec<u8>) {
+        if !piece.is_empty() {
+            // The receiver lives until all pieces are in; a send can only fail if the thread died, which `finish` reports.
+            let _ = self.pieces.send(piece).await;
+        }
+    }
+
+    pub(super) async fn finish(self) -> anyhow::Result<Vec<Problem>> {
+        drop(self.pieces);
+        Ok(self.done.await.map_err(|_| anyhow::anyhow!("the content check stopped"))??)
+    }
+}
