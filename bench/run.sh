@@ -3,7 +3,8 @@
 # and prints a Markdown table (record it in docs/performance.md), followed by user-space instructions per status check
 # for the handler and for the original app's Python check (bench/instructions.sh). Needs wrk, nginx and valgrind
 # (installed with apt-get when missing and running as root) and Python 3 with venv (the original's `openai` client is
-# installed from bench/requirements.txt into target/bench/venv). Usage: bench/run.sh [--smoke]
+# installed from bench/requirements.txt into target/bench/venv). Usage: bench/run.sh [--smoke] [--only PART,...]
+# (PART: startup, checks, memory, scale, large-blob, page, size; see `cargo run -p devstack -- bench --help`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -32,7 +33,9 @@ fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
 cargo run --quiet --profile tools -p devstack -- bench --handler target/release/handler "${musl[@]}" \
   --python "$venv/bin/python" "$@"
-if [ "${1:-}" = --smoke ]; then
+if [[ " $* " == *" --only"* ]]; then
+  exit 0  # one part re-measured: the instruction counts belong to the checks
+elif [ "${1:-}" = --smoke ]; then
   ./bench/instructions.sh target/release/handler 1 20
 else
   ./bench/instructions.sh

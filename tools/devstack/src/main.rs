@@ -84,6 +84,9 @@ enum Command {
         /// A Python with the `openai` package, to measure the original app's check side by side.
         #[arg(long)]
         python: Option<PathBuf>,
+        /// Measure only these parts (repeat, or separate with commas); all of them by default.
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<devstack::bench::Part>,
     },
     /// Print a blob (e.g. a job's results.jsonl, by the URL the final log line names).
     Cat {
@@ -136,7 +139,7 @@ async fn main() -> anyhow::Result<()> {
             stop_signal().await;
             Ok(())
         }
-        Command::Bench { handler, musl, smoke, python } => {
+        Command::Bench { handler, musl, smoke, python, only } => {
             let root = project_root(&std::env::current_dir()?).context("run the bench from inside the checkout")?;
             let work = root.join("target/bench");
             let handler = handler.canonicalize().with_context(|| format!("{} (build it first)", handler.display()))?;
@@ -147,6 +150,7 @@ async fn main() -> anyhow::Result<()> {
             };
             options.musl_binary = musl;
             options.python = python;
+            options.only = only;
             // The bench drives blocking processes and its own runtimes: run it off this runtime.
             let report = tokio::task::spawn_blocking(move || devstack::bench::run(&options)).await??;
             println!("{}", report.markdown());

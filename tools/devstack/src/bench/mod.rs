@@ -46,9 +46,35 @@ pub struct BenchOptions {
     /// A Python with the `openai` package (bench/requirements.txt), to run the original app's check beside the
     /// handler's; skipped when `None`.
     pub python: Option<PathBuf>,
+    /// The parts to measure; all of them when empty.
+    pub only: Vec<Part>,
+}
+
+/// A part of the suite, to re-measure one figure without the rest (`devstack bench --only large-blob`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Part {
+    /// Cold start and idle memory.
+    Startup,
+    /// Status checks against the instant upstream, and the original app's check.
+    Checks,
+    /// Memory with invocations in flight.
+    Memory,
+    /// Jobs followed per instance.
+    Scale,
+    /// The 200 MB blob, validation on and off.
+    LargeBlob,
+    /// The operators' page over job records in Azurite.
+    Page,
+    /// The binary's size.
+    Size,
 }
 
 impl BenchOptions {
+    /// Whether this run measures `part`.
+    pub fn runs_part(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
+    }
+
     /// The full run: 5 repetitions, 5 s loads, 11 ratio pairs of 3 s, a 200 MB blob, 21 cold starts.
     pub fn full(handler: PathBuf, app_root: PathBuf, work_dir: PathBuf) -> Self {
         BenchOptions {
@@ -64,6 +90,7 @@ impl BenchOptions {
             page_records: 10_000,
             musl_binary: None,
             python: None,
+            only: Vec::new(),
         }
     }
 
@@ -82,6 +109,7 @@ impl BenchOptions {
             page_records: 300,
             musl_binary: None,
             python: None,
+            only: Vec::new(),
         }
     }
 }

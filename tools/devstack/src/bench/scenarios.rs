@@ -12,6 +12,7 @@ use super::nginx::{Nginx, DONE, RUNNING};
 use super::procs::{
     command, cpu_ns, free_port, median, spawn, status_kb, wait_ready, wrk, wrk_post_script, Proc, WrkResult,
 };
+use super::Part;
 use super::{BenchOptions, Report};
 use crate::batch_emulator::{BatchEmulator, EmulatorConfig, Faults, Timings};
 use crate::host_emulator::envelope::{queue_envelope, QueueInfo};
@@ -31,17 +32,31 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     // Start-up and memory for each build: the static musl build has its own allocator (mimalloc).
     let musl = o.musl_binary.as_ref().map(|m| BenchOptions { handler: m.clone(), ..o.clone() });
     let builds = std::iter::once((o, "")).chain(musl.as_ref().map(|m| (m, " (static musl build)")));
-    for (build, label) in builds.clone() {
-        startup(build, &nginx, label, &mut report)?;
+    if o.runs_part(Part::Startup) {
+        for (build, label) in builds.clone() {
+            startup(build, &nginx, label, &mut report)?;
+        }
     }
-    overhead(o, &nginx, shared, load, &mut report)?;
-    for (build, label) in builds {
-        in_flight_memory(build, &nginx, &runtime, load, label, &mut report)?;
+    if o.runs_part(Part::Checks) {
+        overhead(o, &nginx, shared, load, &mut report)?;
     }
-    scale(o, &nginx, &runtime, load, &mut report)?;
-    large_blob(o, &nginx, &mut report)?;
-    super::page::page(o, &nginx, &runtime, &mut report)?;
-    deploy_size(o, &mut report)?;
+    if o.runs_part(Part::Memory) {
+        for (build, label) in builds {
+            in_flight_memory(build, &nginx, &runtime, load, label, &mut report)?;
+        }
+    }
+    if o.runs_part(Part::Scale) {
+        scale(o, &nginx, &runtime, load, &mut report)?;
+    }
+    if o.runs_part(Part::LargeBlob) {
+        large_blob(o, &nginx, &mut report)?;
+    }
+    if o.runs_part(Part::Page) {
+        super::page::page(o, &nginx, &runtime, &mut report)?;
+    }
+    if o.runs_part(Part::Size) {
+        deploy_size(o, &mut report)?;
+    }
     Ok(report)
 }
 
