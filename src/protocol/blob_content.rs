@@ -1,6 +1,10 @@
 //! The blob's own bytes, recovered as the envelope streams past: the host sends the blob as base64 inside a JSON
 //! string (functions-protocol.md §2.1), so the raw string content is JSON-unescaped (a serializer may write `+` as
 //! `\u002B` or `/` as `\/`) and base64-decoded chunk by chunk, and handed on without the blob ever being held.
+//!
+//! Decoding is `base64-simd`'s: it is most of the time a large blob's check takes (docs/performance.md), and the
+//! `base64` crate has no vectorised decoder. Its error carries no position, so a bad run is decoded again by the
+//! `base64` crate for a message that says where.
 
 use base64::Engine;
 
@@ -116,10 +120,9 @@ impl ContentDecoder {
         if self.pending.is_empty() && chars.len() >= BATCH + 4 {
             // Nothing waiting: decode straight from the input, keeping back the last quad as `pending` would.
             let whole = (chars.len() - 4) / 4 * 4;
-            self.decoded.clear();
-            match base64::engine::general_purpose::STANDARD.decode_vec(&chars[..whole], &mut self.decoded) {
+            match decode_into(&chars[..whole], &mut self.decoded) {
                 Ok(()) => out(&self.decoded),
-                Err(e) => return self.fail(ContentError::NotBase64(e.to_string())),
+                Err(e) => return self.fail(e),
             }
             chars = &chars[whole..];
         }
@@ -156,13 +159,12 @@ impl ContentDecoder {
     }
 
     fn decode(&mut self, chars: usize, out: &mut impl FnMut(&[u8])) {
-        self.decoded.clear();
-        match base64::engine::general_purpose::STANDARD.decode_vec(&self.pending[..chars], &mut self.decoded) {
+        match decode_into(&self.pending[..chars], &mut self.decoded) {
             Ok(()) => {
                 out(&self.decoded);
                 self.pending.drain(..chars);
             }
-            Err(e) => self.fail(ContentError::NotBase64(e.to_string())),
+            Err(e) => self.fail(e),
         }
     }
 
@@ -170,6 +172,19 @@ impl ContentDecoder {
         self.error = Some(e);
         self.pending = Vec::new();
     }
+}
+
+/// Replaces `decoded` with the bytes `chars` (whole quads, padded only at the very end) stand for.
+fn decode_into(chars: &[u8], decoded: &mut Vec<u8>) -> Result<(), ContentError> {
+    decoded.clear();
+    if base64_simd::STANDARD.decode_append(chars, decoded).is_ok() {
+        return Ok(());
+    }
+    let why = match base64::engine::general_purpose::STANDARD.decode(chars) {
+        Err(e) => e.to_string(),
+        Ok(_) => "refused by the vectorised decoder".into(),
+    };
+    Err(ContentError::NotBase64(why))
 }
 
 #[cfg(test)]
@@ -204,5 +219,14 @@ mod tests {
         for bad in [&b"abc"[..], b"ab=c", b"a\\nbc", b"ab\\u00e9c", b"abc\\", b"ab\\u00"] {
             assert!(decode_in_chunks(bad, 2).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn a_bad_character_deep_in_a_large_run_is_reported_with_its_offset() {
+        let blob = vec![7u8; 3 * BATCH];
+        let mut raw = base64::engine::general_purpose::STANDARD.encode(&blob).into_bytes();
+        raw[BATCH + 9] = b'*';
+        let err = decode_in_chunks(&raw, raw.len()).expect_err("`*` is not base64");
+        assert_eq!(err, ContentError::NotBase64(format!("Invalid symbol 42, offset {}.", BATCH + 9)));
     }
 }

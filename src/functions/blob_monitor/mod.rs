@@ -83,8 +83,11 @@ async fn read_envelope(mut body: Body, validate: bool) -> anyhow::Result<Envelop
     let mut piece = Vec::with_capacity(2 * CHECK_PIECE);
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| anyhow::anyhow!("reading the request body failed: {e}"))?;
-        if let Ok(data) = frame.into_data() {
-            reader.feed_with(&data, &mut |raw| {
+        let Ok(data) = frame.into_data() else { continue };
+        // A frame may be as large as hyper's read buffer (hundreds of KiB with a Content-Length): read in parts of
+        // one piece at most, so that a piece never outgrows its buffer and the recycled buffers stay one size.
+        for part in data.chunks(CHECK_PIECE) {
+            reader.feed_with(part, &mut |raw| {
                 if check.is_some() {
                     piece.extend_from_slice(raw);
                 }
