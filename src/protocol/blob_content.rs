@@ -120,7 +120,7 @@ impl ContentDecoder {
         if self.pending.is_empty() && chars.len() >= BATCH + 4 {
             // Nothing waiting: decode straight from the input, keeping back the last quad as `pending` would.
             let whole = (chars.len() - 4) / 4 * 4;
-            match decode_into(&chars[..whole], &mut self.decoded) {
+            match decode_into(&chars[..whole], false, &mut self.decoded) {
                 Ok(()) => out(&self.decoded),
                 Err(e) => return self.fail(e),
             }
@@ -152,14 +152,18 @@ impl ContentDecoder {
             self.error = Some(ContentError::BadEscape("an escape cut off at the end".into()));
         }
         if self.error.is_none() {
-            let all = self.pending.len();
-            self.decode(all, out);
+            match decode_into(&self.pending, true, &mut self.decoded) {
+                Ok(()) => out(&self.decoded),
+                Err(e) => self.fail(e),
+            }
         }
+        self.pending.clear();
         self.error.take().map_or(Ok(()), Err)
     }
 
+    /// Decodes the first `chars` pending characters, which more characters follow.
     fn decode(&mut self, chars: usize, out: &mut impl FnMut(&[u8])) {
-        match decode_into(&self.pending[..chars], &mut self.decoded) {
+        match decode_into(&self.pending[..chars], false, &mut self.decoded) {
             Ok(()) => {
                 out(&self.decoded);
                 self.pending.drain(..chars);
@@ -174,9 +178,13 @@ impl ContentDecoder {
     }
 }
 
-/// Replaces `decoded` with the bytes `chars` (whole quads, padded only at the very end) stand for.
-fn decode_into(chars: &[u8], decoded: &mut Vec<u8>) -> Result<(), ContentError> {
+/// Replaces `decoded` with the bytes `chars` stand for: whole quads, padded only if they are the `last` of the content
+/// (a decoder accepts padding at the end of what it is given, which is not the end of the blob unless it is `last`).
+fn decode_into(chars: &[u8], last: bool, decoded: &mut Vec<u8>) -> Result<(), ContentError> {
     decoded.clear();
+    if !last && chars.last() == Some(&b'=') {
+        return Err(ContentError::NotBase64("padding before the end of the content".into()));
+    }
     if base64_simd::STANDARD.decode_append(chars, decoded).is_ok() {
         return Ok(());
     }
@@ -219,6 +227,21 @@ mod tests {
         for bad in [&b"abc"[..], b"ab=c", b"a\\nbc", b"ab\\u00e9c", b"abc\\", b"ab\\u00"] {
             assert!(decode_in_chunks(bad, 2).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn padding_before_the_end_is_an_error_wherever_the_pieces_end() {
+        let quads = 2 * BATCH / 4 + 3;
+        for padded in [0, 1, BATCH / 4 - 1, BATCH / 4, BATCH / 4 + 1, quads - 2] {
+            let mut raw = b"QUJD".repeat(quads);
+            raw[padded * 4..padded * 4 + 4].copy_from_slice(b"QQ==");
+            for chunk in [1, 3, 4, 5, 999, BATCH, BATCH + 5, raw.len()] {
+                assert!(decode_in_chunks(&raw, chunk).is_err(), "padding at quad {padded}, chunks of {chunk}");
+            }
+        }
+        let mut last = b"QUJD".repeat(quads);
+        last.extend_from_slice(b"QQ==");
+        assert_eq!(decode_in_chunks(&last, 7).map(|b| b.len()), Ok(3 * quads + 1));
     }
 
     #[test]
