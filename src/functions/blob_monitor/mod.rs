@@ -25,7 +25,7 @@ use crate::AppState;
 
 mod check;
 
-use check::{Check, CHECK_PIECE};
+use check::{new_piece, Check, CHECK_PIECE, READ_PART};
 
 /// The queue output binding's name in `BlobMonitor/function.json`.
 const OUTPUT_BINDING: &str = "outQueue";
@@ -80,13 +80,12 @@ type Envelope = (InvokeRequest, Vec<ElidedValue>, Option<Vec<Problem>>);
 async fn read_envelope(mut body: Body, validate: bool) -> anyhow::Result<Envelope> {
     let mut reader = ElidingReader::new(MAX_KEPT);
     let mut check = validate.then(Check::start);
-    let mut piece = Vec::with_capacity(2 * CHECK_PIECE);
+    let mut piece = new_piece();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| anyhow::anyhow!("reading the request body failed: {e}"))?;
         let Ok(data) = frame.into_data() else { continue };
-        // A frame may be as large as hyper's read buffer (hundreds of KiB with a Content-Length): read in parts of
-        // one piece at most, so that a piece never outgrows its buffer and the recycled buffers stay one size.
-        for part in data.chunks(CHECK_PIECE) {
+        // In parts, so that a piece never outgrows its buffer ([`READ_PART`]).
+        for part in data.chunks(READ_PART) {
             reader.feed_with(part, &mut |raw| {
                 if check.is_some() {
                     piece.extend_from_slice(raw);
