@@ -144,6 +144,38 @@ async fn filters_and_paging_keep_the_function_key() {
 }
 
 #[tokio::test]
+async fn a_record_without_a_summary_is_listed_as_unknown_and_opens() {
+    bounded(async {
+        let app = spawn_app().await;
+        put(&app, "new.jsonl", RecordState::Submitted, Some("in_progress"), None, 1_764_500_000).await;
+        // A record as an earlier version wrote it: the JSON alone, no summary in its metadata.
+        let old = JobRecord {
+            blob: "batch-input/old.jsonl".into(),
+            blob_url: app.blob_url("old.jsonl"),
+            etag: "0x8D2".into(),
+            state: RecordState::Ended,
+            status: Some("completed".into()),
+            ..JobRecord::default()
+        };
+        let body = bytes::Bytes::from(serde_json::to_vec(&old).expect("json"));
+        let key = RecordStore::key(&old.blob, &old.etag);
+        app.storage.put_blob("batch-records", &key, body, "application/json", Condition::None, &[]).await.expect("put");
+
+        let listed = json(&app, "/api/jobs?format=json").await;
+        assert_eq!(listed["counters"]["total"], 2, "{}", listed["counters"]);
+        assert_eq!(listed["counters"]["byState"]["unknown"], 1, "{}", listed["counters"]);
+        let row = listed["rows"].as_array().expect("rows").iter().find(|r| r["shown"] == "unknown").expect("row");
+        assert_eq!((&row["blob"], &row["etag"]), (&Value::from("batch-input/old.jsonl"), &Value::from("0x8D2")));
+        let page = get(&app, "/api/jobs?state=unknown").await;
+        assert!(page.text.contains("class=\"badge unknown\"") && page.text.contains("old.jsonl"), "{}", page.text);
+        let opened = get(&app, "/api/jobs/batch-input/old.jsonl/0x8D2").await;
+        assert_eq!(opened.status, StatusCode::OK);
+        assert!(opened.text.contains("&quot;status&quot;: &quot;completed&quot;"), "the whole record: {}", opened.text);
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_hostile_blob_name_shows_as_text() {
     bounded(async {
         let app = spawn_app().await;

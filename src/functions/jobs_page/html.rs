@@ -8,7 +8,7 @@ use base64::Engine;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use sha2::{Digest, Sha256};
 
-use crate::jobs::overview::{Detail, Overview, Row, SHOWN_STATES as STATES};
+use crate::jobs::overview::{Detail, Overview, Row, SHOWN_STATES as STATES, UNKNOWN_STATE};
 use crate::jobs::records::{rfc3339, unix_now};
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1f2328}\
@@ -18,7 +18,7 @@ th{background:#f6f8fa}.counters{display:flex;flex-wrap:wrap;gap:.5rem;margin:1re
 .counter{border:1px solid #d0d7de;border-radius:6px;padding:.4rem .7rem;text-decoration:none;color:inherit}\
 .counter b{display:block;font-size:1.2rem}.badge{border-radius:1rem;padding:.1rem .55rem;font-size:.8rem;color:#fff;white-space:nowrap}\
 .completed{background:#1a7f37}.failed,.dead-lettered,.rejected{background:#cf222e}.expired,.cancelled{background:#6e7781}\
-.running{background:#0969da}.deferred,.submitting{background:#9a6700}\
+.running{background:#0969da}.deferred,.submitting{background:#9a6700}.unknown{background:#57606a}\
 meter{width:90px;vertical-align:middle}\
 .reason{color:#57606a;max-width:28rem}.mono{font-family:ui-monospace,monospace;font-size:.85rem}\
 pre{background:#f6f8fa;padding:.7rem;overflow:auto;max-height:30rem}form.inline{display:inline}\
@@ -109,6 +109,12 @@ pub fn list_page(o: &Overview, state: &str, q: &str, links: &Links<'_>) -> Strin
                     span class={"badge " (s)} { (s) }
                 }
             }
+            @if let Some(n) = o.counters.by_state.get(UNKNOWN_STATE) {
+                a.counter href=(links.to("", &[("state", UNKNOWN_STATE), ("q", q)])) {
+                    b { (n) }
+                    span class={"badge " (UNKNOWN_STATE)} { (UNKNOWN_STATE) }
+                }
+            }
             div.counter { b { (o.counters.tokens_used) } "tokens used by ended jobs" }
         }
         @if !o.counters.running_by_status.is_empty() {
@@ -171,7 +177,7 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
             td { (time(s.started_at)) }
             td { (time(s.updated_at)) }
             td { (duration(until.saturating_sub(s.started_at))) }
-            td.reason { @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered") { (s.reason.as_deref().unwrap_or("")) } }
+            td.reason { @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered" | UNKNOWN_STATE) { (s.reason.as_deref().unwrap_or("")) } }
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::batch_api::{BatchError, RequestCounts};
+use crate::storage::blob::BlobItem;
 use crate::storage::StorageError;
 use crate::AppState;
 
@@ -135,16 +136,42 @@ pub struct Overview {
     pub pages: usize,
 }
 
+/// The shown state of a record whose metadata carries no summary (one written before records had one): it is
+/// listed, counted and opens like any other, so that no job is missing from the page.
+pub const UNKNOWN_STATE: &str = "unknown";
+
 /// Lists the records (their metadata only) and builds the page `query` asks for.
 pub async fn overview(state: &AppState, query: &Query) -> Result<Overview, StorageError> {
     let items = state.records.list().await?;
-    let rows = items.into_iter().filter_map(|item| {
-        let summary = item.metadata.as_ref()?.iter().find(|(k, _)| k.eq_ignore_ascii_case(SUMMARY_METADATA))?.1;
-        let summary = Summary::decode(summary)?;
-        let key = item.name.strip_suffix(".json").unwrap_or(&item.name).to_string();
-        Some(Row { key, shown: summary.shown_state().to_string(), summary })
-    });
-    Ok(build(rows.collect(), query))
+    Ok(build(items.into_iter().map(row_of).collect(), query))
+}
+
+/// A listed record as a row: its summary, or what its name and properties tell.
+fn row_of(item: BlobItem) -> Row {
+    let key = item.name.strip_suffix(".json").unwrap_or(&item.name).to_string();
+    let summary = item
+        .metadata
+        .as_ref()
+        .and_then(|m| m.iter().find(|(k, _)| k.eq_ignore_ascii_case(SUMMARY_METADATA)))
+        .and_then(|(_, v)| Summary::decode(v));
+    if let Some(summary) = summary {
+        return Row { key, shown: summary.shown_state().to_string(), summary };
+    }
+    // The key is `container/name/etag`.
+    let (blob, etag) = key.rsplit_once('/').unwrap_or((&key, ""));
+    let modified = httpdate::parse_http_date(&item.properties.last_modified)
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let summary = Summary {
+        blob: blob.to_string(),
+        etag: etag.to_string(),
+        started_at: modified,
+        updated_at: modified,
+        reason: Some("the record has no summary (written by an earlier version); open it to see it".into()),
+        ..Summary::default()
+    };
+    Row { key, shown: UNKNOWN_STATE.to_string(), summary }
 }
 
 /// Counters over all rows, then the filtered rows newest first, cut to the requested page.

@@ -92,3 +92,33 @@ fn a_summary_survives_the_metadata_round_trip_and_keeps_reasons_short() {
     assert_eq!(Summary::decode(&value), Some(summary));
     assert_eq!(Summary::decode("not base64!"), None);
 }
+
+#[test]
+fn a_record_without_a_readable_summary_is_listed_as_unknown_by_its_name() {
+    let item = |metadata: Option<(&str, &str)>| BlobItem {
+        name: "batch-input/nested/old.jsonl/0x8DD1.json".into(),
+        properties: crate::storage::blob::BlobItemProperties {
+            etag: "0x9".into(),
+            last_modified: "Mon, 30 Nov 2026 10:00:00 GMT".into(),
+            content_length: 300,
+        },
+        metadata: metadata.map(|(k, v)| [(k.to_string(), v.to_string())].into_iter().collect()),
+    };
+    for listed in [item(None), item(Some(("Summary", "not base64url json!"))), item(Some(("other", "x")))] {
+        let row = row_of(listed);
+        assert_eq!(row.shown, UNKNOWN_STATE);
+        assert_eq!(row.key, "batch-input/nested/old.jsonl/0x8DD1");
+        assert_eq!((row.summary.blob.as_str(), row.summary.etag.as_str()), ("batch-input/nested/old.jsonl", "0x8DD1"));
+        assert_eq!(row.summary.started_at, 1_796_032_800);
+        assert!(row.summary.reason.as_deref().is_some_and(|r| r.contains("no summary")));
+    }
+    // A readable summary (the metadata key in any case, as listings may return it) is used as it is.
+    let summary = row("batch-input/new.jsonl", RecordState::Ended, Some("expired"), 5, None).summary;
+    let listed = row_of(item(Some(("SUMMARY", &summary.encode()))));
+    assert_eq!((listed.shown.as_str(), listed.summary), ("expired", summary));
+
+    let mut rows = sample();
+    rows.push(row_of(item(None)));
+    let o = build(rows, &Query { state: Some(UNKNOWN_STATE.into()), ..Query::default() });
+    assert_eq!((o.counters.total, o.counters.by_state.get(UNKNOWN_STATE).copied(), o.matching), (9, Some(1), 1));
+}
