@@ -40,6 +40,8 @@ pub struct ContentDecoder {
     /// Base64 characters not decoded yet.
     pending: Vec<u8>,
     decoded: Vec<u8>,
+    /// Base64 characters decoded so far, for the position in an error.
+    done: usize,
     error: Option<ContentError>,
 }
 
@@ -120,8 +122,11 @@ impl ContentDecoder {
         if self.pending.is_empty() && chars.len() >= BATCH + 4 {
             // Nothing waiting: decode straight from the input, keeping back the last quad as `pending` would.
             let whole = (chars.len() - 4) / 4 * 4;
-            match decode_into(&chars[..whole], false, &mut self.decoded) {
-                Ok(()) => out(&self.decoded),
+            match decode_into(&chars[..whole], false, self.done, &mut self.decoded) {
+                Ok(()) => {
+                    self.done += whole;
+                    out(&self.decoded)
+                }
                 Err(e) => return self.fail(e),
             }
             chars = &chars[whole..];
@@ -139,6 +144,7 @@ impl ContentDecoder {
         self.pending.clear();
         self.decoded.clear();
         self.error = None;
+        self.done = 0;
     }
 
     /// The content has ended: decodes the rest.
@@ -152,7 +158,7 @@ impl ContentDecoder {
             self.error = Some(ContentError::BadEscape("an escape cut off at the end".into()));
         }
         if self.error.is_none() {
-            match decode_into(&self.pending, true, &mut self.decoded) {
+            match decode_into(&self.pending, true, self.done, &mut self.decoded) {
                 Ok(()) => out(&self.decoded),
                 Err(e) => self.fail(e),
             }
@@ -163,8 +169,9 @@ impl ContentDecoder {
 
     /// Decodes the first `chars` pending characters, which more characters follow.
     fn decode(&mut self, chars: usize, out: &mut impl FnMut(&[u8])) {
-        match decode_into(&self.pending[..chars], false, &mut self.decoded) {
+        match decode_into(&self.pending[..chars], false, self.done, &mut self.decoded) {
             Ok(()) => {
+                self.done += chars;
                 out(&self.decoded);
                 self.pending.drain(..chars);
             }
@@ -180,10 +187,12 @@ impl ContentDecoder {
 
 /// Replaces `decoded` with the bytes `chars` stand for: whole quads, padded only if they are the `last` of the content
 /// (a decoder accepts padding at the end of what it is given, which is not the end of the blob unless it is `last`).
-fn decode_into(chars: &[u8], last: bool, decoded: &mut Vec<u8>) -> Result<(), ContentError> {
+/// `start` is the position of `chars` in the content, for the error.
+fn decode_into(chars: &[u8], last: bool, start: usize, decoded: &mut Vec<u8>) -> Result<(), ContentError> {
     decoded.clear();
     if !last && chars.last() == Some(&b'=') {
-        return Err(ContentError::NotBase64("padding before the end of the content".into()));
+        let at = start + chars.len() - 1;
+        return Err(ContentError::NotBase64(format!("padding before the end of the content, at character {at}")));
     }
     if base64_simd::STANDARD.decode_append(chars, decoded).is_ok() {
         return Ok(());
@@ -192,7 +201,8 @@ fn decode_into(chars: &[u8], last: bool, decoded: &mut Vec<u8>) -> Result<(), Co
         Err(e) => e.to_string(),
         Ok(_) => "refused by the vectorised decoder".into(),
     };
-    Err(ContentError::NotBase64(why))
+    // The `base64` crate counts from the start of `chars`.
+    Err(ContentError::NotBase64(format!("{why} (in the characters from {start} on)")))
 }
 
 #[cfg(test)]
@@ -250,6 +260,15 @@ mod tests {
         let mut raw = base64::engine::general_purpose::STANDARD.encode(&blob).into_bytes();
         raw[BATCH + 9] = b'*';
         let err = decode_in_chunks(&raw, raw.len()).expect_err("`*` is not base64");
-        assert_eq!(err, ContentError::NotBase64(format!("Invalid symbol 42, offset {}.", BATCH + 9)));
+        assert_eq!(
+            err,
+            ContentError::NotBase64(format!("Invalid symbol 42, offset {}. (in the characters from 0 on)", BATCH + 9))
+        );
+        // Fed in pieces, the first BATCH characters decode, and the error names where the failing run starts.
+        let err = decode_in_chunks(&raw, BATCH + 5).expect_err("`*` is not base64");
+        assert_eq!(
+            err,
+            ContentError::NotBase64(format!("Invalid symbol 42, offset 9. (in the characters from {BATCH} on)"))
+        );
     }
 }
