@@ -122,12 +122,9 @@ impl ContentDecoder {
         if self.pending.is_empty() && chars.len() >= BATCH + 4 {
             // Nothing waiting: decode straight from the input, keeping back the last quad as `pending` would.
             let whole = (chars.len() - 4) / 4 * 4;
-            match decode_into(&chars[..whole], false, self.done, &mut self.decoded) {
-                Ok(()) => {
-                    self.done += whole;
-                    out(&self.decoded)
-                }
-                Err(e) => return self.fail(e),
+            let decoded = decode_into(&chars[..whole], false, self.done, &mut self.decoded);
+            if !self.emit(decoded, whole, out) {
+                return;
             }
             chars = &chars[whole..];
         }
@@ -158,10 +155,8 @@ impl ContentDecoder {
             self.error = Some(ContentError::BadEscape("an escape cut off at the end".into()));
         }
         if self.error.is_none() {
-            match decode_into(&self.pending, true, self.done, &mut self.decoded) {
-                Ok(()) => out(&self.decoded),
-                Err(e) => self.fail(e),
-            }
+            let decoded = decode_into(&self.pending, true, self.done, &mut self.decoded);
+            self.emit(decoded, self.pending.len(), out);
         }
         self.pending.clear();
         self.error.take().map_or(Ok(()), Err)
@@ -169,13 +164,24 @@ impl ContentDecoder {
 
     /// Decodes the first `chars` pending characters, which more characters follow.
     fn decode(&mut self, chars: usize, out: &mut impl FnMut(&[u8])) {
-        match decode_into(&self.pending[..chars], false, self.done, &mut self.decoded) {
+        let decoded = decode_into(&self.pending[..chars], false, self.done, &mut self.decoded);
+        if self.emit(decoded, chars, out) {
+            self.pending.drain(..chars);
+        }
+    }
+
+    /// Hands on what `chars` characters decoded to, or records why they did not; whether they did.
+    fn emit(&mut self, decoded: Result<(), ContentError>, chars: usize, out: &mut impl FnMut(&[u8])) -> bool {
+        match decoded {
             Ok(()) => {
                 self.done += chars;
                 out(&self.decoded);
-                self.pending.drain(..chars);
+                true
             }
-            Err(e) => self.fail(e),
+            Err(e) => {
+                self.fail(e);
+                false
+            }
         }
     }
 

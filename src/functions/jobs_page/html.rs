@@ -103,16 +103,11 @@ pub fn list_page(o: &Overview, state: &str, q: &str, links: &Links<'_>) -> Strin
         h1 { "Batch jobs" }
         div.counters {
             a.counter href=(links.to("", &[("q", q)])) { b { (o.counters.total) } "all" }
-            @for s in STATES {
+            // `unknown` only when some record is.
+            @for s in STATES.into_iter().chain(o.counters.by_state.contains_key(UNKNOWN_STATE).then_some(UNKNOWN_STATE)) {
                 a.counter href=(links.to("", &[("state", s), ("q", q)])) {
                     b { (o.counters.by_state.get(s).copied().unwrap_or(0)) }
                     span class={"badge " (s)} { (s) }
-                }
-            }
-            @if let Some(n) = o.counters.by_state.get(UNKNOWN_STATE) {
-                a.counter href=(links.to("", &[("state", UNKNOWN_STATE), ("q", q)])) {
-                    b { (n) }
-                    span class={"badge " (UNKNOWN_STATE)} { (UNKNOWN_STATE) }
                 }
             }
             div.counter { b { (o.counters.tokens_used) } "tokens used by ended jobs" }
