@@ -177,8 +177,12 @@ impl Validator {
     }
 
     fn report(&mut self, line: u64, code: &str, message: String) {
+        self.record(Problem { line, code: code.into(), message, first_line: None });
+    }
+
+    fn record(&mut self, problem: Problem) {
         if !self.is_done() {
-            self.problems.push(Problem { line, code: code.into(), message, first_line: None });
+            self.problems.push(problem);
         }
     }
 
@@ -242,15 +246,11 @@ impl Validator {
             _ => return self.report(n, "missing_custom_id", "`custom_id` must be a non-empty string".into()),
         };
         let hash = SipHasher13::new().hash(id.as_bytes()).as_u128();
-        if let Some(first) = self.ids.get(&hash).copied() {
+        let first = *self.ids.entry(hash).or_insert(n);
+        if first != n {
             let message = format!("`custom_id` {id:?} was already used on line {first}");
-            self.report(n, "duplicate_custom_id", message);
-            if let Some(p) = self.problems.last_mut().filter(|p| p.code == "duplicate_custom_id" && p.line == n) {
-                p.first_line = Some(first);
-            }
-            return;
+            self.record(Problem { line: n, code: "duplicate_custom_id".into(), message, first_line: Some(first) });
         }
-        self.ids.insert(hash, n);
     }
 }
 
