@@ -98,6 +98,16 @@ impl BatchError {
         }
     }
 
+    /// Whether the call may have taken effect although it failed: no answer came (the service may have acted on the
+    /// request), or the service failed after taking it up (5xx, 408, a 2xx it could not say properly). A create
+    /// refused with a 4xx made nothing, nor did a call never made for want of a token.
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self.status {
+            None => self.code.as_deref() != Some(NO_TOKEN),
+            Some(s) => !s.is_client_error() || s == StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
     /// Classifies the failure.
     pub fn kind(&self) -> ErrorKind {
         let mentions_token_limit =
@@ -182,6 +192,19 @@ mod tests {
         let token = err(400, r#"{"error":{"code":"invalid_request","message":"... token_limit_exceeded ..."}}"#);
         assert_eq!(token.kind(), ErrorKind::TokenLimit);
         assert_eq!(BatchError::transport("reset").kind(), ErrorKind::Transient);
+    }
+
+    #[test]
+    fn which_failures_may_have_created_a_job() {
+        let maybe: Vec<u16> = [400, 401, 404, 408, 409, 429, 500, 503]
+            .into_iter()
+            .filter(|s| err(*s, "").may_have_taken_effect())
+            .collect();
+        assert_eq!(maybe, [408, 500, 503]);
+        assert!(BatchError::transport("reset after sending").may_have_taken_effect());
+        assert!(BatchError::malformed(StatusCode::CREATED, "eof").may_have_taken_effect());
+        let refused = BatchError::no_token(&IdentityError::Refused { status: 400, message: "no identity".into() });
+        assert!(!refused.may_have_taken_effect(), "no call was made");
     }
 
     #[test]

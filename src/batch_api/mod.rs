@@ -190,8 +190,15 @@ impl BatchClient {
         self.call(Method::POST, self.url(&[id, "cancel"]), None, REQUEST_TIMEOUT).await
     }
 
-    /// Lists batch jobs, newest first, `limit` per page, after the job id `after`.
-    pub async fn list(&self, after: Option<&str>, limit: u32) -> Result<BatchList, BatchError> {
+    /// Lists batch jobs, newest first, `limit` per page, after the job id `after`. With `created`, asks for the jobs
+    /// created in that window only: the dated surface takes an OData `$filter` on `created_at` (2025-04-01-preview,
+    /// azure-openai-batch.md §1.1); v1 documents no filter, so there the window is not sent and the caller pages.
+    pub async fn list(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+        created: Option<&CreatedWindow>,
+    ) -> Result<BatchList, BatchError> {
         let mut url = self.url(&[]);
         {
             let mut q = url.query_pairs_mut();
@@ -200,7 +207,47 @@ impl BatchClient {
                 q.append_pair("after", after);
             }
         }
+        if let Some(window) = created.filter(|_| self.filters_by_creation()) {
+            // Spaces as %20, not form encoding's `+`, as the documented example asks.
+            let encode =
+                |v: &str| percent_encoding::utf8_percent_encode(v, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let query = format!(
+                "{}&$filter={}&$orderby={}",
+                url.query().unwrap_or_default(),
+                encode(&window.odata_filter()),
+                encode("created_at desc")
+            );
+            url.set_query(Some(&query));
+        }
         self.call(Method::GET, url, None, REQUEST_TIMEOUT).await
+    }
+
+    /// Whether [`Self::list`] can ask the service for a creation window (the dated surface's `$filter`).
+    pub fn filters_by_creation(&self) -> bool {
+        matches!(self.surface, ApiSurface::Dated(_))
+    }
+}
+
+/// Jobs created from `from` to `to` (Unix seconds, both included; `to: None` for "until now").
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CreatedWindow {
+    pub from: u64,
+    pub to: Option<u64>,
+}
+
+impl CreatedWindow {
+    /// Whether a job created at `created` (Unix seconds) is inside.
+    pub fn contains(&self, created: u64) -> bool {
+        created >= self.from && self.to.is_none_or(|to| created <= to)
+    }
+
+    /// The OData filter, with the operators of the documented example (`gt`, `lt`).
+    fn odata_filter(&self) -> String {
+        let from = format!("created_at gt {}", self.from.saturating_sub(1));
+        match self.to {
+            Some(to) => format!("{from} and created_at lt {}", to.saturating_add(1)),
+            None => from,
+        }
     }
 }
 
@@ -235,6 +282,7 @@ mod tests {
         let v1 = client("https://res.openai.azure.com", ApiSurface::parse("V1"));
         assert_eq!(v1.url(&["b", "cancel"]).as_str(), "https://res.openai.azure.com/openai/v1/batches/b/cancel");
         assert_eq!(v1.url(&[]).as_str(), "https://res.openai.azure.com/openai/v1/batches");
+        assert!(dated.filters_by_creation() && !v1.filters_by_creation());
         assert_eq!(
             v1.url(&["batch_fe3f047a-de39.x~y"]).as_str(),
             "https://res.openai.azure.com/openai/v1/batches/batch_fe3f047a-de39.x~y",
@@ -242,6 +290,16 @@ mod tests {
         );
         // Belt and braces: even an unvalidated id cannot leave its path segment.
         assert_eq!(v1.url(&["../x?y#z"]).as_str(), "https://res.openai.azure.com/openai/v1/batches/..%2Fx%3Fy%23z");
+    }
+
+    #[test]
+    fn creation_windows_as_odata() {
+        let closed = CreatedWindow { from: 1_000, to: Some(2_000) };
+        assert_eq!(closed.odata_filter(), "created_at gt 999 and created_at lt 2001");
+        assert!(closed.contains(1_000) && closed.contains(2_000) && !closed.contains(999) && !closed.contains(2_001));
+        let open = CreatedWindow { from: 1_000, to: None };
+        assert_eq!(open.odata_filter(), "created_at gt 999");
+        assert!(open.contains(u64::MAX));
     }
 
     #[test]

@@ -170,6 +170,18 @@ impl Batch {
         self.output_blob.as_deref().filter(|s| !s.is_empty())
     }
 
+    /// `created_at` as Unix seconds: a number, or an ISO 8601 string as old previews sent it.
+    pub fn created_unix(&self) -> Option<u64> {
+        match self.created_at.as_ref()? {
+            Value::Number(n) => n.as_u64(),
+            Value::String(s) => humantime::parse_rfc3339_weak(s)
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs()),
+            _ => None,
+        }
+    }
+
     /// `error_blob`, treating `""` as "not known yet". It may name a file that was never written (no errors).
     pub fn error_blob(&self) -> Option<&str> {
         self.error_blob.as_deref().filter(|s| !s.is_empty())
@@ -278,6 +290,13 @@ mod tests {
         assert_eq!(numeric.errors[0].code.as_deref(), Some("429"));
         assert_eq!(numeric.errors[0].line.as_deref(), Some("7"));
         let list: BatchList = serde_json::from_str(r#"{"value":[{"id":"a","status":"completed"}]}"#).expect("ok");
+        assert_eq!(list.data[0].created_unix(), None);
+        let dated: Batch =
+            serde_json::from_str(r#"{"id":"b","status":"validating","created_at":1735689600}"#).expect("ok");
+        let iso: Batch =
+            serde_json::from_str(r#"{"id":"b","status":"validating","created_at":"2025-01-01T00:00:00Z"}"#)
+                .expect("ok");
+        assert_eq!((dated.created_unix(), iso.created_unix()), (Some(1_735_689_600), Some(1_735_689_600)));
         assert_eq!(list.data.len(), 1);
     }
 }

@@ -4,6 +4,7 @@
 //!
 //! - [`policy`]: the pure decisions (what follows a check or a refused create, back-off, superseded checks).
 //! - [`submit`]: creating the job for a blob version exactly once, with deferral and recovery.
+//! - [`recover`]: finding the jobs interrupted creates made, by time window; cancelling spares.
 //! - [`check`]: one status check and what follows it.
 //! - [`records`]: the job record per blob version: the submission lock and the job's visible status.
 //! - [`message`]: the monitor queue's messages and batch id validation.
@@ -20,6 +21,7 @@ pub mod message;
 pub mod overview;
 pub mod policy;
 pub mod records;
+pub mod recover;
 pub mod report;
 pub mod submit;
 pub mod validate;

@@ -8,6 +8,9 @@
 //! The record's `checks` counter also de-duplicates monitoring: a monitor message whose `attempt` is behind the
 //! record was superseded by another delivery of the same check and is dropped.
 
+use std::sync::Mutex;
+use std::time::Instant;
+
 use bytes::Bytes;
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
@@ -65,6 +68,15 @@ pub struct JobRecord {
     pub errors: Vec<String>,
     /// Create attempts so far.
     pub submit_attempts: u32,
+    /// When (Unix seconds) each create call whose outcome is unknown was sent: the invocation died during it, or no
+    /// answer came. Recovery ([`super::recover`]) looks for the jobs they may have made, then empties it. `None` on
+    /// records written before this was kept: every attempt since `started_at` is in doubt then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub creates_in_doubt: Option<Vec<u64>>,
+    /// Extra jobs interrupted creates made for this blob version, found by recovery and cancelled (the record follows
+    /// the earliest).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub spare_batch_ids: Vec<String>,
     /// The `attempt` of the newest monitor message put for this job.
     pub checks: u32,
     /// Consecutive failures of the current step (create or status check).
@@ -238,12 +250,29 @@ impl RecordStore {
     }
 
     /// Takes the submitter's lease. `Ok(None)`: someone else holds it.
-    pub async fn lease(&self, key: &str) -> Result<Option<String>, StorageError> {
+    pub async fn lease<'a>(&'a self, key: &'a str) -> Result<Option<Lease<'a>>, StorageError> {
         match self.storage.acquire_lease(&self.container, key, SUBMIT_LEASE_SECS).await {
-            Ok(id) => Ok(Some(id)),
+            Ok(id) => Ok(Some(Lease { store: self, key, id, renewed: Mutex::new(Instant::now()) })),
             Err(StorageError::Status { status: StatusCode::CONFLICT, .. }) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The records of every version of `blob` (`container/name`) but the one named `key`.
+    pub async fn other_versions(&self, blob: &str, key: &str) -> Result<Vec<JobRecord>, StorageError> {
+        let prefix = format!("{blob}/");
+        let items = match self.storage.list_all_blobs(&self.container, Some(&prefix)).await {
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => return Ok(Vec::new()),
+            other => other?,
+        };
+        let mut records = Vec::new();
+        // `a.jsonl/<etag>.json` only: `a.jsonl/b.jsonl/<etag>.json` is the record of another blob.
+        for item in items.iter().filter(|i| i.name != key && !i.name[prefix.len()..].contains('/')) {
+            if let Some(v) = self.read(&item.name).await? {
+                records.push(v.record);
+            }
+        }
+        Ok(records)
     }
 
     /// Every record's name and metadata, following the listing's pages (5,000 records a page).
@@ -259,6 +288,45 @@ impl RecordStore {
         if let Err(e) = self.storage.release_lease(&self.container, key, lease_id).await {
             tracing::warn!(record = key, error = %e, "releasing the record lease failed; it will expire");
         }
+    }
+}
+
+/// The submitter's lease on one record: only its holder may write the record while it lasts.
+#[derive(Debug)]
+pub struct Lease<'a> {
+    store: &'a RecordStore,
+    key: &'a str,
+    id: String,
+    /// When the lease was last taken or renewed.
+    renewed: Mutex<Instant>,
+}
+
+impl Lease<'_> {
+    /// The record's key.
+    pub fn key(&self) -> &str {
+        self.key
+    }
+
+    /// Writes the record under the lease; returns the new ETag.
+    pub async fn write(&self, record: &JobRecord) -> Result<String, StorageError> {
+        self.store.put(self.key, record, Condition::Lease(self.id.clone())).await
+    }
+
+    /// Renews the lease once half of it has passed, so that a step longer than one lease (a recovery paging
+    /// through a long list) still holds it. Fails if it lapsed and another submitter took it.
+    pub async fn keep(&self) -> Result<(), StorageError> {
+        let half = std::time::Duration::from_secs(u64::from(SUBMIT_LEASE_SECS) / 2);
+        if self.renewed.lock().unwrap_or_else(|e| e.into_inner()).elapsed() < half {
+            return Ok(());
+        }
+        self.store.storage.renew_lease(&self.store.container, self.key, &self.id).await?;
+        *self.renewed.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        Ok(())
+    }
+
+    /// Releases the lease (best effort: it expires by itself).
+    pub async fn release(self) {
+        self.store.release(self.key, &self.id).await;
     }
 }
 

@@ -1,9 +1,9 @@
 //! Creating the batch job for a blob version exactly once, however often the trigger fires.
 //!
 //! The job record ([`crate::jobs::records`]) is created with `If-None-Match: *`; whoever then holds its lease may create
-//! the job, and counts the attempt in the record *before* calling the API. A later attempt that finds an earlier one
-//! recorded (a crash between the API's answer and the invocation's end) first looks for the job the API already has
-//! for that `input_blob` and adopts it. Creation that has to wait (quota full, throttled, service down, key refused)
+//! the job, and notes the attempt in the record *before* calling the API. A later attempt that finds a create in
+//! doubt (a crash between the call and the answer) first looks for the job the API already has for that `input_blob`
+//! and adopts it, cancelling any spare ([`super::recover`]). Creation that has to wait (quota full, throttled, service down, key refused)
 //! is deferred with a delayed `submit` message on the monitor queue, with exponential back-off; creation the API
 //! refuses for good is dead-lettered with the reason.
 
@@ -12,24 +12,21 @@ use std::time::Duration;
 use tracing::{error, info, warn};
 
 use crate::batch_api::{Batch, BatchError, CreateBatch, OutputFolder};
-use crate::storage::blob::{account_root, Condition};
+use crate::storage::blob::account_root;
 use crate::AppState;
 
 use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
 use super::policy::{self, AfterRefusal, Policy, Settled};
-use super::records::{unix_now, JobRecord, RecordState, RecordStore};
+use super::records::{unix_now, JobRecord, Lease, RecordState, RecordStore};
+use super::recover::{self, RecoveryError};
 use super::{Outcome, RetryNow};
 
 /// The only completion window blob mode accepts.
 const COMPLETION_WINDOW: &str = "24h";
 /// The endpoint sent on create; the service reads the file to choose between chat completions and responses.
 const BATCH_ENDPOINT: &str = "/chat/completions";
-/// How far back to look for a job an interrupted attempt may have created.
-const RECOVERY_SLACK_SECS: u64 = 300;
-/// Pages of 100 jobs to search when recovering.
-const RECOVERY_PAGES: usize = 10;
 /// How long to wait before looking again at a submission another invocation holds (its lease lasts at most
 /// [`crate::jobs::records::SUBMIT_LEASE_SECS`]; looking again costs one record read).
 const LEASE_HELD_DELAY: Duration = Duration::from_secs(10);
@@ -77,8 +74,9 @@ pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Outcome, Ret
         info!(blob = %s.blob, "{reason}; looking again in {} s", delay.as_secs());
         return Ok(Outcome::Deferred { after: delay, reason });
     };
-    let result = locked(state, s, &key, &lease).await;
-    state.records.release(&key, &lease).await;
+    let held = Held { state, lease };
+    let result = locked(&held, s).await;
+    held.lease.release().await;
     result
 }
 
@@ -103,33 +101,29 @@ fn monitor_message(batch_id: &str, s: &Submission<'_>) -> MonitorMessage {
 }
 
 /// The submission proper, under the record's lease.
-async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) -> Result<Outcome, RetryNow> {
+async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
+    let (state, key) = (held.state, held.lease.key());
     let mut record = match read(state, key, s).await? {
         Err(done) => return Ok(done),
         Ok(Some(r)) => r,
         Ok(None) => return Err(RetryNow(anyhow::anyhow!("the job record {key} disappeared"))),
     };
-    let held = Held { state, key, lease };
 
-    if record.submit_attempts > 0 {
-        // An earlier attempt may have reached the API before its invocation died: adopt that job if it exists.
-        match find_existing(state, &record).await {
-            Ok(Some(batch)) => {
-                info!(blob = %s.blob, batch_id = %batch.id, "found the job an interrupted attempt created; adopting it");
-                record.batch_id = Some(batch.id.clone());
-                record.state = RecordState::Submitted;
-                record.observe(&batch);
-                held.write(&record).await?;
-                return Ok(Outcome::HandOver { message: monitor_message(&batch.id, s), created: true });
-            }
-            Ok(None) => {}
+    if let Some(window) = recover::window(&record) {
+        // An earlier create may have reached the API before its answer was lost: adopt that job if it exists.
+        match recover::find(&state.batch, &state.records, &held.lease, &record, window).await {
+            Ok(found) if found.is_empty() => record.creates_in_doubt = Some(Vec::new()),
+            Ok(found) => return adopt(held, s, record, found).await,
             // Not knowing whether the job exists, creating one could duplicate it: wait like a failed create.
-            Err(e) => return refused(&held, s, record, e).await,
+            Err(RecoveryError::Batch(e)) => return refused(held, s, record, e).await,
+            Err(RecoveryError::Storage(e)) => return Err(unavailable(e, "looking for jobs of interrupted creates")),
         }
     }
 
     record.submit_attempts += 1;
     record.state = RecordState::Submitting;
+    // Written before the call: if the invocation dies during it, the retry knows where to look for the job.
+    record.creates_in_doubt.get_or_insert_with(Vec::new).push(unix_now());
     held.write(&record).await?;
 
     let blob_url = url::Url::parse(s.blob_url).map_err(|e| unavailable(e, "reading the blob URL"))?;
@@ -146,34 +140,74 @@ async fn locked(state: &AppState, s: &Submission<'_>, key: &str, lease: &str) ->
     match state.batch.create(&request).await {
         Ok(batch) => {
             info!(blob = %s.blob, batch_id = %batch.id, status = %batch.status, "created the batch job");
-            record.batch_id = Some(batch.id.clone());
-            record.state = RecordState::Submitted;
             record.failures = 0;
             record.reason = None;
-            record.observe(&batch);
-            // If this write fails, the retry finds the job through the API (attempts > 0) instead of creating another.
-            held.write(&record).await?;
-            Ok(Outcome::HandOver { message: monitor_message(&batch.id, s), created: true })
+            // If this write fails, the retry finds the job through the API (the create is still in doubt).
+            follow(held, s, record, &batch).await
         }
-        Err(e) => refused(&held, s, record, e).await,
+        Err(e) => {
+            if !e.may_have_taken_effect() {
+                record.creates_in_doubt.get_or_insert_with(Vec::new).pop();
+            }
+            refused(held, s, record, e).await
+        }
     }
+}
+
+/// Interrupted creates made `found` (earliest first): follow the earliest, cancel the others, so that no job runs
+/// unwatched.
+async fn adopt(
+    held: &Held<'_>,
+    s: &Submission<'_>,
+    mut record: JobRecord,
+    found: Vec<Batch>,
+) -> Result<Outcome, RetryNow> {
+    let Some((first, spares)) = found.split_first() else {
+        return Err(RetryNow(anyhow::anyhow!("adopt() called without a job")));
+    };
+    if spares.is_empty() {
+        info!(blob = %s.blob, batch_id = %first.id, "found the job an interrupted attempt created; adopting it");
+    } else {
+        let ids: Vec<&str> = spares.iter().map(|b| b.id.as_str()).collect();
+        warn!(blob = %s.blob, batch_id = %first.id, spares = ?ids,
+            "interrupted creates made {} jobs for this blob version; following the earliest, cancelling the others",
+            found.len());
+        if let Err(e) = recover::cancel_spares(&held.state.batch, spares).await {
+            return refused(held, s, record, e).await;
+        }
+        for spare in spares {
+            if !record.spare_batch_ids.contains(&spare.id) {
+                record.spare_batch_ids.push(spare.id.clone());
+            }
+        }
+    }
+    follow(held, s, record, first).await
+}
+
+/// The record follows `batch` from now on, and its monitoring starts.
+async fn follow(
+    held: &Held<'_>,
+    s: &Submission<'_>,
+    mut record: JobRecord,
+    batch: &Batch,
+) -> Result<Outcome, RetryNow> {
+    record.batch_id = Some(batch.id.clone());
+    record.state = RecordState::Submitted;
+    record.creates_in_doubt = Some(Vec::new());
+    record.observe(batch);
+    held.write(&record).await?;
+    Ok(Outcome::HandOver { message: monitor_message(&batch.id, s), created: true })
 }
 
 /// A record under our lease.
 struct Held<'a> {
     state: &'a AppState,
-    key: &'a str,
-    lease: &'a str,
+    lease: Lease<'a>,
 }
 
 impl Held<'_> {
     async fn write(&self, record: &JobRecord) -> Result<(), RetryNow> {
-        self.state
-            .records
-            .put(self.key, record, Condition::Lease(self.lease.to_string()))
-            .await
-            .map(|_| ())
-            .map_err(|e| unavailable(e, "writing the job record"))
+        self.lease.write(record).await.map(|_| ()).map_err(|e| unavailable(e, "writing the job record"))
     }
 }
 
@@ -234,29 +268,4 @@ pub async fn defer_message(state: &AppState, s: &Submission<'_>, delay: Duration
         .put_message(MONITOR_QUEUE, m.to_json().as_bytes(), state.config.message_encoding, delay)
         .await
         .map_err(|e| unavailable(e, "putting the deferred submission on the queue"))
-}
-
-/// The job an earlier attempt created for this blob version, if the API has one.
-async fn find_existing(state: &AppState, record: &JobRecord) -> Result<Option<Batch>, BatchError> {
-    let since = record.started_at.saturating_sub(RECOVERY_SLACK_SECS);
-    let mut after: Option<String> = None;
-    for _ in 0..RECOVERY_PAGES {
-        let page = state.batch.list(after.as_deref(), 100).await?;
-        for b in &page.data {
-            let created = b.created_at.as_ref().and_then(serde_json::Value::as_u64);
-            if b.input_blob.as_deref() == Some(record.blob_url.as_str())
-                && !record.superseded_batch_ids.contains(&b.id)
-                && created.is_none_or(|c| c >= since)
-            {
-                return Ok(Some(b.clone()));
-            }
-        }
-        // Newest first: once a page reaches back past the attempt, older pages cannot hold it.
-        let oldest = page.data.last().and_then(|b| b.created_at.as_ref()).and_then(serde_json::Value::as_u64);
-        if !page.has_more || oldest.is_some_and(|c| c < since) {
-            break;
-        }
-        after = page.data.last().map(|b| b.id.clone());
-    }
-    Ok(None)
 }

@@ -271,10 +271,25 @@ impl StorageClient {
 
     /// Releases a lease.
     pub async fn release_lease(&self, container: &str, name: &str, lease_id: &str) -> Result<(), StorageError> {
+        self.lease_action(container, name, lease_id, "release").await
+    }
+
+    /// Renews a lease for its whole duration again; fails (409) if it lapsed and someone else took it.
+    pub async fn renew_lease(&self, container: &str, name: &str, lease_id: &str) -> Result<(), StorageError> {
+        self.lease_action(container, name, lease_id, "renew").await
+    }
+
+    async fn lease_action(
+        &self,
+        container: &str,
+        name: &str,
+        lease_id: &str,
+        action: &'static str,
+    ) -> Result<(), StorageError> {
         let mut url = self.blob_url(&format!("{container}/{name}"));
         url.query_pairs_mut().append_pair("comp", "lease");
         let mut headers = HeaderMap::new();
-        headers.insert("x-ms-lease-action", HeaderValue::from_static("release"));
+        headers.insert("x-ms-lease-action", HeaderValue::from_static(action));
         headers.insert("x-ms-lease-id", header_value(lease_id)?);
         self.send(Method::PUT, url, headers, Bytes::new()).await?;
         Ok(())

@@ -12,5 +12,6 @@ mod identity;
 mod jobs_page;
 mod load;
 mod queue_monitor;
+mod recovery;
 mod reliability;
 mod validation;

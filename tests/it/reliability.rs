@@ -137,6 +137,8 @@ async fn a_full_token_quota_at_create_defers_with_backoff_and_never_poisons() {
         assert_eq!(app.emulator.world.jobs().len(), 1);
         assert_eq!(check.batch_id, app.emulator.world.jobs()[0].id);
         assert!(app.peek(POISON_QUEUE).await.is_empty());
+        // A refused create made no job: the later attempts had nothing to look for.
+        assert_eq!(app.emulator.world.count("GET", "/batches"), 0, "{:?}", app.emulator.world.requests());
     })
     .await;
 }

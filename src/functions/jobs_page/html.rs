@@ -172,7 +172,10 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
             td { (time(s.started_at)) }
             td { (time(s.updated_at)) }
             td { (duration(until.saturating_sub(s.started_at))) }
-            td.reason { @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered" | UNKNOWN_STATE) { (s.reason.as_deref().unwrap_or("")) } }
+            td.reason {
+                @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered" | UNKNOWN_STATE) { (s.reason.as_deref().unwrap_or("")) }
+                @if s.spares > 0 { " " (spares(s.spares)) }
+            }
         }
     }
 }
@@ -205,6 +208,11 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
                 @for p in &r.problems { tr { td { (p.line) } td.mono { (p.code) } td { (p.message) } } }
             }
         }
+        @if !r.spare_batch_ids.is_empty() {
+            h2 { "Spare jobs" }
+            p { (spares(r.spare_batch_ids.len())) ": interrupted creates made more than one job for this blob version;                 this record follows the earliest." }
+            ul { @for id in &r.spare_batch_ids { li.mono { (id) } } }
+        }
         @if !r.errors.is_empty() { h2 { "Job errors" } ul { @for e in &r.errors { li { (e) } } } }
         @if !r.failed_requests.is_empty() {
             h2 { "First failed requests" }
@@ -225,6 +233,14 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
 pub fn message_page(title: &str, text: &str, links: &Links<'_>) -> String {
     layout(title, false, html! { p { a href=(links.to("", &[])) { "← all jobs" } } h1 { (title) } p { (text) } })
         .into_string()
+}
+
+fn spares(n: usize) -> String {
+    if n == 1 {
+        "1 spare job cancelled".into()
+    } else {
+        format!("{n} spare jobs cancelled")
+    }
 }
 
 fn time(unix: u64) -> String {

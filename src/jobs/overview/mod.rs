@@ -48,6 +48,13 @@ pub struct Summary {
     pub reason: Option<String>,
     /// `usage.total_tokens`, when the batch object carried it.
     pub total_tokens: Option<u64>,
+    /// Spare jobs that interrupted creates made for this blob version, cancelled.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub spares: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Summary {
@@ -63,6 +70,7 @@ impl Summary {
             updated_at: r.updated_at,
             reason: r.reason.as_ref().map(|why| why.chars().take(REASON_CHARS).collect()),
             total_tokens: r.usage.as_ref().and_then(|u| u.get("total_tokens")).and_then(Value::as_u64),
+            spares: r.spare_batch_ids.len(),
         }
     }
 

@@ -276,6 +276,20 @@ impl TestApp {
         serde_json::from_slice(&blob.content).ok()
     }
 
+    /// The job record of one version (`etag`) of `batch-input/<name>`.
+    pub async fn record_of(&self, name: &str, etag: &str) -> Option<blob_batch_monitor::jobs::records::JobRecord> {
+        let key = blob_batch_monitor::jobs::records::RecordStore::key(&format!("batch-input/{name}"), etag);
+        let blob = self.storage.get_blob("batch-records", &key).await.expect("read the job record")?;
+        Some(serde_json::from_slice(&blob.content).expect("a job record"))
+    }
+
+    /// Writes `record` as the job record of its blob version (`record.blob`, `record.etag`).
+    pub async fn put_record(&self, record: &blob_batch_monitor::jobs::records::JobRecord) {
+        let store = blob_batch_monitor::jobs::records::RecordStore::new(self.storage.clone(), "batch-records".into());
+        let key = blob_batch_monitor::jobs::records::RecordStore::key(&record.blob, &record.etag);
+        store.put(&key, record, Condition::None).await.expect("put the job record");
+    }
+
     /// The decoded texts of the visible messages of `queue` (up to 32).
     pub async fn peek(&self, queue: &str) -> Vec<String> {
         match self.storage.peek_messages(queue, 32).await {

@@ -24,6 +24,8 @@ pub struct Faults {
     pub token_limit_creates: u32,
     /// The next N created jobs fail validation with `token_limit_exceeded` (the other regions).
     pub token_limit_jobs: u32,
+    /// Answer a list with `$filter` or `$orderby` 400, as a surface without OData support might.
+    pub refuse_odata: bool,
 }
 
 /// The injected answer, if any.

@@ -9,6 +9,7 @@
 //! The [`World`] is shared with the test that started the emulator, so tests inspect jobs and requests directly.
 
 pub mod faults;
+mod odata;
 mod routes;
 mod runner;
 pub mod validate;
@@ -90,6 +91,26 @@ pub struct Job {
 }
 
 impl Job {
+    /// A job as create makes it: `validating`, nothing run yet.
+    pub fn new(id: String, input_blob: &str, output_folder: &str, endpoint: &str, created_at: u64) -> Self {
+        Job {
+            id,
+            status: "validating".into(),
+            input_blob: input_blob.to_string(),
+            output_folder: output_folder.to_string(),
+            endpoint: endpoint.to_string(),
+            created_at,
+            timestamps: Default::default(),
+            total: 0,
+            completed: 0,
+            failed: 0,
+            errors: Vec::new(),
+            output_blob: String::new(),
+            error_blob: String::new(),
+            cancel_requested: false,
+        }
+    }
+
     /// The Batch object as the service returns it (azure-openai-batch.md §4).
     pub fn to_json(&self) -> Value {
         let ts = |k: &str| self.timestamps.get(k).copied().map_or(Value::Null, Value::from);
@@ -207,6 +228,17 @@ impl World {
         lock(&self.jobs).get_mut(id).map(f)
     }
 
+    /// Puts a job into the world as if it had been created at `job.created_at` (tests: a busy resource, or a job an
+    /// interrupted create made). No runner moves it: force its status to change it.
+    pub fn plant(&self, job: Job) {
+        self.insert(job);
+    }
+
+    /// A job for `input_blob` as create makes it, `validating`, with a fresh id, created at `created_at`.
+    pub fn job_for(&self, input_blob: &str, created_at: u64) -> Job {
+        Job::new(self.next_id(), input_blob, "", "/chat/completions", created_at)
+    }
+
     pub(crate) fn insert(&self, job: Job) {
         lock(&self.order).push(job.id.clone());
         lock(&self.jobs).insert(job.id.clone(), job);
@@ -224,10 +256,6 @@ impl World {
         if let Some(r) = lock(&self.requests).get_mut(index) {
             r.status = status;
         }
-    }
-
-    pub(crate) fn order(&self) -> Vec<String> {
-        lock(&self.order).clone()
     }
 
     /// A fresh job id in the documented shape (`batch_` + a GUID).

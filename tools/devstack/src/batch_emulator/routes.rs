@@ -15,7 +15,7 @@ use axum::Router;
 use serde_json::{json, Value};
 
 use super::faults::{Injected, XorShift};
-use super::{runner, unix_now, Faults, Job, World};
+use super::{odata, runner, unix_now, Faults, Job, World};
 
 /// Which surface a request came through; it decides the error body shape and the create status.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -160,22 +160,7 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
     if input_blob.is_empty() || output_folder.is_empty() {
         return bad("'input_blob' and 'output_folder.url' are required in blob storage mode.");
     }
-    let job = Job {
-        id: ctx.world.next_id(),
-        status: "validating".into(),
-        input_blob,
-        output_folder,
-        endpoint: field("endpoint"),
-        created_at: unix_now(),
-        timestamps: Default::default(),
-        total: 0,
-        completed: 0,
-        failed: 0,
-        errors: Vec::new(),
-        output_blob: String::new(),
-        error_blob: String::new(),
-        cancel_requested: false,
-    };
+    let job = Job::new(ctx.world.next_id(), &input_blob, &output_folder, &field("endpoint"), unix_now());
     // Blob mode accepts any completion window at create time and fails the job later (azure-openai-batch.md §3).
     let bad_window = field("completion_window") != "24h";
     let body = job.to_json();
@@ -203,18 +188,59 @@ fn not_found(surface: Surface, id: &str) -> Response {
     )
 }
 
+/// `GET /batches`: newest first, `limit` (1–100, default 20) after the job `after`. The dated surface from
+/// 2025-04-01-preview also takes OData `$filter` (`created_at` with `gt`/`ge`/`lt`/`le`/`eq`, `status eq '…'`,
+/// joined by `and`) and `$orderby=created_at asc|desc`; v1 documents neither and ignores them.
 async fn list(State(ctx): State<Ctx>, uri: Uri) -> Response {
     let q = query(&uri);
     let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(20).clamp(1, 100);
-    let mut ids = ctx.world.order();
-    ids.reverse(); // newest first
+    let mut jobs: Vec<Job> = ctx.world.jobs();
+    jobs.reverse(); // newest first
+    let odata = ctx.surface == Surface::Dated && (q.contains_key("$filter") || q.contains_key("$orderby"));
+    if odata {
+        let refused = ctx.world.config.lock().unwrap_or_else(|e| e.into_inner()).faults.refuse_odata;
+        let version = q.get("api-version").map_or("", String::as_str);
+        if refused || version < "2025-04-01" {
+            return error(
+                ctx.surface,
+                StatusCode::BAD_REQUEST,
+                "invalidPayload",
+                "$filter and $orderby are not supported.",
+            );
+        }
+        let filter = match q.get("$filter").map(|f| odata::Filter::parse(f)).transpose() {
+            Ok(f) => f,
+            Err(why) => {
+                return error(
+                    ctx.surface,
+                    StatusCode::BAD_REQUEST,
+                    "invalidPayload",
+                    &format!("Invalid $filter: {why}"),
+                )
+            }
+        };
+        if let Some(filter) = filter {
+            jobs.retain(|j| filter.matches(j));
+        }
+        match q.get("$orderby").map(|o| o.trim()) {
+            None | Some("created_at desc") => jobs.sort_by_key(|j| std::cmp::Reverse(j.created_at)),
+            Some("created_at asc" | "created_at") => jobs.sort_by_key(|j| j.created_at),
+            Some(other) => {
+                return error(
+                    ctx.surface,
+                    StatusCode::BAD_REQUEST,
+                    "invalidPayload",
+                    &format!("Invalid $orderby: {other}"),
+                )
+            }
+        }
+    }
     let start = match q.get("after") {
-        Some(after) => ids.iter().position(|i| i == after).map_or(ids.len(), |p| p + 1),
+        Some(after) => jobs.iter().position(|j| &j.id == after).map_or(jobs.len(), |p| p + 1),
         None => 0,
     };
-    let page: Vec<Value> =
-        ids[start..].iter().take(limit).filter_map(|id| ctx.world.job(id)).map(|j| j.to_json()).collect();
-    let has_more = start + page.len() < ids.len();
+    let page: Vec<Value> = jobs[start..].iter().take(limit).map(Job::to_json).collect();
+    let has_more = start + page.len() < jobs.len();
     let id_at = |i: usize| page.get(i).and_then(|j| j.get("id")).cloned().unwrap_or(Value::Null);
     ok(
         StatusCode::OK,
