@@ -140,7 +140,6 @@ async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow
     match state.batch.create(&request).await {
         Ok(batch) => {
             info!(blob = %s.blob, batch_id = %batch.id, status = %batch.status, "created the batch job");
-            record.failures = 0;
             record.reason = None;
             // If this write fails, the retry finds the job through the API (the create is still in doubt).
             follow(held, s, record, &batch).await
@@ -184,13 +183,16 @@ async fn adopt(
     follow(held, s, record, first).await
 }
 
-/// The record follows `batch` from now on, and its monitoring starts.
+/// The record follows `batch` from now on, and its monitoring starts. The check count starts again with the batch:
+/// it orders the checks of one batch, and a resubmitted blob's first check is number 0 like any other's.
 async fn follow(
     held: &Held<'_>,
     s: &Submission<'_>,
     mut record: JobRecord,
     batch: &Batch,
 ) -> Result<Outcome, RetryNow> {
+    record.checks = 0;
+    record.failures = 0;
     record.batch_id = Some(batch.id.clone());
     record.state = RecordState::Submitted;
     record.creates_in_doubt = Some(Vec::new());

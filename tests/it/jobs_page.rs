@@ -312,3 +312,48 @@ where
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>().replace('+', "%20")
 }
+
+#[tokio::test]
+async fn a_job_checked_lost_and_resubmitted_is_followed_to_completed_with_one_event() {
+    use blob_batch_monitor::jobs::message::{MonitorMessage, MONITOR_QUEUE};
+    use devstack::batch_emulator::Timings;
+    bounded(async {
+        let app = spawn_app().await;
+        let first = app.create_job("lost.jsonl").await;
+        // Checked three times while it runs.
+        for attempt in 0..3 {
+            let check = MonitorMessage { attempt, ..first.clone() };
+            assert!(app.invoke_queue(&check.to_json(), 1).await.logs().contains("next check"));
+        }
+        // The service loses the batch (an emulator restart): the next check is told 404 and dead-letters the job.
+        assert!(app.emulator.world.forget(&first.batch_id));
+        let lost = app.invoke_queue(&MonitorMessage { attempt: 3, ..first.clone() }.to_json(), 1).await;
+        assert!(lost.logs().contains("dead-lettered"), "{}", lost.logs());
+
+        app.emulator.world.set_timings(Timings::uniform(std::time::Duration::from_millis(100)));
+        let record = app.record("lost.jsonl").await.expect("record");
+        let key = format!("batch-input/lost.jsonl/{}", record.etag);
+        let origin = format!("http://{}", app.addr);
+        assert_eq!(post(&app, &format!("/api/jobs/{key}/resubmit"), &origin).await.status(), StatusCode::SEE_OTHER);
+        let submit = app.peek(MONITOR_QUEUE).await.into_iter().find(|m| m.contains("\"submit\"")).expect("submission");
+        assert!(app.invoke_queue(&submit, 1).await.logs().contains("created batch"));
+        let second = app.emulator.world.jobs().into_iter().last().expect("the new job");
+        app.wait_until_ended(&second.id).await;
+        let check = app
+            .peek(MONITOR_QUEUE)
+            .await
+            .into_iter()
+            .find(|m| m.contains(&second.id))
+            .expect("the new job's first check");
+        let ended = app.invoke_queue(&check, 1).await;
+        assert!(ended.logs().contains("ended completed"), "{}", ended.logs());
+        let record = app.record("lost.jsonl").await.expect("record");
+        assert_eq!((record.state, record.status.as_deref()), (RecordState::Ended, Some("completed")));
+        let events: Vec<Value> =
+            app.peek("batch-completed").await.iter().map(|e| serde_json::from_str(e).expect("json")).collect();
+        let completed: Vec<&Value> = events.iter().filter(|e| e["status"] == "completed").collect();
+        assert_eq!(completed.len(), 1, "{events:#?}");
+        assert_eq!(completed[0]["batchId"], second.id.as_str());
+    })
+    .await;
+}

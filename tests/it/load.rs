@@ -65,3 +65,84 @@ async fn a_thousand_blobs_become_a_thousand_completed_jobs() {
     })
     .await;
 }
+
+/// Blobs in the chaos test (`CHAOS_BLOBS`; issue 19 found duplicates at 4,000).
+fn chaos_blobs() -> usize {
+    std::env::var("CHAOS_BLOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+}
+
+#[tokio::test]
+async fn under_kills_and_storage_outages_every_blob_has_exactly_one_running_job() {
+    use devstack::azurite::{Azurite, AzuriteOptions, Persistence};
+    use devstack::batch_emulator::{Faults, Timings};
+    let n = chaos_blobs();
+    // Creates are held 0.5 s each, four at a time: about 0.15 s per blob, and the checks after them.
+    let limit = Duration::from_secs(300 + n as u64 / 2);
+    bounded_for(limit + Duration::from_secs(120), async {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dir =
+            std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-chaos-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let options = AzuriteOptions { persistence: Persistence::Folder(dir.clone()), ..AzuriteOptions::default() };
+        let mut azurite = Azurite::start(root, &options).await.expect("azurite");
+        let ports = (azurite.blob_port, azurite.queue_port);
+        let stack = Stack::start(StackOptions {
+            connection: Some(azurite.devstore_connection_string()),
+            timings: Timings::uniform(Duration::from_millis(500)),
+            ..StackOptions::default()
+        })
+        .await;
+        // Each create is held after the job exists, so that kills land inside creates.
+        stack.emulator.world.set_faults(Faults { hold_create_ms: 500, ..Faults::default() });
+        let started = Instant::now();
+        let content = sample_jsonl(2);
+        for i in 0..n {
+            stack.drop_blob(&format!("chaos-{i:05}.jsonl"), content.as_bytes()).await;
+        }
+        // Kills every 3 to 6 s, and Azurite stopped for 3 s twice, while the blobs are being taken up.
+        let worker = stack.host.worker();
+        let mut kills = 0;
+        for round in 0..12u64 {
+            tokio::time::sleep(Duration::from_secs(3 + round % 4)).await;
+            worker.kill_handler();
+            kills += 1;
+            if round == 3 || round == 8 {
+                azurite.stop().await;
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                azurite = Azurite::start(root, &AzuriteOptions { ports, ..options.clone() }).await.expect("azurite");
+            }
+        }
+        let reports = wait_for(&format!("{n} final reports"), limit, || async {
+            let r = stack.final_reports();
+            (r.len() >= n).then_some(r)
+        })
+        .await;
+        let jobs = stack.emulator.world.jobs();
+        let mut by_blob: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for j in &jobs {
+            by_blob.entry(j.input_blob.as_str()).or_default().push(j.status.as_str());
+        }
+        assert_eq!(by_blob.len(), n, "every blob got a job");
+        let unwatched: Vec<_> = by_blob
+            .iter()
+            .filter(|(_, statuses)| statuses.iter().filter(|s| !matches!(**s, "cancelled" | "cancelling")).count() != 1)
+            .collect();
+        assert!(unwatched.is_empty(), "blobs without exactly one job that was not cancelled: {unwatched:?}");
+        assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
+        for q in ["monitorjobs-poison", "webjobs-blobtrigger-poison"] {
+            assert!(stack.peek(q).await.is_empty(), "{q}");
+        }
+        let report = format!(
+            "chaos: {n} blobs, {kills} handler kills, Azurite stopped twice for 3 s: every blob has one job followed \
+             to completion; {} jobs of interrupted creates adopted, {} spare jobs cancelled; {} creates; {:.1} s",
+            worker.output().iter().filter(|l| l.contains("an interrupted attempt created")).count(),
+            jobs.len() - n,
+            stack.emulator.world.count("POST", "/batches") - stack.emulator.world.count("POST", "/cancel"),
+            started.elapsed().as_secs_f64()
+        );
+        eprintln!("{report}");
+        azurite.stop().await;
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await;
+}

@@ -228,6 +228,17 @@ impl World {
         lock(&self.jobs).get_mut(id).map(f)
     }
 
+    /// Forgets a job, as a service that lost it would (its id then answers 404).
+    pub fn forget(&self, id: &str) -> bool {
+        lock(&self.order).retain(|o| o != id);
+        lock(&self.jobs).remove(id).is_some()
+    }
+
+    /// Sets how long each phase of the jobs created from now on lasts.
+    pub fn set_timings(&self, timings: Timings) {
+        lock(&self.config).timings = timings;
+    }
+
     /// Puts a job into the world as if it had been created at `job.created_at` (tests: a busy resource, or a job an
     /// interrupted create made). No runner moves it: force its status to change it.
     pub fn plant(&self, job: Job) {
