@@ -14,6 +14,8 @@
 //! - [`storage`]: the Blob and Queue REST client (Shared Key, SAS or a managed identity), connection strings.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
+//! - [`escape`]: user text made safe to show as a line (logs, `Logs`, the page).
+//! - [`serve`]: the router served to the host, with read deadlines and a graceful shutdown.
 //! - [`telemetry`]: tracing to stdout, as the host scrapes it.
 //!
 //! `main.rs` only reads the port, builds [`AppState`] and calls [`run`]; tests call [`app`] or [`run`] on port 0.
@@ -23,11 +25,13 @@
 pub mod batch_api;
 pub mod config;
 pub mod error;
+pub mod escape;
 pub mod functions;
 pub mod http_client;
 pub mod identity;
 pub mod jobs;
 pub mod protocol;
+pub mod serve;
 pub mod storage;
 pub mod telemetry;
 
@@ -87,5 +91,5 @@ pub async fn run(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state)).with_graceful_shutdown(shutdown).await
+    serve::serve(listener, app(state), serve::Deadlines::default(), shutdown).await
 }

@@ -56,7 +56,7 @@ pub async fn check(
         }
     }
     let result = state.batch.retrieve(&message.batch_id).await;
-    let step = policy::after_check(&Policy::of(&state.config), &message, key.is_some(), &result);
+    let step = policy::after_check(&Policy::of(&state.config), &message, known.as_ref().map(|v| &v.record), &result);
     match (step, result) {
         (AfterCheck::End, Ok(batch)) => {
             let failures = report::first_failures(&state.storage, &batch).await;

@@ -108,9 +108,10 @@ pub struct InvokeResponse {
 }
 
 impl InvokeResponse {
-    /// An answer with no outputs and one log line for the host's per-invocation log.
-    pub fn log(line: impl Into<String>) -> Self {
-        InvokeResponse { logs: vec![line.into()], ..Default::default() }
+    /// An answer with no outputs and one log line for the host's per-invocation log. The host writes the line as it
+    /// is, so controls and bidirectional characters are escaped ([`crate::escape`]).
+    pub fn log(line: &str) -> Self {
+        InvokeResponse { logs: vec![crate::escape::escaped(line).into_owned()], ..Default::default() }
     }
 
     /// Adds an output binding value. Queue outputs should be JSON objects: the host base64-decodes strings that

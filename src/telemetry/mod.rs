@@ -3,10 +3,13 @@
 //!
 //! Each line is written to stdout as it is logged, so the lines of an invocation are out before its response is
 //! sent, and a handler that is killed has already written the lines that explain why. Field values pass through
-//! [`Escaped`]: a value taken from a blob name or an API error can neither colour a terminal nor start a forged log
-//! line (`\n`); tracing-subscriber escapes ANSI sequences but not the line breaks of `%`-formatted values.
+//! [`Escaped`]: a value taken from a blob name or an API error can neither colour a terminal, start a forged log
+//! line (`\n`) nor reverse what follows it (`U+202E`); tracing-subscriber escapes ANSI sequences but not the line
+//! breaks of `%`-formatted values.
 
 use std::fmt::{self, Write as _};
+
+use crate::escape::Escaped;
 use std::io::IsTerminal;
 
 use tracing::field::Field;
@@ -37,49 +40,4 @@ pub fn fields() -> impl for<'w> tracing_subscriber::fmt::FormatFields<'w> + Send
         write!(Escaped(w), "{value:?}")
     })
     .delimited(" ")
-}
-
-/// Writes through to `W`, escaping C0 controls (line breaks included), DEL and C1 controls.
-pub struct Escaped<W>(pub W);
-
-impl<W: fmt::Write> fmt::Write for Escaped<W> {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        let mut clean = 0;
-        for (i, c) in s.char_indices() {
-            let escape = match c {
-                '\n' => Some("\\n"),
-                '\r' => Some("\\r"),
-                '\t' => Some("\\t"),
-                c if c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c) => None,
-                _ => continue,
-            };
-            self.0.write_str(&s[clean..i])?;
-            match escape {
-                Some(e) => self.0.write_str(e)?,
-                None => write!(self.0, "\\u{{{:x}}}", c as u32)?,
-            }
-            clean = i + c.len_utf8();
-        }
-        self.0.write_str(&s[clean..])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn escaped(s: &str) -> String {
-        let mut out = String::new();
-        Escaped(&mut out).write_str(s).expect("writes");
-        out
-    }
-
-    #[test]
-    fn escapes_controls_and_keeps_the_rest() {
-        assert_eq!(escaped("batch-input/a b.jsonl"), "batch-input/a b.jsonl");
-        assert_eq!(escaped("a\nINFO forged"), "a\\nINFO forged");
-        assert_eq!(escaped("\x1b[31mred\x1b[0m\r\t"), "\\u{1b}[31mred\\u{1b}[0m\\r\\t");
-        assert_eq!(escaped("del\x7f c1\u{9b} latin\u{e9}\u{a0}"), "del\\u{7f} c1\\u{9b} latin\u{e9}\u{a0}");
-        assert_eq!(escaped("日本\u{85}"), "日本\\u{85}");
-    }
 }

@@ -63,8 +63,33 @@ async fn the_jobs_page_is_served_through_the_host_as_func_start_serves_it() {
         assert_eq!(json["counters"]["byState"]["completed"], 1);
         let elsewhere = client.get(format!("http://{address}/api/other")).send().await.expect("answer");
         assert_eq!(elsewhere.status(), reqwest::StatusCode::NOT_FOUND);
+        // Only `/api/<route>` reaches the handler: a path that climbs to its internal routes does not.
+        for climb in ["/api/jobs/../../QueueMonitor", "/api/jobs/%2e%2e/%2e%2e/QueueMonitor"] {
+            let answer = raw(
+                address,
+                &format!(
+                    "POST {climb} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                ),
+            )
+            .await;
+            assert!(answer.starts_with("HTTP/1.1 404"), "{climb}: {answer}");
+        }
+        // A name rebound to 127.0.0.1 by another site is not served.
+        let rebound =
+            raw(address, "GET /api/jobs HTTP/1.1\r\nHost: evil.example:7071\r\nConnection: close\r\n\r\n").await;
+        assert!(rebound.starts_with("HTTP/1.1 403"), "{rebound}");
     })
     .await;
+}
+
+/// Sends `request` as written (no client normalises its path) and returns the whole answer.
+async fn raw(address: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.expect("connect");
+    stream.write_all(request.as_bytes()).await.expect("write");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.expect("read");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test]

@@ -19,7 +19,7 @@ use reqwest::StatusCode;
 use secrecy::SecretString;
 use url::Url;
 
-use crate::helpers::{azurite, bounded, sample_jsonl, serve, spawn_app_with, wait_for, TestOptions, API_KEY};
+use crate::helpers::{azurite, bounded, join_all, sample_jsonl, serve, spawn_app_with, wait_for, TestOptions, API_KEY};
 
 const HEADER: &str = "platform-identity-header-3d9b";
 
@@ -194,25 +194,4 @@ async fn callers_that_miss_the_cache_together_share_one_fetch_and_its_failure() 
         assert_eq!(identity.requests().len(), 3);
     })
     .await;
-}
-
-/// Polls the futures together on this task (they borrow the test's locals, so they cannot be spawned) and returns
-/// their outputs in order.
-async fn join_all<F: std::future::Future>(futures: impl Iterator<Item = F>) -> Vec<F::Output> {
-    let mut pinned: Vec<_> = futures.map(Box::pin).collect();
-    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
-    std::future::poll_fn(|cx| {
-        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()).filter(|(_, slot)| slot.is_none()) {
-            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
-                *slot = Some(v);
-            }
-        }
-        if out.iter().all(Option::is_some) {
-            std::task::Poll::Ready(())
-        } else {
-            std::task::Poll::Pending
-        }
-    })
-    .await;
-    out.into_iter().flatten().collect()
 }

@@ -8,6 +8,7 @@ mod events;
 mod fuzz;
 mod helpers;
 mod host_emulator;
+mod hostile;
 mod identity;
 mod jobs_page;
 mod load;

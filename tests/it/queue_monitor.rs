@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use blob_batch_monitor::jobs::message::{MonitorMessage, MONITOR_QUEUE, POISON_QUEUE};
+use blob_batch_monitor::storage::MessageEncoding;
 use devstack::batch_emulator::Faults;
 use reqwest::StatusCode;
 use serde_json::Value;
@@ -205,8 +206,21 @@ async fn too_many_failed_checks_dead_letter_the_job() {
                 .await;
         let message = app.create_job("doomed.jsonl").await;
         app.emulator.world.set_faults(Faults { unavailable_percent: 100, ..Default::default() });
-        let last = MonitorMessage { failures: 1, ..message };
-        let answer = app.invoke_queue(&last.to_json(), 1).await;
+        let first = app.invoke_queue(&message.to_json(), 1).await;
+        assert!(first.logs().contains("status check of"), "{}", first.logs());
+        assert!(app.peek(POISON_QUEUE).await.is_empty(), "one failure is not too many");
+        // The follow-up the first failure put, taken off the queue: the record counts the failures.
+        let follow_up = wait_for("the follow-up", Duration::from_secs(10), || async {
+            let taken = app.storage.get_messages(MONITOR_QUEUE, 1, Duration::from_secs(60)).await.expect("get");
+            taken.into_iter().next()
+        })
+        .await;
+        app.storage
+            .delete_message(MONITOR_QUEUE, &follow_up.message_id, follow_up.pop_receipt.as_deref().unwrap_or_default())
+            .await
+            .expect("delete");
+        let text = MessageEncoding::Base64.decode(&follow_up.message_text).expect("base64");
+        let answer = app.invoke_queue(std::str::from_utf8(&text).expect("utf-8"), 1).await;
         assert_eq!(answer.status, StatusCode::OK);
         let poison = app.peek(POISON_QUEUE).await;
         assert_eq!(poison.len(), 1);

@@ -29,8 +29,6 @@ use check::{new_piece, Check, CHECK_PIECE, READ_PART};
 
 /// The queue output binding's name in `BlobMonitor/function.json`.
 const OUTPUT_BINDING: &str = "outQueue";
-/// The container of the trigger's path in `BlobMonitor/function.json` (`batch-input/{name}`).
-const INPUT_CONTAINER: &str = "batch-input";
 /// Largest envelope accepted. The host cannot build more than ~768 MiB of base64 (a .NET string limit).
 pub const MAX_BLOB_ENVELOPE: u64 = 1 << 30;
 /// Largest part of the envelope kept in memory: everything except the blob content.
@@ -51,18 +49,19 @@ async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<Invoke
         .ok()
         .filter(|u| matches!(u.scheme(), "http" | "https"))
         .ok_or_else(|| FunctionError::bad_envelope(anyhow::anyhow!("metadata `Uri` is not an http(s) URL")))?;
-    if let Some(content) = elided.first() {
-        info!(blob = %url.path(), bytes = content.approx_decoded_len(), "new blob");
-        if problems.is_none() && content.len == 0 {
-            warn!(blob = %url.path(), "the blob is empty; the batch service will fail the job with empty_file");
-        } else if problems.is_none() && content.starts_with_bom() {
-            warn!(blob = %url.path(), "the blob starts with a UTF-8 BOM; the batch service will fail the job with a misleading deployment-name error");
-        }
+    // The blob trigger always sends the content; without it nothing was checked, so nothing is submitted.
+    let content = elided.first().ok_or_else(|| {
+        FunctionError::bad_envelope(anyhow::anyhow!("the envelope carries no blob content under `Data`"))
+    })?;
+    info!(blob = %url.path(), bytes = content.approx_decoded_len(), "new blob");
+    if problems.is_none() && content.len == 0 {
+        warn!(blob = %url.path(), "the blob is empty; the batch service will fail the job with empty_file");
+    } else if problems.is_none() && content.starts_with_bom() {
+        warn!(blob = %url.path(), "the blob starts with a UTF-8 BOM; the batch service will fail the job with a misleading deployment-name error");
     }
-    let blob =
-        NewBlob { url: &url, container: INPUT_CONTAINER, name: request.metadata_str("name"), problems, invocation_id };
+    let blob = NewBlob { url: &url, name: request.metadata_str("name"), problems, invocation_id };
     let outcome = jobs::new_blob(state, blob).await.map_err(|e| FunctionError::unavailable(e.0))?;
-    let response = InvokeResponse::log(outcome.line());
+    let response = InvokeResponse::log(&outcome.line());
     Ok(match outcome {
         Outcome::HandOver { message, .. } => {
             info!(batch_id = %message.batch_id, "handing the job to QueueMonitor");

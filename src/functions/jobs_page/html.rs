@@ -8,6 +8,7 @@ use base64::Engine;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use sha2::{Digest, Sha256};
 
+use crate::escape::escaped;
 use crate::jobs::overview::{Detail, Overview, Row, SHOWN_STATES as STATES, UNKNOWN_STATE};
 use crate::jobs::records::{rfc3339, unix_now};
 
@@ -124,7 +125,7 @@ pub fn list_page(o: &Overview, state: &str, q: &str, links: &Links<'_>) -> Strin
                 @for s in STATES { option value=(s) selected[s == state] { (s) } }
             } }
             " "
-            label { "Blob name contains " input type="search" name="q" value=(q); }
+            label { "Blob name contains " input type="search" name="q" value=(v(q)); }
             " " button { "Filter" }
         }
         p { (o.matching) " matching, page " (o.page) " of " (o.pages) }
@@ -157,7 +158,7 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
     let until = if ended { s.updated_at } else { unix_now() };
     html! {
         tr {
-            td { a href=(links.job(&row.key, None)) { (s.blob) } }
+            td { a href=(links.job(&row.key, None)) { (v(&s.blob)) } }
             td {
                 span class={"badge " (row.shown)} { (row.shown) }
                 @if row.shown == "running" { @if let Some(status) = &s.status { " " span.mono { (status) } } }
@@ -173,7 +174,7 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
             td { (time(s.updated_at)) }
             td { (duration(until.saturating_sub(s.started_at))) }
             td.reason {
-                @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered" | UNKNOWN_STATE) { (s.reason.as_deref().unwrap_or("")) }
+                @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered" | UNKNOWN_STATE) { (v(s.reason.as_deref().unwrap_or(""))) }
                 @if s.spares > 0 { " " (spares(s.spares)) }
             }
         }
@@ -186,9 +187,9 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
     let record_json = serde_json::to_string_pretty(r).unwrap_or_default();
     let body = html! {
         p { a href=(links.to("", &[])) { "← all jobs" } }
-        h1 { (r.blob) }
-        @if let Some(notice) = notice { p { strong { (notice) } } }
-        p { "ETag " span.mono { (r.etag) } ", state " (format!("{:?}", r.state)) }
+        h1 { (v(&r.blob)) }
+        @if let Some(notice) = notice { p { strong { (v(notice)) } } }
+        p { "ETag " span.mono { (v(&r.etag)) } ", state " (format!("{:?}", r.state)) }
         @if r.state == crate::jobs::records::RecordState::Submitted && r.batch_id.is_some() {
             form.inline method="post" action=(links.job(&d.key, Some("cancel")))
                 data-confirm="Cancel this batch job? Requests not yet run are lost." {
@@ -201,11 +202,11 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
                 button { "Resubmit" }
             }
         }
-        @if let Some(reason) = &r.reason { h2 { "Reason" } p { (reason) } }
+        @if let Some(reason) = &r.reason { h2 { "Reason" } p { (v(reason)) } }
         @if !r.problems.is_empty() {
             h2 { "Problems in the file" }
             table { tr { th { "Line" } th { "Code" } th { "Message" } }
-                @for p in &r.problems { tr { td { (p.line) } td.mono { (p.code) } td { (p.message) } } }
+                @for p in &r.problems { tr { td { (p.line) } td.mono { (v(&p.code)) } td { (v(&p.message)) } } }
             }
         }
         @if !r.spare_batch_ids.is_empty() {
@@ -213,26 +214,31 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
             p { (spares(r.spare_batch_ids.len())) ": interrupted creates made more than one job for this blob version;                 this record follows the earliest." }
             ul { @for id in &r.spare_batch_ids { li.mono { (id) } } }
         }
-        @if !r.errors.is_empty() { h2 { "Job errors" } ul { @for e in &r.errors { li { (e) } } } }
+        @if !r.errors.is_empty() { h2 { "Job errors" } ul { @for e in &r.errors { li { (v(e)) } } } }
         @if !r.failed_requests.is_empty() {
             h2 { "First failed requests" }
-            ul { @for f in &r.failed_requests { li { (f.to_string()) } } }
+            ul { @for f in &r.failed_requests { li { (v(&f.to_string())) } } }
         }
         h2 { "Job record" }
-        pre { (record_json) }
-        @match &d.batch {
-            Some(Ok(batch)) => { h2 { "Batch, as the API reports it now" } pre { (serde_json::to_string_pretty(batch).unwrap_or_default()) } }
-            Some(Err(e)) => { h2 { "Batch" } p { "The batch API could not be asked: " (e) } }
-            None => {}
+        pre { (v(&record_json)) }
+        @if let Some(batch) = &d.batch {
+            h2 { "Batch, as the API reports it now" } pre { (v(&serde_json::to_string_pretty(batch).unwrap_or_default())) }
         }
+        @if let Some(e) = &d.batch_error { h2 { "Batch" } p { "The batch API could not be asked: " (v(e)) } }
     };
-    layout(&r.blob, false, body).into_string()
+    layout(&v(&r.blob), false, body).into_string()
 }
 
 /// A short page for an error or a missing job.
 pub fn message_page(title: &str, text: &str, links: &Links<'_>) -> String {
-    layout(title, false, html! { p { a href=(links.to("", &[])) { "← all jobs" } } h1 { (title) } p { (text) } })
+    layout(title, false, html! { p { a href=(links.to("", &[])) { "← all jobs" } } h1 { (v(title)) } p { (v(text)) } })
         .into_string()
+}
+
+/// User text as the page shows it: maud escapes it for HTML, and [`escaped`] makes its control and bidirectional
+/// characters visible (`\u{202e}`), so that no name can reverse or hide what follows it.
+fn v(s: &str) -> String {
+    escaped(s).into_owned()
 }
 
 fn spares(n: usize) -> String {

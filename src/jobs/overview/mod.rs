@@ -215,22 +215,27 @@ pub fn build(mut rows: Vec<Row>, query: &Query) -> Overview {
 pub struct Detail {
     pub key: String,
     pub record: JobRecord,
-    /// The live batch object (`None` without a batch), or why it could not be read.
-    pub batch: Option<Result<Value, String>>,
+    /// The batch object as the API reports it now (`None` without a batch, or when it could not be read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<Value>,
+    /// Why the batch could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch_error: Option<String>,
 }
 
 /// The job of record `key` (`None`: no such record).
 pub async fn detail(state: &AppState, key: &str) -> Result<Option<Detail>, StorageError> {
     let Some(versioned) = state.records.read(&record_name(key)).await? else { return Ok(None) };
     let record = versioned.record;
-    let batch = match &record.batch_id {
-        Some(id) => Some(match state.batch.retrieve(id).await {
-            Ok(b) => serde_json::to_value(b).map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        }),
-        None => None,
+    let (batch, batch_error) = match &record.batch_id {
+        Some(id) => match state.batch.retrieve(id).await.map(serde_json::to_value) {
+            Ok(Ok(b)) => (Some(b), None),
+            Ok(Err(e)) => (None, Some(e.to_string())),
+            Err(e) => (None, Some(e.to_string())),
+        },
+        None => (None, None),
     };
-    Ok(Some(Detail { key: key.to_string(), record, batch }))
+    Ok(Some(Detail { key: key.to_string(), record, batch, batch_error }))
 }
 
 /// Why an operator action was refused or failed.
@@ -271,18 +276,15 @@ pub async fn cancel(state: &AppState, key: &str) -> Result<String, ActionError> 
 /// makes it exactly once.
 pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError> {
     let name = record_name(key);
-    let record = state.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
-    if record.state != RecordState::DeadLettered {
-        return Err(ActionError::NotNow(format!(
-            "only a dead-lettered job can be resubmitted, not {:?}",
-            record.state
-        )));
-    }
     let note = format!("an operator resubmitted it at {}", rfc3339(unix_now()));
+    // Whether this call's change is the one written: `update` writes under `If-Match` and calls `change` again after
+    // a lost race, so of concurrent resubmissions exactly one ends with `won` set.
+    let mut won = false;
     let updated = state
         .records
         .update(&name, None, |r| {
-            if r.state != RecordState::DeadLettered {
+            won = r.state == RecordState::DeadLettered;
+            if !won {
                 return false;
             }
             if let Some(old) = r.batch_id.take() {
@@ -296,8 +298,14 @@ pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError
             true
         })
         .await?
-        .filter(|r| r.state == RecordState::Deferred && r.reason.as_deref() == Some(note.as_str()))
-        .ok_or_else(|| ActionError::NotNow("the record changed meanwhile; look again".into()))?;
+        .ok_or_else(|| ActionError::NoRecord(key.into()))?;
+    if !won {
+        let why = if updated.resubmissions > 0 { "it was already resubmitted" } else { "it is not dead-lettered" };
+        return Err(ActionError::NotNow(format!(
+            "only a dead-lettered job can be resubmitted: {why} ({:?} now)",
+            updated.state
+        )));
+    }
     let message = SubmitMessage { submit: updated.blob_url, blob: updated.blob, etag: updated.etag, attempt: 0 };
     let encoding = state.config.message_encoding;
     state.storage.put_message(MONITOR_QUEUE, message.to_json().as_bytes(), encoding, std::time::Duration::ZERO).await?;

@@ -70,16 +70,17 @@ pub enum AfterCheck {
     GiveUp { reason: String },
 }
 
-/// The step after checking `message`'s job: `result` is what the API answered; `has_record` tells whether the message
-/// names a job record (a plain batch id from the original app does not, so it cannot be resubmitted).
+/// The step after checking `message`'s job: `result` is what the API answered; `record` is the job's record, if the
+/// message names one that exists (a plain batch id from the original app does not, so it cannot be resubmitted).
+/// Consecutive failures are counted by the record: a message's own count is trusted only when there is none.
 pub fn after_check(
     policy: &Policy,
     message: &MonitorMessage,
-    has_record: bool,
+    record: Option<&JobRecord>,
     result: &Result<Batch, BatchError>,
 ) -> AfterCheck {
     match result {
-        Ok(batch) if has_record && is_token_limit_failure(batch) => AfterCheck::Resubmit,
+        Ok(batch) if record.is_some() && is_token_limit_failure(batch) => AfterCheck::Resubmit,
         Ok(batch) if batch.status.is_terminal() => AfterCheck::End,
         Ok(_) => AfterCheck::Again {
             next: MonitorMessage { attempt: message.attempt + 1, failures: 0, ..message.clone() },
@@ -89,7 +90,7 @@ pub fn after_check(
             AfterCheck::GiveUp { reason: format!("the batch API does not know batch {}: {e}", message.batch_id) }
         }
         Err(e) => {
-            let failures = message.failures + 1;
+            let failures = record.map_or(message.failures, |r| r.failures) + 1;
             if failures >= policy.max_failures {
                 return AfterCheck::GiveUp {
                     reason: format!(
@@ -146,13 +147,21 @@ pub fn after_refusal(policy: &Policy, failures: u32, e: &BatchError, host_retrie
 }
 
 /// Why the record shows this delivered check superseded, if it does: the record follows another batch, the job has
-/// ended, or a later check of the same job was already put (a duplicate delivery).
+/// ended, or a later check of the same job was already put (a duplicate delivery). A check more than one ahead of the
+/// record was never put by this app (each follow-up is put before the record counts it, so at most one can be ahead):
+/// taking it would make the record drop the real chain of checks.
 pub fn superseded(r: &JobRecord, m: &MonitorMessage) -> Option<String> {
     if r.batch_id.as_deref() != Some(m.batch_id.as_str()) {
         return Some(format!("the record follows batch {}", r.batch_id.as_deref().unwrap_or("none")));
     }
     if matches!(r.state, RecordState::Ended | RecordState::DeadLettered) {
         return Some(format!("the job is already {:?}", r.state));
+    }
+    if m.attempt > r.checks.saturating_add(1) {
+        return Some(format!(
+            "check {} is ahead of the record's check {}: not a check this app put",
+            m.attempt, r.checks
+        ));
     }
     (r.checks > m.attempt).then(|| format!("check {} was already followed by check {}", m.attempt, r.checks))
 }

@@ -27,10 +27,28 @@ fn check(attempt: u32, failures: u32) -> MonitorMessage {
     MonitorMessage { attempt, failures, ..MonitorMessage::new("batch_1".into(), Some("batch-input/a.jsonl".into())) }
 }
 
+/// The record of the checked job, with `failures` consecutive failed checks.
+fn recorded(failures: u32) -> JobRecord {
+    JobRecord { batch_id: Some("batch_1".into()), state: RecordState::Submitted, failures, ..JobRecord::default() }
+}
+
+#[test]
+fn failures_are_counted_by_the_record_not_by_the_message() {
+    let e = Err(api_error(Some(503), None, None));
+    let forged = check(2, 29);
+    assert!(
+        matches!(after_check(&POLICY, &forged, Some(&recorded(0)), &e), AfterCheck::Again { next, .. } if next.failures == 1)
+    );
+    let step = after_check(&POLICY, &check(2, 0), Some(&recorded(4)), &e);
+    assert!(matches!(step, AfterCheck::GiveUp { .. }), "the record's count decides: {step:?}");
+    let step = after_check(&POLICY, &check(2, 4), None, &e);
+    assert!(matches!(step, AfterCheck::GiveUp { .. }), "without a record, the message is all there is: {step:?}");
+}
+
 #[test]
 fn a_running_job_is_checked_again_after_the_retry_delay() {
     for status in ["validating", "in_progress", "finalizing", "cancelling"] {
-        let step = after_check(&POLICY, &check(3, 2), true, &Ok(batch(status, json!([]))));
+        let step = after_check(&POLICY, &check(3, 2), Some(&recorded(2)), &Ok(batch(status, json!([]))));
         assert_eq!(step, AfterCheck::Again { next: check(4, 0), after: POLICY.retry_delay }, "{status}");
     }
 }
@@ -39,7 +57,7 @@ fn a_running_job_is_checked_again_after_the_retry_delay() {
 fn every_terminal_status_ends_the_job() {
     for status in ["completed", "failed", "expired", "cancelled"] {
         assert_eq!(
-            after_check(&POLICY, &check(0, 0), true, &Ok(batch(status, json!([])))),
+            after_check(&POLICY, &check(0, 0), Some(&recorded(0)), &Ok(batch(status, json!([])))),
             AfterCheck::End,
             "{status}"
         );
@@ -49,8 +67,8 @@ fn every_terminal_status_ends_the_job() {
 #[test]
 fn a_token_limit_failure_is_resubmitted_when_there_is_a_record() {
     let failed = batch("failed", json!([{"code": "token_limit_exceeded", "message": "quota"}]));
-    assert_eq!(after_check(&POLICY, &check(1, 0), true, &Ok(failed.clone())), AfterCheck::Resubmit);
-    assert_eq!(after_check(&POLICY, &check(1, 0), false, &Ok(failed)), AfterCheck::End, "no record: report it");
+    assert_eq!(after_check(&POLICY, &check(1, 0), Some(&recorded(0)), &Ok(failed.clone())), AfterCheck::Resubmit);
+    assert_eq!(after_check(&POLICY, &check(1, 0), None, &Ok(failed)), AfterCheck::End, "no record: report it");
     let by_message = batch("failed", json!([{"code": "x", "message": "token_limit_exceeded for deployment"}]));
     assert!(is_token_limit_failure(&by_message));
     assert!(!is_token_limit_failure(&batch("failed", json!([{"code": "invalid_json_line"}]))));
@@ -58,7 +76,8 @@ fn a_token_limit_failure_is_resubmitted_when_there_is_a_record() {
 
 #[test]
 fn an_unknown_batch_is_given_up_at_once() {
-    let step = after_check(&POLICY, &check(7, 0), true, &Err(api_error(Some(404), Some("not_found"), None)));
+    let step =
+        after_check(&POLICY, &check(7, 0), Some(&recorded(0)), &Err(api_error(Some(404), Some("not_found"), None)));
     assert!(matches!(step, AfterCheck::GiveUp { reason } if reason.contains("does not know batch batch_1")));
 }
 
@@ -66,22 +85,22 @@ fn an_unknown_batch_is_given_up_at_once() {
 fn a_failed_check_backs_off_then_gives_up() {
     let e = Err(api_error(Some(503), None, None));
     assert_eq!(
-        after_check(&POLICY, &check(2, 0), true, &e),
+        after_check(&POLICY, &check(2, 0), Some(&recorded(0)), &e),
         AfterCheck::Again { next: check(3, 1), after: Duration::from_secs(30) }
     );
     assert_eq!(
-        after_check(&POLICY, &check(3, 2), true, &e),
+        after_check(&POLICY, &check(3, 2), Some(&recorded(2)), &e),
         AfterCheck::Again { next: check(4, 3), after: Duration::from_secs(120) }
     );
-    let step = after_check(&POLICY, &check(9, 4), true, &e);
+    let step = after_check(&POLICY, &check(9, 4), Some(&recorded(4)), &e);
     assert!(matches!(step, AfterCheck::GiveUp { reason } if reason.starts_with("5 consecutive status checks")));
 }
 
 #[test]
 fn a_refused_key_waits_at_least_five_minutes_and_a_throttle_as_long_as_asked() {
-    let step = after_check(&POLICY, &check(0, 0), true, &Err(api_error(Some(401), None, None)));
+    let step = after_check(&POLICY, &check(0, 0), Some(&recorded(0)), &Err(api_error(Some(401), None, None)));
     assert!(matches!(step, AfterCheck::Again { after, .. } if after == UNAUTHORIZED_MIN_DELAY));
-    let step = after_check(&POLICY, &check(0, 0), true, &Err(api_error(Some(429), None, Some(90))));
+    let step = after_check(&POLICY, &check(0, 0), Some(&recorded(0)), &Err(api_error(Some(429), None, Some(90))));
     assert!(matches!(step, AfterCheck::Again { after, .. } if after == Duration::from_secs(90)));
 }
 
@@ -132,6 +151,9 @@ fn superseded_checks_are_recognised() {
     };
     let m = check(3, 0);
     assert_eq!(superseded(&record(RecordState::Submitted, Some("batch_1"), 3), &m), None, "the current check");
+    assert_eq!(superseded(&record(RecordState::Submitted, Some("batch_1"), 2), &m), None, "put, not yet counted");
+    let forged = superseded(&record(RecordState::Submitted, Some("batch_1"), 1), &m);
+    assert!(forged.is_some_and(|why| why.contains("ahead of the record")), "never put by this app");
     assert!(superseded(&record(RecordState::Submitted, Some("batch_1"), 4), &m).is_some(), "a duplicate delivery");
     assert!(superseded(&record(RecordState::Submitted, Some("batch_2"), 0), &m).is_some(), "another batch");
     assert!(superseded(&record(RecordState::Ended, Some("batch_1"), 3), &m).is_some(), "already ended");

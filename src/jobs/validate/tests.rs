@@ -125,3 +125,17 @@ fn reading_stops_after_twenty_problems() {
     assert_eq!(problems.len(), MAX_PROBLEMS);
     assert_eq!(problems.last().map(|p| p.line), Some(20));
 }
+
+#[test]
+fn a_line_nested_too_deep_is_refused_with_its_line() {
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let deep = good("b").replace("\"messages\"", &format!("\"x\":{},\"messages\"", nested(100_000)));
+    let problems = check(&format!("{}\n{deep}\n", good("a")));
+    assert_eq!(codes(&problems), [(2, "invalid_json_line")]);
+    assert!(problems[0].message.contains("128 levels"), "{}", problems[0].message);
+    // At the limit it passes; brackets inside strings do not count.
+    let at_limit = good("c").replace("\"messages\"", &format!("\"x\":{},\"messages\"", nested(MAX_DEPTH - 2)));
+    let in_strings = good("d").replace("Hi", &"[{".repeat(500));
+    assert_eq!(codes(&check(&format!("{at_limit}\n{in_strings}\n"))), []);
+    assert!(nests_deeper_than(format!(r#"["\\\"", {}]"#, nested(MAX_DEPTH)).as_bytes(), MAX_DEPTH));
+}

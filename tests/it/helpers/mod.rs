@@ -73,6 +73,8 @@ pub struct TestOptions {
     pub validate_input: bool,
     /// `BATCH_COMPLETED_QUEUE` (`""` turns completion events off).
     pub completed_queue: String,
+    /// The server's read deadlines.
+    pub deadlines: blob_batch_monitor::serve::Deadlines,
 }
 
 impl TestOptions {
@@ -94,6 +96,7 @@ impl Default for TestOptions {
             identity: None,
             validate_input: true,
             completed_queue: "batch-completed".into(),
+            deadlines: Default::default(),
         }
     }
 }
@@ -151,7 +154,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     .expect("config");
     let state = AppState::new(config).expect("state");
     let storage = state.storage.clone();
-    serve(state, storage, account, emulator).await
+    serve_with(state, storage, account, emulator, options.deadlines).await
 }
 
 /// Serves the handler built from `state` on port 0. `storage` (a client of `account`) is what the test itself uses to
@@ -162,11 +165,23 @@ pub async fn serve(
     account: StorageAccount,
     emulator: BatchEmulator,
 ) -> TestApp {
+    serve_with(state, storage, account, emulator, Default::default()).await
+}
+
+/// [`serve`] with given read deadlines.
+async fn serve_with(
+    state: AppState,
+    storage: StorageClient,
+    account: StorageAccount,
+    emulator: BatchEmulator,
+    deadlines: blob_batch_monitor::serve::Deadlines,
+) -> TestApp {
     storage.create_container("batch-input").await.expect("container");
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let router = blob_batch_monitor::app(state);
     let server = tokio::spawn(async move {
-        let _ = blob_batch_monitor::run(listener, state, std::future::pending()).await;
+        let _ = blob_batch_monitor::serve::serve(listener, router, deadlines, std::future::pending()).await;
     });
     TestApp { addr, http: reqwest::Client::new(), storage, account, emulator, server }
 }
@@ -326,4 +341,25 @@ pub fn sample_jsonl(n: usize) -> String {
     (0..n)
         .map(|i| format!("{{\"custom_id\":\"task-{i}\",\"method\":\"POST\",\"url\":\"/chat/completions\",\"body\":{{\"model\":\"gpt-4o-batch\",\"messages\":[{{\"role\":\"user\",\"content\":\"Question {i}\"}}]}}}}\n"))
         .collect()
+}
+
+/// Polls the futures together on this task (they borrow the test's locals, so they cannot be spawned) and returns
+/// their outputs in order.
+pub async fn join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let mut pinned: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = pinned.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        for (f, slot) in pinned.iter_mut().zip(out.iter_mut()).filter(|(_, slot)| slot.is_none()) {
+            if let std::task::Poll::Ready(v) = f.as_mut().poll(cx) {
+                *slot = Some(v);
+            }
+        }
+        if out.iter().all(Option::is_some) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    out.into_iter().flatten().collect()
 }

@@ -44,7 +44,14 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
 }
 
 async fn forward(State(ctx): State<Arc<Ctx>>, request: Request) -> Response {
-    let path = request.uri().path().to_string();
+    if !loopback_host(request.headers()) {
+        // A page on another site whose name was rebound to 127.0.0.1 sends its own name: refuse it.
+        return (StatusCode::FORBIDDEN, "only loopback host names are served locally").into_response();
+    }
+    // The host resolves `.` and `..` (also percent-encoded) before routing, so only `/api/<route>` reaches a function.
+    let Some(path) = normalised(request.uri().path()) else {
+        return (StatusCode::BAD_REQUEST, "not a request path").into_response();
+    };
     let routes = prefixes(&ctx.app.functions);
     let Some((_, function)) = routes.iter().find(|(prefix, _)| {
         path == *prefix || path.strip_prefix(prefix.as_str()).is_some_and(|rest| rest.starts_with('/'))
@@ -56,7 +63,10 @@ async fn forward(State(ctx): State<Arc<Ctx>>, request: Request) -> Response {
     if !methods.is_empty() && !methods.contains(&method) {
         return StatusCode::METHOD_NOT_ALLOWED.into_response();
     }
-    let path_and_query = request.uri().path_and_query().map_or(path.clone(), |p| p.as_str().to_string());
+    let path_and_query = match request.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.clone(),
+    };
     let url = format!("{}{path_and_query}", ctx.worker.base_url());
     let (parts, body) = request.into_parts();
     let Ok(body) = to_bytes(body, MAX_BODY).await else {
@@ -89,4 +99,51 @@ async fn forward(State(ctx): State<Arc<Ctx>>, request: Request) -> Response {
         }
     }
     response
+}
+
+/// The path with its dot segments resolved, as a URL parser resolves them (`%2e` counts as a dot).
+fn normalised(path: &str) -> Option<String> {
+    url::Url::parse(&format!("http://localhost{path}")).ok().map(|u| u.path().to_string())
+}
+
+/// Whether the `Host` header names this machine's loopback (`localhost`, `127.0.0.1`, `[::1]`, any port).
+fn loopback_host(headers: &axum::http::HeaderMap) -> bool {
+    let Some(host) = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()) else { return false };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_resolved_before_routing() {
+        assert_eq!(normalised("/api/jobs/../../QueueMonitor").as_deref(), Some("/QueueMonitor"));
+        assert_eq!(normalised("/api/jobs/%2e%2e/%2E%2e/QueueMonitor").as_deref(), Some("/QueueMonitor"));
+        assert_eq!(
+            normalised("/api/jobs/batch-input/a%20b.jsonl/0x1").as_deref(),
+            Some("/api/jobs/batch-input/a%20b.jsonl/0x1")
+        );
+    }
+
+    #[test]
+    fn only_loopback_names_are_served() {
+        let with = |host: &'static str| {
+            let mut h = axum::http::HeaderMap::new();
+            h.insert(axum::http::header::HOST, axum::http::HeaderValue::from_static(host));
+            loopback_host(&h)
+        };
+        for ok in ["127.0.0.1:7071", "localhost:7071", "LOCALHOST", "[::1]:7071", "127.0.0.2"] {
+            assert!(with(ok), "{ok}");
+        }
+        for bad in ["evil.example:7071", "127.0.0.1.evil.example", "localhost.evil.example:7071", "[2001:db8::1]:7071"]
+        {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(!loopback_host(&axum::http::HeaderMap::new()), "no Host at all");
+    }
 }
