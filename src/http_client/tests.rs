@@ -326,3 +326,30 @@ async fn no_proxy_hosts_go_direct() {
     assert_eq!(&get(&client, url).await.expect("direct").body[..], b"secure");
     assert!(seen.lock().expect("lock").is_empty(), "{:?}", seen.lock().expect("lock"));
 }
+
+#[tokio::test]
+async fn the_managed_identity_never_asks_through_a_proxy() {
+    use crate::identity::{IdentitySettings, ManagedIdentity, OPENAI_RESOURCE};
+    let (proxy_url, seen) = proxy().await;
+    let token = r#"{"access_token":"t0k","expires_on":"4102444800","token_type":"Bearer"}"#;
+    let endpoint = Fake::start(vec![answer(&[&format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{token}",
+        token.len()
+    )])])
+    .await;
+    // Every proxy variable set, and no exception for the endpoint: the identity client still goes direct.
+    let settings = ProxySettings { https: Some(proxy_url.clone()), http: Some(proxy_url), no_proxy: None };
+    let client = HttpClient::new(LIMIT, &settings).expect("client");
+    let identity = ManagedIdentity::new(
+        &client,
+        IdentitySettings {
+            endpoint: endpoint.uri("/msi/token"),
+            header: secrecy::SecretString::from("identity-header"),
+            client_id: None,
+        },
+    );
+    let authorization = identity.authorization(OPENAI_RESOURCE).await.expect("a token, fetched directly");
+    assert_eq!(authorization.to_str().expect("ascii"), "Bearer t0k");
+    assert_eq!(endpoint.requests().len(), 1);
+    assert!(seen.lock().expect("lock").is_empty(), "the proxy saw {:?}", seen.lock().expect("lock"));
+}

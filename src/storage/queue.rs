@@ -160,6 +160,20 @@ impl StorageClient {
         Ok(list.messages)
     }
 
+    /// How many messages the queue holds, invisible ones included (Get Queue Metadata's
+    /// `x-ms-approximate-messages-count`; Peek Messages sees only the visible ones).
+    pub async fn approximate_message_count(&self, queue: &str) -> Result<u64, StorageError> {
+        let mut url = self.queue_url(queue);
+        url.query_pairs_mut().append_pair("comp", "metadata");
+        let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
+        response
+            .headers
+            .get("x-ms-approximate-messages-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| StorageError::Parse("queue metadata without x-ms-approximate-messages-count".into()))
+    }
+
     /// Deletes a received message.
     pub async fn delete_message(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<(), StorageError> {
         let mut url = self.queue_url(&format!("{queue}/messages/{id}"));

@@ -124,7 +124,8 @@ async fn a_refused_key_defers_the_submission_for_an_operator_instead_of_dropping
         assert!(answer.logs().contains("deferred by 300 s"), "{}", answer.logs());
         assert!(app.peek(POISON_QUEUE).await.is_empty(), "a 401 must not poison the blob");
         // The deferred submission waits invisibly on the queue; the record says why.
-        assert!(app.peek(MONITOR_QUEUE).await.is_empty());
+        assert_eq!(app.count(MONITOR_QUEUE).await, 1, "the deferred submission is on the queue");
+        assert!(app.peek(MONITOR_QUEUE).await.is_empty(), "invisible for now");
         let job = app.record("denied.jsonl").await.expect("job record");
         assert_eq!(job.state, RecordState::Deferred);
         assert!(job.reason.as_deref().is_some_and(|r| r.contains("401")), "{job:?}");
@@ -172,6 +173,119 @@ async fn malformed_envelopes_get_a_non_2xx_and_the_server_survives() {
         assert!(probe.status().is_success());
         assert!(app.emulator.world.requests().is_empty(), "nothing reached the batch API");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_throttled_create_waits_as_long_as_the_service_asks() {
+    bounded(async {
+        let app = spawn_app().await; // BATCH_RETRY_DELAY = 2 s: the back-off alone would wait 2 s
+        app.emulator.world.set_faults(Faults { throttle_percent: 100, retry_after_ms: 90_000, ..Faults::default() });
+        let answer = app.invoke_blob("throttled.jsonl", sample_jsonl(1).as_bytes()).await;
+        assert_eq!(answer.status, StatusCode::OK);
+        assert!(answer.logs().contains("deferred by 90 s"), "{}", answer.logs());
+        assert_eq!(app.count(MONITOR_QUEUE).await, 1, "the deferred submission waits on the queue");
+        assert!(app.peek(MONITOR_QUEUE).await.is_empty(), "invisible until the delay has passed");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_rewritten_blob_gets_a_job_of_its_own() {
+    bounded(async {
+        let app = spawn_app().await;
+        let first = app.create_job("again.jsonl").await;
+        let second = app.submit("again.jsonl", sample_jsonl(3).as_bytes()).await;
+        assert_ne!(first.batch_id, second.batch_id);
+        assert_ne!(first.etag, second.etag);
+        assert_eq!(app.emulator.world.jobs().len(), 2, "one job per version");
+        for m in [&first, &second] {
+            let record = app.record_of("again.jsonl", m.etag.as_deref().expect("etag")).await.expect("record");
+            assert_eq!(record.batch_id.as_deref(), Some(m.batch_id.as_str()));
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_deleted_blob_or_one_in_another_account_is_dead_lettered_and_a_custom_domain_is_looked_up_by_name() {
+    bounded(async {
+        let app = spawn_app().await;
+        let envelope = |url: &str, name: &str| {
+            let info = devstack::host_emulator::envelope::BlobInfo {
+                url,
+                name,
+                etag: "\"0x1\"",
+                last_modified: "",
+                content_type: "application/jsonl",
+            };
+            devstack::host_emulator::envelope::blob_envelope(
+                "BlobMonitor",
+                "inputBlob",
+                sample_jsonl(1).as_bytes(),
+                &info,
+            )
+        };
+        let deleted = app.post("BlobMonitor", envelope(&app.blob_url("gone.jsonl"), "gone.jsonl")).await;
+        assert!(deleted.logs().contains("deleted before a job could be created"), "{}", deleted.logs());
+        let account = app.account.blob_endpoint.path().trim_matches('/').to_string();
+        let elsewhere = app.blob_url("x.jsonl").replace(&format!("/{account}/"), "/otheracct/");
+        let foreign = app.post("BlobMonitor", envelope(&elsewhere, "x.jsonl")).await;
+        assert!(foreign.logs().contains("storage account `otheracct`"), "{}", foreign.logs());
+        assert!(app.emulator.world.jobs().is_empty());
+        assert_eq!(app.peek(POISON_QUEUE).await.len(), 2);
+        // A custom domain in front of this account: the blob is found by the trigger's container and name.
+        app.upload("custom.jsonl", sample_jsonl(1).as_bytes()).await;
+        let custom = app
+            .post("BlobMonitor", envelope("https://files.example.com/batch-input/custom.jsonl", "custom.jsonl"))
+            .await;
+        assert!(custom.logs().contains("created batch"), "{}", custom.logs());
+        assert!(app.record("custom.jsonl").await.is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_follow_up_that_cannot_be_written_fails_the_check_and_changes_nothing() {
+    bounded(async {
+        let app = spawn_app_with(TestOptions { unreachable_queues: true, ..Default::default() }).await;
+        // BlobMonitor writes no message itself (its output binding does), so the job is created.
+        let message = app.create_job("unwritable.jsonl").await;
+        let answer = app.invoke_queue(&message.to_json(), 1).await;
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "the host must redeliver the check");
+        let record = app.record("unwritable.jsonl").await.expect("record");
+        assert_eq!((record.state, record.checks), (RecordState::Submitted, 0), "the record waits for the redelivery");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_key_is_dead_lettered_after_the_allowed_failures_with_its_ending_announced() {
+    bounded(async {
+        let options = TestOptions { handler_key: "rotated-away".into(), max_check_failures: 2, ..Default::default() };
+        let app = spawn_app_with(options).await;
+        let first = app.invoke_blob("denied.jsonl", sample_jsonl(1).as_bytes()).await;
+        assert!(first.logs().contains("deferred by 300 s"), "{}", first.logs());
+        let record = app.record("denied.jsonl").await.expect("record");
+        // The deferred submission (invisible for 5 minutes) as the app put it.
+        let submit = blob_batch_monitor::jobs::message::SubmitMessage {
+            submit: record.blob_url.clone(),
+            blob: record.blob.clone(),
+            etag: record.etag.clone(),
+            attempt: 1,
+        };
+        let second = app.invoke_queue(&submit.to_json(), 1).await;
+        assert!(second.logs().contains("dead-lettered"), "{}", second.logs());
+        let record = app.record("denied.jsonl").await.expect("record");
+        assert_eq!((record.state, record.failures), (RecordState::DeadLettered, 2));
+        let events = app.peek("batch-completed").await;
+        assert_eq!(events.len(), 1, "{events:?}");
+        let event: Value = serde_json::from_str(&events[0]).expect("json");
+        assert_eq!(event["status"], "dead-lettered");
+        assert_eq!(event["id"].as_str(), record.event_id.as_deref(), "the record names the event that was sent");
+        let poison = app.peek(POISON_QUEUE).await;
+        assert!(poison.len() == 1 && poison[0].contains("\"code\":\"401\""), "{poison:?}");
     })
     .await;
 }

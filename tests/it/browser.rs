@@ -4,16 +4,16 @@
 //! emulator. `scripts/test.sh` installs `chromium` and `chromium-driver` when they are missing. With
 //! `JOBS_PAGE_SCREENSHOT=<file.png>` set, it also saves a screenshot of the page (`scripts/screenshot.sh`).
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
 use blob_batch_monitor::jobs::overview::SHOWN_STATES;
-use blob_batch_monitor::jobs::records::{JobRecord, RecordState, RecordStore};
-use blob_batch_monitor::storage::blob::Condition;
+use blob_batch_monitor::jobs::records::{JobRecord, RecordState};
 
-use crate::helpers::{bounded, wait_for, TestApp, TestOptions};
+use crate::helpers::{bounded, wait_for, TestOptions};
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
@@ -33,13 +33,30 @@ impl Browser {
             std::path::Path::new(CHROMIUM).exists() && std::path::Path::new(CHROMEDRIVER).exists(),
             "the browser test needs Debian's chromium and chromium-driver (scripts/test.sh installs them)"
         );
-        let port = std::net::TcpListener::bind("127.0.0.1:0").expect("port").local_addr().expect("addr").port();
-        let driver = Command::new(CHROMEDRIVER)
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
+        // Port 0: chromedriver binds a free port itself and says which, so no port changes hands. Its own process
+        // group, so that dropping the browser ends Chromium too, whatever state the test failed in.
+        let mut driver = Command::new(CHROMEDRIVER)
+            .arg("--port=0")
+            .process_group(0)
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("chromedriver starts");
+        let stdout = driver.stdout.take().expect("stdout");
+        let port = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            let mut lines = std::io::BufReader::new(stdout).lines();
+            let port = lines.by_ref().map_while(Result::ok).find_map(|l| {
+                l.strip_prefix("ChromeDriver was started successfully on port ")
+                    .and_then(|p| p.trim_end_matches('.').parse::<u16>().ok())
+            });
+            // Keep reading, so that chromedriver never blocks on a full pipe.
+            std::thread::spawn(move || lines.for_each(drop));
+            port
+        })
+        .await
+        .expect("reading chromedriver's output")
+        .expect("chromedriver says its port");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         wait_for("chromedriver", Duration::from_secs(20), || async {
@@ -114,16 +131,13 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver and the Chromium it started (one process group), also when the test failed before `quit`.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
     }
-}
-
-async fn put(app: &TestApp, record: JobRecord) {
-    let store = RecordStore::new(app.storage.clone(), "batch-records".into());
-    store.put(&RecordStore::key(&record.blob, &record.etag), &record, Condition::None).await.expect("record");
 }
 
 #[tokio::test]
@@ -144,24 +158,21 @@ async fn a_person_sees_every_state_a_hostile_name_as_text_and_can_cancel_a_job()
             ("<img src=x onerror=alert(1)>", RecordState::Rejected, None, Some("line 1: bom")),
         ];
         for (i, (name, state, status, reason)) in states.iter().enumerate() {
-            put(
-                &app,
-                JobRecord {
-                    blob: format!("batch-input/{name}.jsonl"),
-                    etag: "0x1".into(),
-                    state: *state,
-                    status: status.map(str::to_string),
-                    batch_id: status.map(|_| format!("batch_{i}")),
-                    reason: reason.map(str::to_string),
-                    request_counts: Some(blob_batch_monitor::batch_api::RequestCounts {
-                        total: Some(10),
-                        completed: Some(i as u64),
-                        failed: Some(1),
-                    }),
-                    started_at: now - 600 + i as u64,
-                    ..JobRecord::default()
-                },
-            )
+            app.put_record(&JobRecord {
+                blob: format!("batch-input/{name}.jsonl"),
+                etag: "0x1".into(),
+                state: *state,
+                status: status.map(str::to_string),
+                batch_id: status.map(|_| format!("batch_{i}")),
+                reason: reason.map(str::to_string),
+                request_counts: Some(blob_batch_monitor::batch_api::RequestCounts {
+                    total: Some(10),
+                    completed: Some(i as u64),
+                    failed: Some(1),
+                }),
+                started_at: now - 600 + i as u64,
+                ..JobRecord::default()
+            })
             .await;
         }
         let browser = Browser::start().await;

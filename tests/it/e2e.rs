@@ -8,48 +8,12 @@ use devstack::batch_emulator::{Faults, Timings};
 use crate::helpers::stack::{Stack, StackOptions};
 use crate::helpers::{bounded, bounded_for, sample_jsonl, wait_for};
 
-const POISON_QUEUES: [&str; 2] = ["monitorjobs-poison", "webjobs-blobtrigger-poison"];
-
-/// Waits until `n` final reports were logged and returns them. On a timeout it first prints what the host saw (the
-/// last invocations and the handler's output), so a failure can be understood from the test log alone.
-async fn reports(stack: &Stack, n: usize, limit: Duration) -> Vec<String> {
-    let waited = tokio::time::timeout(
-        limit,
-        wait_for(&format!("{n} final reports"), limit + Duration::from_secs(1), || async {
-            let r = stack.final_reports();
-            (r.len() >= n).then_some(r)
-        }),
-    )
-    .await;
-    if let Ok(reports) = waited {
-        return reports;
-    }
-    let invocations = stack.host.invocations();
-    for r in invocations.iter().rev().take(30).rev() {
-        let o = &r.outcome;
-        eprintln!(
-            "{} {} {}ms status={:?} error={:?} logs={:?}",
-            r.function, r.trigger, r.millis, o.status, o.error, o.logs
-        );
-    }
-    for line in stack.host.worker().output() {
-        eprintln!("handler: {line}");
-    }
-    panic!("timed out after {limit:?} waiting for {n} final reports; {:?}", stack.final_reports());
-}
-
-async fn assert_no_poison(stack: &Stack) {
-    for q in POISON_QUEUES {
-        assert!(stack.peek(q).await.is_empty(), "{q} should be empty: {:?}", stack.peek(q).await);
-    }
-}
-
 #[tokio::test]
 async fn the_jobs_page_is_served_through_the_host_as_func_start_serves_it() {
     bounded(async {
         let stack = Stack::start(StackOptions::default()).await;
         stack.drop_blob("paged.jsonl", sample_jsonl(2).as_bytes()).await;
-        reports(&stack, 1, Duration::from_secs(30)).await;
+        stack.wait_for_reports(1, Duration::from_secs(30)).await;
         let address = stack.host.http_address().expect("HTTP triggers are served");
         let client = reqwest::Client::new();
         let page = client.get(format!("http://{address}/api/jobs?code=k")).send().await.expect("answer");
@@ -74,6 +38,21 @@ async fn the_jobs_page_is_served_through_the_host_as_func_start_serves_it() {
             .await;
             assert!(answer.starts_with("HTTP/1.1 404"), "{climb}: {answer}");
         }
+        // The function key travels on the page's links and forms, never into the handler's log.
+        let key = "fnkey-7Q3xZ-distinctive";
+        let job = json["rows"][0]["key"].as_str().expect("a row").to_string();
+        let page = client.get(format!("http://{address}/api/jobs/{job}?code={key}")).send().await.expect("answer");
+        assert!(page.text().await.expect("html").contains(key), "the key stays on the links");
+        let action = client
+            .post(format!("http://{address}/api/jobs/{job}/resubmit?code={key}"))
+            .header("origin", format!("http://{address}"))
+            .header("x-functions-key", key)
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(action.status(), reqwest::StatusCode::CONFLICT, "a completed job is not resubmitted");
+        let output = stack.host.worker().output();
+        assert!(!output.is_empty() && output.iter().all(|l| !l.contains(key)), "the key reached the log");
         // A name rebound to 127.0.0.1 by another site is not served.
         let rebound =
             raw(address, "GET /api/jobs HTTP/1.1\r\nHost: evil.example:7071\r\nConnection: close\r\n\r\n").await;
@@ -99,7 +78,7 @@ async fn every_dropped_blob_becomes_one_job_followed_to_completion() {
         for i in 0..5 {
             stack.drop_blob(&format!("in/job{i}.jsonl"), sample_jsonl(i + 1).as_bytes()).await;
         }
-        let reports = reports(&stack, 5, Duration::from_secs(60)).await;
+        let reports = stack.wait_for_reports(5, Duration::from_secs(60)).await;
         assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         let jobs = stack.emulator.world.jobs();
         assert_eq!(jobs.len(), 5, "exactly one job per blob");
@@ -112,12 +91,9 @@ async fn every_dropped_blob_becomes_one_job_followed_to_completion() {
         for j in &jobs {
             assert!(reports.iter().any(|r| r.contains(&j.id) && r.contains(&j.output_blob)));
         }
-        // The monitor queue drains: no check after the final one.
-        let checks = stack.host.invocations().len();
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!(stack.host.invocations().len(), checks, "no invocation after every job ended");
-        assert!(stack.peek("monitorjobs").await.is_empty());
-        assert_no_poison(&stack).await;
+        // No check after the final one.
+        stack.assert_drained().await;
+        stack.assert_no_poison().await;
     })
     .await;
 }
@@ -128,10 +104,10 @@ async fn with_validation_off_an_input_with_invalid_lines_ends_failed_with_the_er
         let stack = Stack::start(StackOptions { validate_input: false, ..StackOptions::default() }).await;
         let bad = format!("{}{{\"custom_id\": oops}}\n", sample_jsonl(1));
         stack.drop_blob("bad.jsonl", bad.as_bytes()).await;
-        let reports = reports(&stack, 1, Duration::from_secs(30)).await;
+        let reports = stack.wait_for_reports(1, Duration::from_secs(30)).await;
         assert!(reports[0].contains("ended failed") && reports[0].contains("invalid_json_line"), "{}", reports[0]);
         assert!(reports[0].contains("(line 2)"), "{}", reports[0]);
-        assert_no_poison(&stack).await;
+        stack.assert_no_poison().await;
     })
     .await;
 }
@@ -164,13 +140,11 @@ async fn cancelled_and_expired_jobs_stop_being_checked() {
             .expect("cancel");
         assert!(r.status().is_success());
         assert!(stack.emulator.world.force_status(&expire.id, "expired"));
-        let reports = reports(&stack, 2, Duration::from_secs(30)).await;
+        let reports = stack.wait_for_reports(2, Duration::from_secs(30)).await;
         assert!(reports.iter().any(|r| r.contains(&cancel.id) && r.contains("ended cancelled")), "{reports:#?}");
         assert!(reports.iter().any(|r| r.contains(&expire.id) && r.contains("ended expired")), "{reports:#?}");
-        let before = (stack.checks_of(&cancel.id), stack.checks_of(&expire.id));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert_eq!((stack.checks_of(&cancel.id), stack.checks_of(&expire.id)), before, "checked after the end");
-        assert_no_poison(&stack).await;
+        stack.assert_drained().await;
+        stack.assert_no_poison().await;
     })
     .await;
 }
@@ -188,7 +162,7 @@ async fn a_burst_of_429s_and_503s_delays_but_loses_no_job() {
         for i in 0..4 {
             stack.drop_blob(&format!("burst{i}.jsonl"), sample_jsonl(2).as_bytes()).await;
         }
-        let reports = reports(&stack, 4, Duration::from_secs(75)).await;
+        let reports = stack.wait_for_reports(4, Duration::from_secs(75)).await;
         assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         let requests = stack.emulator.world.requests();
         assert!(
@@ -196,7 +170,7 @@ async fn a_burst_of_429s_and_503s_delays_but_loses_no_job() {
             "faults were injected"
         );
         assert_eq!(stack.emulator.world.jobs().len(), 4, "no job lost, none duplicated");
-        assert_no_poison(&stack).await;
+        stack.assert_no_poison().await;
     })
     .await;
 }
@@ -222,10 +196,10 @@ async fn the_handler_killed_mid_run_is_restarted_and_every_job_still_completes_o
             (worker.starts.load(std::sync::atomic::Ordering::SeqCst) > starts).then_some(())
         })
         .await;
-        let reports = reports(&stack, 4, Duration::from_secs(90)).await;
+        let reports = stack.wait_for_reports(4, Duration::from_secs(90)).await;
         assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         assert_eq!(stack.emulator.world.jobs().len(), 4, "none duplicated");
-        assert_no_poison(&stack).await;
+        stack.assert_no_poison().await;
     })
     .await;
 }

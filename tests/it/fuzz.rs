@@ -125,7 +125,7 @@ fn accept_work(text: &str) {
 }
 
 fn iterations() -> u64 {
-    std::env::var("FUZZ_ITERATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000)
+    crate::helpers::count_from_env("FUZZ_ITERATIONS", 20_000)
 }
 
 #[test]

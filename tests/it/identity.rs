@@ -82,6 +82,7 @@ async fn a_refused_token_defers_the_submission_with_the_reason_and_never_shows_a
 
         assert!(app.emulator.world.requests().is_empty(), "no call reaches the batch API without a token");
         assert!(app.emulator.world.jobs().is_empty());
+        assert_eq!(app.count(blob_batch_monitor::jobs::message::MONITOR_QUEUE).await, 1, "the deferred submission");
         let record = app.record("refused.jsonl").await.expect("a record");
         assert_eq!(record.state, RecordState::Deferred);
         let reason = record.reason.unwrap_or_default();

@@ -35,10 +35,6 @@ async fn post(app: &TestApp, path: &str, origin: &str) -> reqwest::Response {
     r.send().await.expect("answer")
 }
 
-fn records(app: &TestApp) -> RecordStore {
-    RecordStore::new(app.storage.clone(), "batch-records".into())
-}
-
 /// Writes a record directly, as the lifecycle would have left it.
 async fn put(app: &TestApp, name: &str, state: RecordState, status: Option<&str>, reason: Option<&str>, started: u64) {
     let record = JobRecord {
@@ -52,7 +48,7 @@ async fn put(app: &TestApp, name: &str, state: RecordState, status: Option<&str>
         started_at: started,
         ..JobRecord::default()
     };
-    records(app).put(&RecordStore::key(&record.blob, &record.etag), &record, Condition::None).await.expect("record");
+    app.put_record(&record).await;
 }
 
 #[tokio::test]
@@ -109,9 +105,8 @@ async fn every_state_appears_with_its_reason_in_html_and_json_behind_strict_head
 async fn filters_and_paging_keep_the_function_key() {
     bounded(async {
         let app = spawn_app().await;
-        let store = records(&app);
         let writes = (0..205u64).map(|i| {
-            let store = store.clone();
+            let app = &app;
             let url = app.blob_url(&format!("n{i:03}.jsonl"));
             async move {
                 let state = if i % 5 == 0 { RecordState::DeadLettered } else { RecordState::Submitted };
@@ -123,7 +118,7 @@ async fn filters_and_paging_keep_the_function_key() {
                     started_at: 1_000 + i,
                     ..JobRecord::default()
                 };
-                store.put(&RecordStore::key(&r.blob, &r.etag), &r, Condition::None).await.expect("record");
+                app.put_record(&r).await;
             }
         });
         join_all(writes).await;
@@ -194,10 +189,7 @@ async fn a_hostile_blob_name_shows_as_text() {
             message: "<b>x</b>".into(),
             first_line: None,
         });
-        records(&app)
-            .put(&RecordStore::key(&record.blob, &record.etag), &record, Condition::None)
-            .await
-            .expect("record");
+        app.put_record(&record).await;
         let page = get(&app, "/api/jobs").await.text;
         assert!(page.contains("&lt;img src=x onerror=alert(1)&gt;.jsonl"), "escaped in the table");
         assert!(!page.contains("<img") && !page.contains("<script>alert"), "nothing hostile is markup");
@@ -248,7 +240,7 @@ async fn a_dead_lettered_blob_resubmitted_from_the_page_makes_exactly_one_job() 
             submit_attempts: 1,
             ..JobRecord::default()
         };
-        records(&app).put(&RecordStore::key(&dead.blob, &etag), &dead, Condition::None).await.expect("record");
+        app.put_record(&dead).await;
         let key = format!("batch-input/again.jsonl/{etag}");
         let origin = format!("http://{}", app.addr);
         assert_eq!(post(&app, &format!("/api/jobs/{key}/resubmit"), &origin).await.status(), StatusCode::SEE_OTHER);
@@ -271,11 +263,10 @@ async fn a_dead_lettered_blob_resubmitted_from_the_page_makes_exactly_one_job() 
 async fn ten_thousand_records_list_in_two_pages_of_storage_and_one_of_the_table() {
     bounded_for(std::time::Duration::from_secs(170), async {
         let app = spawn_app().await;
-        let store = records(&app);
         // A hundred writes at a time: Azurite resets connections beyond its accept backlog on a loaded machine.
         for chunk in (0..10_000u64).collect::<Vec<_>>().chunks(100) {
             let writes = chunk.iter().map(|&i| {
-                let store = store.clone();
+                let app = &app;
                 async move {
                     let r = JobRecord {
                         blob: format!("batch-input/r{i:05}.jsonl"),
@@ -285,7 +276,7 @@ async fn ten_thousand_records_list_in_two_pages_of_storage_and_one_of_the_table(
                         started_at: i,
                         ..JobRecord::default()
                     };
-                    store.put(&RecordStore::key(&r.blob, &r.etag), &r, Condition::None).await.expect("record");
+                    app.put_record(&r).await;
                 }
             });
             join_all(writes).await;
@@ -431,6 +422,29 @@ async fn a_bidi_name_shows_its_controls_and_the_detail_json_has_the_batch_itself
         assert!(detail.get("batchError").is_none() && detail["batch"].get("Ok").is_none(), "{detail}");
         let html = get(&app, &key).await;
         assert!(!html.text.contains('\u{202e}'), "nor the job's page");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_page_and_refused_actions_carry_the_headers_too() {
+    bounded(async {
+        let app = spawn_app().await;
+        app.create_job("headers.jsonl").await;
+        let etag = app.record("headers.jsonl").await.expect("record").etag;
+        let key = format!("/api/jobs/batch-input/headers.jsonl/{etag}");
+        let detail = get(&app, &key).await;
+        assert_eq!(detail.status, StatusCode::OK);
+        assert_secured(&detail, "a job's page");
+        let forged = post(&app, &format!("{key}/cancel"), "https://evil.example").await;
+        assert_eq!(forged.status(), StatusCode::FORBIDDEN);
+        let not_now = post(&app, &format!("{key}/resubmit"), &format!("http://{}", app.addr)).await;
+        assert_eq!(not_now.status(), StatusCode::CONFLICT, "a running job is not resubmitted");
+        for (answer, what) in [(forged, "a refused cross-site post"), (not_now, "a refused resubmission")] {
+            let page = Page { status: answer.status(), headers: answer.headers().clone(), text: String::new() };
+            assert_secured(&page, what);
+            assert_eq!(page.headers["referrer-policy"], "no-referrer", "{what}");
+        }
     })
     .await;
 }

@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use crate::helpers::stack::{Stack, StackOptions};
-use crate::helpers::{bounded_for, sample_jsonl, wait_for};
+use crate::helpers::{bounded_for, sample_jsonl};
 
 fn blobs() -> usize {
-    std::env::var("LOAD_BLOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    crate::helpers::count_from_env("LOAD_BLOBS", 1000) as usize
 }
 
 #[tokio::test]
@@ -28,11 +28,7 @@ async fn a_thousand_blobs_become_a_thousand_completed_jobs() {
         }
         while uploads.join_next().await.is_some() {}
         let uploaded = started.elapsed();
-        let reports = wait_for(&format!("{n} final reports"), Duration::from_secs(540), || async {
-            let r = stack.final_reports();
-            (r.len() >= n).then_some(r)
-        })
-        .await;
+        let reports = stack.wait_for_reports(n, Duration::from_secs(540)).await;
         let wall = started.elapsed();
         let jobs = stack.emulator.world.jobs();
         assert_eq!(jobs.len(), n, "one job per blob");
@@ -43,9 +39,7 @@ async fn a_thousand_blobs_become_a_thousand_completed_jobs() {
         assert!(jobs.iter().all(|j| j.status == "completed"));
         assert_eq!(reports.len(), n, "one final report per job");
         assert!(reports.iter().all(|r| r.contains("ended completed")));
-        for q in ["monitorjobs-poison", "webjobs-blobtrigger-poison"] {
-            assert!(stack.peek(q).await.is_empty(), "{q}");
-        }
+        stack.assert_no_poison().await;
         let invocations = stack.host.invocations();
         let blob_invocations = invocations.iter().filter(|r| r.function == "BlobMonitor").count();
         let queue_invocations = invocations.len() - blob_invocations;
@@ -68,7 +62,7 @@ async fn a_thousand_blobs_become_a_thousand_completed_jobs() {
 
 /// Blobs in the chaos test (`CHAOS_BLOBS`; issue 19 found duplicates at 4,000).
 fn chaos_blobs() -> usize {
-    std::env::var("CHAOS_BLOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(200)
+    crate::helpers::count_from_env("CHAOS_BLOBS", 200) as usize
 }
 
 #[tokio::test]
@@ -76,16 +70,20 @@ async fn under_kills_and_storage_outages_every_blob_has_exactly_one_running_job(
     use devstack::azurite::{Azurite, AzuriteOptions, Persistence};
     use devstack::batch_emulator::{Faults, Timings};
     let n = chaos_blobs();
-    // Creates are held 0.5 s each, four at a time: about 0.15 s per blob, and the checks after them.
-    let limit = Duration::from_secs(300 + n as u64 / 2);
-    bounded_for(limit + Duration::from_secs(120), async {
+    // Creates are held 0.5 s each, four at a time, then each job is checked a few times: about 0.6 s per blob on two
+    // cores with the debug handler, beside the uploads, the kills and the outages.
+    let limit = Duration::from_secs(300 + n as u64 * 6 / 10);
+    bounded_for(limit + Duration::from_secs(300), async {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir =
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-chaos-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let options = AzuriteOptions { persistence: Persistence::Folder(dir.clone()), ..AzuriteOptions::default() };
+        let options = AzuriteOptions {
+            persistence: Persistence::Folder(dir.clone()),
+            ports: crate::helpers::azurite::restartable_ports(),
+            ..AzuriteOptions::default()
+        };
         let mut azurite = Azurite::start(root, &options).await.expect("azurite");
-        let ports = (azurite.blob_port, azurite.queue_port);
         let stack = Stack::start(StackOptions {
             connection: Some(azurite.devstore_connection_string()),
             timings: Timings::uniform(Duration::from_millis(500)),
@@ -109,14 +107,24 @@ async fn under_kills_and_storage_outages_every_blob_has_exactly_one_running_job(
             if round == 3 || round == 8 {
                 azurite.stop().await;
                 tokio::time::sleep(Duration::from_secs(3)).await;
-                azurite = Azurite::start(root, &AzuriteOptions { ports, ..options.clone() }).await.expect("azurite");
+                azurite = Azurite::start(root, &options).await.expect("azurite");
             }
         }
-        let reports = wait_for(&format!("{n} final reports"), limit, || async {
-            let r = stack.final_reports();
-            (r.len() >= n).then_some(r)
-        })
-        .await;
+        let progress = async {
+            loop {
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                let jobs = stack.emulator.world.jobs().len();
+                eprintln!(
+                    "chaos: {:.0} s: {jobs} jobs, {} final reports",
+                    started.elapsed().as_secs_f64(),
+                    stack.final_reports().len()
+                );
+            }
+        };
+        let reports = tokio::select! {
+            reports = stack.wait_for_reports(n, limit) => reports,
+            () = progress => unreachable!("the progress reporter never ends"),
+        };
         let jobs = stack.emulator.world.jobs();
         let mut by_blob: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
         for j in &jobs {
@@ -129,9 +137,7 @@ async fn under_kills_and_storage_outages_every_blob_has_exactly_one_running_job(
             .collect();
         assert!(unwatched.is_empty(), "blobs without exactly one job that was not cancelled: {unwatched:?}");
         assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
-        for q in ["monitorjobs-poison", "webjobs-blobtrigger-poison"] {
-            assert!(stack.peek(q).await.is_empty(), "{q}");
-        }
+        stack.assert_no_poison().await;
         let report = format!(
             "chaos: {n} blobs, {kills} handler kills, Azurite stopped twice for 3 s: every blob has one job followed \
              to completion; {} jobs of interrupted creates adopted, {} spare jobs cancelled; {} creates; {:.1} s",

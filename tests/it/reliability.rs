@@ -37,8 +37,8 @@ async fn take_all(app: &TestApp) -> Vec<String> {
 async fn the_same_blob_delivered_twice_concurrently_makes_one_job() {
     bounded(async {
         let app = spawn_app().await;
-        // Hold the create answer so that both deliveries really overlap.
-        app.emulator.world.set_faults(Faults { hold_create_ms: 700, ..Faults::default() });
+        // Creates are held until the second delivery has made its decision, so that both really overlap.
+        let held = app.emulator.world.hold_creates();
         let content = sample_jsonl(2);
         let etag = app.upload("twice.jsonl", content.as_bytes()).await;
         let url = app.blob_url("twice.jsonl");
@@ -50,7 +50,16 @@ async fn the_same_blob_delivered_twice_concurrently_makes_one_job() {
             content_type: "application/jsonl",
         };
         let envelope = blob_envelope("BlobMonitor", "inputBlob", content.as_bytes(), &info);
-        let (a, b) = tokio::join!(app.post("BlobMonitor", envelope.clone()), app.post("BlobMonitor", envelope.clone()));
+        let release = async {
+            // One delivery is inside its create; the other has deferred itself (its submission is on the queue).
+            wait_for("one create held and one delivery deferred", Duration::from_secs(20), || async {
+                (app.emulator.world.jobs().len() == 1 && app.count(MONITOR_QUEUE).await == 1).then_some(())
+            })
+            .await;
+            drop(held);
+        };
+        let (a, b, ()) =
+            tokio::join!(app.post("BlobMonitor", envelope.clone()), app.post("BlobMonitor", envelope.clone()), release);
         assert_eq!((a.status, b.status), (StatusCode::OK, StatusCode::OK));
         assert_eq!(app.emulator.world.jobs().len(), 1, "one job for one blob version");
         let outputs = [&a, &b].iter().filter(|x| x.body["Outputs"]["outQueue"].is_object()).count();
@@ -173,80 +182,72 @@ async fn a_job_failed_by_the_token_quota_is_submitted_again() {
 
 #[tokio::test]
 async fn the_handler_killed_after_the_api_accepted_the_job_still_leaves_exactly_one_job() {
-    bounded(async {
+    // The inner waits (30 s for the job, 75 s for its report) and a margin.
+    bounded_for(Duration::from_secs(120), async {
         let stack = Stack::start(StackOptions::default()).await;
-        // The create answer is held for 5 s after the job exists: the handler dies inside that window.
-        stack.emulator.world.set_faults(Faults { hold_create_ms: 5_000, ..Faults::default() });
+        // The create answer is held after the job exists: the handler dies inside that window.
+        let held = stack.emulator.world.hold_creates();
         stack.drop_blob("worst-moment.jsonl", sample_jsonl(2).as_bytes()).await;
         wait_for("the API to accept the job", Duration::from_secs(30), || async {
             (!stack.emulator.world.jobs().is_empty()).then_some(())
         })
         .await;
         stack.host.worker().kill_handler();
-        stack.emulator.world.set_faults(Faults::default());
+        drop(held);
         // Recovery: the retried trigger finds the record of an attempt and, once the dead invocation's lease has
         // expired, adopts the job the API already has.
-        let reports = wait_for("the job's final report", Duration::from_secs(75), || async {
-            let r = stack.final_reports();
-            (!r.is_empty()).then_some(r)
-        })
-        .await;
+        let reports = stack.wait_for_reports(1, Duration::from_secs(75)).await;
         assert!(reports[0].contains("ended completed"), "{reports:?}");
         assert_eq!(stack.emulator.world.jobs().len(), 1, "exactly one job");
         assert_eq!(stack.emulator.world.count("POST", "/batches"), 1, "never created twice");
         let records = stack.records().await;
         assert_eq!(records.len(), 1);
         assert_eq!(records[0].state, RecordState::Ended);
-        for q in ["monitorjobs-poison", "webjobs-blobtrigger-poison"] {
-            assert!(stack.peek(q).await.is_empty(), "{q}");
-        }
+        stack.assert_no_poison().await;
     })
     .await;
 }
 
 #[tokio::test]
-async fn a_batch_api_outage_of_a_minute_delays_but_every_job_completes() {
+async fn a_batch_api_outage_longer_than_the_hosts_retries_delays_but_every_job_completes() {
     bounded_for(Duration::from_secs(180), async {
         let stack = Stack::start(StackOptions::default()).await;
         stack.emulator.world.set_faults(Faults { unavailable_percent: 100, ..Faults::default() });
         for i in 0..3 {
             stack.drop_blob(&format!("outage{i}.jsonl"), sample_jsonl(1).as_bytes()).await;
         }
-        // The outage is the scenario: it lasts a minute whatever the app does.
-        let outage: u64 = std::env::var("OUTAGE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
-        tokio::time::sleep(Duration::from_secs(outage)).await;
-        assert!(stack.emulator.world.jobs().is_empty());
-        if std::env::var_os("DEBUG_OUTAGE").is_some() {
-            for r in stack.host.invocations() {
-                eprintln!("{} {} {:?} {:?}", r.function, r.trigger, r.outcome.status, r.outcome.logs);
-            }
-        }
-        stack.emulator.world.set_faults(Faults::default());
-        let reports = wait_for("three final reports", Duration::from_secs(60), || async {
-            let r = stack.final_reports();
-            (r.len() >= 3).then_some(r)
+        // The outage lasts until every blob has used up the host's quick retries and failed again after deferring
+        // itself through the queue: four failed creates each.
+        wait_for("every blob deferred through the queue and failed again", Duration::from_secs(120), || async {
+            let records = stack.records().await;
+            (records.len() == 3 && records.iter().all(|r| r.failures >= 4)).then_some(())
         })
         .await;
+        assert!(stack.emulator.world.jobs().is_empty());
+        stack.emulator.world.set_faults(Faults::default());
+        let reports = stack.wait_for_reports(3, Duration::from_secs(60)).await;
         assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         assert_eq!(stack.emulator.world.jobs().len(), 3);
-        for q in ["monitorjobs-poison", "webjobs-blobtrigger-poison"] {
-            assert!(stack.peek(q).await.is_empty(), "{q}");
-        }
+        stack.assert_no_poison().await;
     })
     .await;
 }
 
 #[tokio::test]
 async fn azurite_restarted_mid_run_loses_no_job() {
-    bounded(async {
+    // The inner waits (30 s for a job, 80 s for the reports) and a margin.
+    bounded_for(Duration::from_secs(130), async {
         use devstack::azurite::{Azurite, AzuriteOptions, Persistence};
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
         let dir =
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("azurite-restart-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let options = AzuriteOptions { persistence: Persistence::Folder(dir.clone()), ..AzuriteOptions::default() };
+        let options = AzuriteOptions {
+            persistence: Persistence::Folder(dir.clone()),
+            ports: crate::helpers::azurite::restartable_ports(),
+            ..AzuriteOptions::default()
+        };
         let azurite = Azurite::start(root, &options).await.expect("azurite");
-        let ports = (azurite.blob_port, azurite.queue_port);
         let connection = azurite.devstore_connection_string();
         let stack = Stack::start(StackOptions {
             connection: Some(connection),
@@ -263,12 +264,8 @@ async fn azurite_restarted_mid_run_loses_no_job() {
         .await;
         azurite.stop().await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let restarted = Azurite::start(root, &AzuriteOptions { ports, ..options }).await.expect("azurite again");
-        let reports = wait_for("three final reports", Duration::from_secs(80), || async {
-            let r = stack.final_reports();
-            (r.len() >= 3).then_some(r)
-        })
-        .await;
+        let restarted = Azurite::start(root, &options).await.expect("azurite again");
+        let reports = stack.wait_for_reports(3, Duration::from_secs(80)).await;
         assert!(reports.iter().all(|r| r.contains("ended completed")), "{reports:#?}");
         assert_eq!(stack.emulator.world.jobs().len(), 3, "no job lost, none duplicated");
         restarted.stop().await;
@@ -287,10 +284,7 @@ async fn the_api_key_never_appears_in_the_handler_output() {
         stack.emulator.world.set_faults(Faults { throttle_percent: 30, unavailable_percent: 30, ..Faults::default() });
         stack.drop_blob("secret.jsonl", sample_jsonl(1).as_bytes()).await;
         stack.drop_blob("bad.jsonl", b"not json\n").await;
-        wait_for("two final reports", Duration::from_secs(150), || async {
-            (stack.final_reports().len() >= 2).then_some(())
-        })
-        .await;
+        stack.wait_for_reports(2, Duration::from_secs(150)).await;
         let output = stack.host.worker().output();
         assert!(output.len() > 5, "the handler logged: {output:?}");
         assert!(output.iter().all(|l| !l.contains(API_KEY)), "the key leaked into the logs");

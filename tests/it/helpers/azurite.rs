@@ -104,3 +104,18 @@ impl SharedAzurite {
         (format!("{base}:{}/{name}", self.blob_port), format!("{base}:{}/{name}", self.queue_port))
     }
 }
+
+/// Two free ports for an Azurite that a test stops and starts again on the same ports. They lie below the kernel's
+/// ephemeral range, which is where every port-0 bind of the other tests running meanwhile comes from, so no one
+/// takes them while this Azurite is down.
+pub fn restartable_ports() -> (u16, u16) {
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap_or_default();
+    let low: u16 = range.split_whitespace().next().and_then(|p| p.parse().ok()).unwrap_or(32768);
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let offset = (std::process::id() as usize * 7919 + NEXT.fetch_add(2, Ordering::SeqCst)) % 8000;
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    let candidates = (0..8000).map(|i| low - 10_000 + ((offset + i) % 8000) as u16);
+    let mut found = candidates.filter(|p| free(*p) && free(*p + 8000));
+    let blob = found.next().expect("a free port below the ephemeral range");
+    (blob, blob + 8000)
+}

@@ -2,6 +2,7 @@
 //! emulator, and the handler's router served on port 0, plus typed helpers to invoke it as the host would.
 
 pub mod azurite;
+pub mod queues;
 pub mod stack;
 
 use std::net::SocketAddr;
@@ -58,6 +59,25 @@ where
     }
 }
 
+/// A count from the environment variable `name` (`default` when unset). Zero, or anything but a number, is refused:
+/// a test told to check nothing would pass having checked nothing.
+pub fn count_from_env(name: &str, default: u64) -> u64 {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(n) if n > 0 => n,
+            _ => panic!("{name}={v:?}: give a positive number, or leave it unset for {default}"),
+        },
+    }
+}
+
+/// A part of a test that cannot run on this machine: said loudly, and a failure under CI (`CI=true`), where every
+/// part must run.
+pub fn skipped(what: &str) {
+    assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true, but {what}");
+    eprintln!("WARNING: {what}: that part of the test was skipped");
+}
+
 /// Knobs of one test app.
 pub struct TestOptions {
     pub retry_delay_secs: u64,
@@ -75,6 +95,8 @@ pub struct TestOptions {
     pub completed_queue: String,
     /// The server's read deadlines.
     pub deadlines: blob_batch_monitor::serve::Deadlines,
+    /// Point the handler's queue endpoint at a closed port, so that every Put Message fails.
+    pub unreachable_queues: bool,
 }
 
 impl TestOptions {
@@ -97,6 +119,7 @@ impl Default for TestOptions {
             validate_input: true,
             completed_queue: "batch-completed".into(),
             deadlines: Default::default(),
+            unreachable_queues: false,
         }
     }
 }
@@ -124,6 +147,14 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     let (_, conn) = azurite::shared().fresh_account();
     let account = StorageAccount::parse(&conn).expect("connection string");
+    let handler_conn = if options.unreachable_queues {
+        // Port 9 (discard) is closed on loopback: the connection is refused at once.
+        let queues = account.queue_endpoint.as_str().trim_end_matches('/');
+        let port = account.queue_endpoint.port().expect("Azurite's queue port");
+        conn.replace(queues, &queues.replace(&format!(":{port}"), ":9"))
+    } else {
+        conn.clone()
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let mut emulator_config = EmulatorConfig::new(API_KEY, vec![account.clone()], options.timings);
     if options.identity.is_some() {
@@ -139,7 +170,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
         ("BATCH_OUTPUT_CONTAINER", "batch-output".into()),
         ("BATCH_RETRY_DELAY", options.retry_delay_secs.to_string()),
         ("BATCH_MAX_CHECK_FAILURES", options.max_check_failures.to_string()),
-        ("BlobStorageConnection", conn),
+        ("BlobStorageConnection", handler_conn),
         ("OPENAI_API_VERSION", options.api_version.clone()),
         ("BATCH_VALIDATE_INPUT", options.validate_input.to_string()),
         ("BATCH_COMPLETED_QUEUE", options.completed_queue.clone()),
@@ -153,7 +184,9 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     )
     .expect("config");
     let state = AppState::new(config).expect("state");
-    let storage = state.storage.clone();
+    // The test's own client, on the account as it is (the handler's may have been given a broken endpoint).
+    let http = blob_batch_monitor::http_client::HttpClient::new(1 << 30, &Default::default()).expect("client");
+    let storage = StorageClient::new(http, account.clone());
     serve_with(state, storage, account, emulator, options.deadlines).await
 }
 
@@ -307,17 +340,12 @@ impl TestApp {
 
     /// The decoded texts of the visible messages of `queue` (up to 32).
     pub async fn peek(&self, queue: &str) -> Vec<String> {
-        match self.storage.peek_messages(queue, 32).await {
-            Ok(ms) => ms
-                .iter()
-                .map(|m| {
-                    String::from_utf8(MessageEncoding::Base64.decode(&m.message_text).expect("base64 message"))
-                        .expect("utf-8")
-                })
-                .collect(),
-            Err(e) if e.code() == Some("QueueNotFound") => Vec::new(),
-            Err(e) => panic!("peek {queue}: {e}"),
-        }
+        queues::peek(&self.storage, queue).await
+    }
+
+    /// How many messages `queue` holds, the invisible (delayed) ones included.
+    pub async fn count(&self, queue: &str) -> u64 {
+        queues::count(&self.storage, queue).await
     }
 }
 

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use blob_batch_monitor::http_client::HttpClient;
-use blob_batch_monitor::storage::{MessageEncoding, StorageAccount, StorageClient};
+use blob_batch_monitor::storage::{StorageAccount, StorageClient};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
-use devstack::host_emulator::{FunctionsHost, HostOptions, InvocationRecord};
+use devstack::host_emulator::{FunctionsHost, HostOptions};
 
 use super::{azurite, API_KEY};
 
@@ -113,49 +113,59 @@ impl Stack {
             .collect()
     }
 
-    /// QueueMonitor invocations that concerned `batch_id` (by their logs).
-    pub fn checks_of(&self, batch_id: &str) -> usize {
-        self.host
-            .invocations()
-            .iter()
-            .filter(|r: &&InvocationRecord| {
-                r.function == "QueueMonitor" && r.outcome.logs.iter().any(|l| l.contains(batch_id))
-            })
-            .count()
-    }
-
-    /// Decoded visible messages of a queue.
-    pub async fn peek(&self, queue: &str) -> Vec<String> {
-        match self.storage.peek_messages(queue, 32).await {
-            Ok(ms) => ms
-                .iter()
-                .map(|m| {
-                    String::from_utf8_lossy(&MessageEncoding::Base64.decode(&m.message_text).unwrap_or_default())
-                        .into_owned()
-                })
-                .collect(),
-            Err(_) => Vec::new(),
-        }
+    /// Asserts that no poison queue holds a message.
+    pub async fn assert_no_poison(&self) {
+        super::queues::assert_no_poison(&self.storage).await;
     }
 
     /// The job records, parsed.
     pub async fn records(&self) -> Vec<blob_batch_monitor::jobs::records::JobRecord> {
-        let mut out = Vec::new();
-        for item in self.storage.list_all_blobs("batch-records", None).await.unwrap_or_default() {
-            if let Ok(Some(b)) = self.storage.get_blob("batch-records", &item.name).await {
-                out.extend(serde_json::from_slice(&b.content).ok());
-            }
-        }
-        out
+        super::queues::records(&self.storage).await
     }
 
     /// Names of blobs under `container`.
     pub async fn blobs(&self, container: &str) -> Vec<String> {
-        self.storage
-            .list_all_blobs(container, None)
-            .await
-            .map(|v| v.into_iter().map(|b| b.name).collect())
-            .unwrap_or_default()
+        let items = self.storage.list_all_blobs(container, None).await.expect("list the container");
+        items.into_iter().map(|b| b.name).collect()
+    }
+
+    /// Waits until `n` final reports were logged and returns them. On a timeout it first prints what the host saw
+    /// (the last invocations and the handler's output), so a failure can be understood from the test log alone.
+    pub async fn wait_for_reports(&self, n: usize, limit: Duration) -> Vec<String> {
+        let waited = tokio::time::timeout(
+            limit,
+            super::wait_for(&format!("{n} final reports"), limit + Duration::from_secs(1), || async {
+                let r = self.final_reports();
+                (r.len() >= n).then_some(r)
+            }),
+        )
+        .await;
+        if let Ok(reports) = waited {
+            return reports;
+        }
+        for r in self.host.invocations().iter().rev().take(30).rev() {
+            let o = &r.outcome;
+            eprintln!(
+                "{} {} {}ms status={:?} error={:?} logs={:?}",
+                r.function, r.trigger, r.millis, o.status, o.error, o.logs
+            );
+        }
+        for line in self.host.worker().output() {
+            eprintln!("handler: {line}");
+        }
+        panic!("timed out after {limit:?} waiting for {n} final reports; {:?}", self.final_reports());
+    }
+
+    /// Asserts that, with every job ended, nothing is left to check: the monitor queue empties (its invisible
+    /// messages counted too) without another invocation running. A stray follow-up would either keep the queue
+    /// from emptying or be invoked first.
+    pub async fn assert_drained(&self) {
+        let before = self.host.invocations().len();
+        super::wait_for("the monitor queue to empty", Duration::from_secs(10), || async {
+            (super::queues::count(&self.storage, "monitorjobs").await == 0).then_some(())
+        })
+        .await;
+        assert_eq!(self.host.invocations().len(), before, "an invocation ran after every job had ended");
     }
 }
 

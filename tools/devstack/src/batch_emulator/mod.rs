@@ -179,6 +179,18 @@ pub struct World {
     requests: Mutex<Vec<Recorded>>,
     counter: AtomicU64,
     pub(crate) storage: Vec<StorageClient>,
+    /// While `true`, a create that has registered its job waits before answering ([`World::hold_creates`]).
+    create_gate: tokio::sync::watch::Sender<bool>,
+}
+
+/// Creates are held while this lives ([`World::hold_creates`]); dropping it lets them answer.
+#[must_use = "creates are released when this is dropped"]
+pub struct HeldCreates(tokio::sync::watch::Sender<bool>);
+
+impl Drop for HeldCreates {
+    fn drop(&mut self) {
+        self.0.send_replace(false);
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -226,6 +238,19 @@ impl World {
 
     pub(crate) fn update<R>(&self, id: &str, f: impl FnOnce(&mut Job) -> R) -> Option<R> {
         lock(&self.jobs).get_mut(id).map(f)
+    }
+
+    /// Holds every create after its job exists and before it answers, until the returned guard is dropped: a test
+    /// makes deliveries overlap inside a create, or kills the handler there, without guessing a duration.
+    pub fn hold_creates(&self) -> HeldCreates {
+        self.create_gate.send_replace(true);
+        HeldCreates(self.create_gate.clone())
+    }
+
+    /// Waits while creates are held.
+    pub(crate) async fn create_gate(&self) {
+        let mut gate = self.create_gate.subscribe();
+        let _ = gate.wait_for(|held| !held).await;
     }
 
     /// Forgets a job, as a service that lost it would (its id then answers 404).
@@ -302,6 +327,7 @@ impl BatchEmulator {
             requests: Mutex::default(),
             counter: AtomicU64::new(0),
             storage,
+            create_gate: tokio::sync::watch::Sender::new(false),
         });
         let addr = listener.local_addr()?;
         let app = routes::router(world.clone());

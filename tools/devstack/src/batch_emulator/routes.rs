@@ -169,6 +169,7 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
     if hold > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
     }
+    ctx.world.create_gate().await;
     ok(if ctx.surface == Surface::Dated { StatusCode::CREATED } else { StatusCode::OK }, body)
 }
 

@@ -197,10 +197,11 @@ mod tests {
     #[test]
     fn cpu_time_grows_with_work() {
         // This thread's own figure: the test harness's other threads come and go, so the process's sum may shrink.
-        let Ok(me) = std::fs::read_link("/proc/thread-self") else { return };
-        let me = Path::new("/proc").join(me);
+        let me = Path::new("/proc").join(std::fs::read_link("/proc/thread-self").expect("/proc/thread-self"));
         let Some(before) = task_cpu_ns(&me) else {
             assert!(!me.join("schedstat").exists(), "schedstat exists but was not read");
+            assert!(std::env::var("CI").map_or(true, |v| v != "true"), "CI=true, but this kernel has no schedstat");
+            eprintln!("WARNING: this kernel has no /proc/<pid>/task/<tid>/schedstat: the CPU-time test was skipped");
             return;
         };
         let mut x = 0u64;
