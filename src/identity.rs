@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION};
@@ -123,10 +123,6 @@ fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Err
     })
 }
 
-fn now_secs() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
 impl ManagedIdentity {
     /// Token requests go direct, whatever the proxy settings: the endpoint is a local address on App Service.
     pub fn new(http: &HttpClient, settings: IdentitySettings) -> Self {
@@ -148,7 +144,7 @@ impl ManagedIdentity {
         if let Some(failed) = fetching.as_ref().filter(|f| f.at >= waiting_since && f.resource == resource) {
             return Err(failed.error.clone());
         }
-        match self.fetch(resource, now_secs()).await {
+        match self.fetch(resource, crate::clock::unix_now()).await {
             Ok(fresh) => {
                 self.lock().insert(resource.to_string(), fresh.clone());
                 *fetching = None;
@@ -176,7 +172,7 @@ impl ManagedIdentity {
     }
 
     fn cached(&self, resource: &str) -> Option<HeaderValue> {
-        let now = now_secs();
+        let now = crate::clock::unix_now();
         self.lock().get(resource).filter(|c| now < c.refresh_at).map(|c| c.authorization.clone())
     }
 

@@ -12,6 +12,7 @@
 //! - [`http_client`]: reqwest, as every outbound call uses it (TLS roots, proxies, deadlines, error classes).
 //! - [`identity`]: Entra ID tokens from the platform's managed identity, for Azure OpenAI and Storage without keys.
 //! - [`storage`]: the Blob and Queue REST client (Shared Key, SAS or a managed identity), connection strings.
+//! - [`clock`]: wall-clock time as records, events and the page write it.
 //! - [`config`]: settings, parsed and validated once at start-up.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
 //! - [`escape`]: user text made safe to show as a line (logs, `Logs`, the page).
@@ -23,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch_api;
+pub mod clock;
 pub mod config;
 pub mod error;
 pub mod escape;

@@ -17,7 +17,8 @@ use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, MONITOR_QUEUE};
 use super::policy::{self, AfterCheck, Policy};
-use super::records::{JobRecord, RecordState, Versioned};
+use super::record::{JobRecord, RecordState};
+use super::records::Versioned;
 use super::submit::{defer_message, Submission};
 use super::{report, Outcome, RetryNow};
 

@@ -15,8 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::batch_api::{Batch, RequestCounts};
 use crate::AppState;
 
-use super::records::{rfc3339, JobRecord};
-use super::report::FailedRequest;
+use crate::clock::{rfc3339, unix_now};
+
+use super::record::FailedRequest;
+use super::record::JobRecord;
 use super::validate::Problem;
 use super::RetryNow;
 
@@ -89,7 +91,7 @@ impl CompletionEvent {
             usage: record.usage.clone(),
             model: record.model.clone(),
             submitted_at: (record.started_at > 0).then(|| rfc3339(record.started_at)),
-            ended_at: rfc3339(super::records::unix_now()),
+            ended_at: rfc3339(unix_now()),
         }
     }
 }

@@ -13,7 +13,8 @@ use super::check;
 use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::SubmitMessage;
-use super::records::{self, JobRecord, RecordState, RecordStore};
+use super::record::{JobRecord, RecordState};
+use super::records::RecordStore;
 use super::submit::{self, Submission};
 use super::validate::Problem;
 use super::{Outcome, RetryNow};
@@ -123,7 +124,7 @@ async fn reject(
         state: RecordState::Rejected,
         reason: Some(reason.clone()),
         problems,
-        started_at: records::unix_now(),
+        started_at: crate::clock::unix_now(),
         ..JobRecord::default()
     };
     let created =

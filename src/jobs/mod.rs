@@ -21,6 +21,7 @@ pub mod intake;
 pub mod message;
 pub mod overview;
 pub mod policy;
+pub mod record;
 pub mod records;
 pub mod recover;
 pub mod report;

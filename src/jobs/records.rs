@@ -1,4 +1,5 @@
-//! Job records: one small JSON blob per input blob version (name + ETag), in the input's storage account.
+//! Where job records live: one small JSON blob per input blob version (name + ETag), in the input's storage account
+//! ([`super::record`] is what it holds).
 //!
 //! A record makes submission exactly-once (it is created with `If-None-Match: *`, so one invocation wins, and the
 //! winner holds a lease on it while it creates the job) and doubles as the job's status: QueueMonitor writes the
@@ -11,132 +12,16 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use bytes::Bytes;
-use http::StatusCode;
-use serde::{Deserialize, Serialize};
-
-use crate::batch_api::{Batch, RequestCounts};
-
-use super::report::FailedRequest;
-use super::validate::Problem;
 use crate::storage::blob::Condition;
 use crate::storage::{StorageClient, StorageError};
+use bytes::Bytes;
+use http::StatusCode;
+
+use super::record::{self, JobRecord, Summary, SUMMARY_METADATA};
 
 /// The submitter's lease on a record while it creates the job: longer than a create call may take
 /// ([`crate::batch_api::CREATE_TIMEOUT`]), short enough that a crashed submitter's blob is recovered within a minute.
 pub const SUBMIT_LEASE_SECS: u32 = 30;
-
-/// Where a blob version is in its life.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum RecordState {
-    /// A job is being created (or a creation was interrupted).
-    #[default]
-    Submitting,
-    /// Creation is waiting for a delayed retry (quota full, throttled, service down, key refused).
-    Deferred,
-    /// The job exists and is being monitored.
-    Submitted,
-    /// The job reached a terminal status.
-    Ended,
-    /// No job will be created or followed; `reason` says why.
-    DeadLettered,
-    /// The file failed pre-flight validation; `problems` say where. No job was created.
-    Rejected,
-}
-
-/// The record of one input blob version.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct JobRecord {
-    /// `container/name` of the input.
-    pub blob: String,
-    pub blob_url: String,
-    /// The input's ETag, unquoted.
-    pub etag: String,
-    pub state: RecordState,
-    pub batch_id: Option<String>,
-    /// Jobs created for this blob version that were replaced (e.g. failed with `token_limit_exceeded`).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub superseded_batch_ids: Vec<String>,
-    /// The job's last known status.
-    pub status: Option<String>,
-    pub request_counts: Option<RequestCounts>,
-    pub output_blob: Option<String>,
-    pub error_blob: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub errors: Vec<String>,
-    /// Create attempts so far.
-    pub submit_attempts: u32,
-    /// When (Unix seconds) each create call whose outcome is unknown was sent: the invocation died during it, or no
-    /// answer came. Recovery ([`super::recover`]) looks for the jobs they may have made, then empties it. `None` on
-    /// records written before this was kept: every attempt since `started_at` is in doubt then.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub creates_in_doubt: Option<Vec<u64>>,
-    /// Extra jobs interrupted creates made for this blob version, found by recovery and cancelled (the record follows
-    /// the earliest).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub spare_batch_ids: Vec<String>,
-    /// The `attempt` of the newest monitor message put for this job.
-    pub checks: u32,
-    /// Consecutive failures of the current step (create or status check).
-    pub failures: u32,
-    /// Unix seconds.
-    pub started_at: u64,
-    pub updated_at: u64,
-    /// Why the record is deferred, dead-lettered or rejected.
-    pub reason: Option<String>,
-    /// What pre-flight validation found, for a rejected file.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub problems: Vec<Problem>,
-    /// The first failed requests of an ended job, from its error file.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub failed_requests: Vec<FailedRequest>,
-    /// The job's deployment, when the batch object names it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// Token counts (`input_tokens`, `output_tokens`, `total_tokens`, details), when the batch object carries them.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub usage: Option<serde_json::Value>,
-    /// The id of the completion event sent for this ending, once it was put on the queue.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub event_id: Option<String>,
-    /// Times an operator sent the blob version back to submission (each is a new story with new endings).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub resubmissions: u32,
-}
-
-fn is_zero(n: &u32) -> bool {
-    *n == 0
-}
-
-impl JobRecord {
-    /// Copies what a status check learned.
-    pub fn observe(&mut self, batch: &Batch) {
-        self.status = Some(batch.status.to_string());
-        self.request_counts = batch.request_counts.clone();
-        self.output_blob = batch.output_blob().map(str::to_string);
-        self.error_blob = batch.error_blob().map(str::to_string);
-        self.errors = batch.errors.iter().map(ToString::to_string).collect();
-        if batch.model.is_some() {
-            self.model = batch.model.clone();
-        }
-        if batch.usage.is_some() {
-            self.usage = batch.usage.clone();
-        }
-    }
-}
-
-/// Seconds since the Unix epoch.
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
-}
-
-/// A Unix time as RFC 3339 in UTC, to the second (`2026-11-30T10:00:00Z`).
-pub fn rfc3339(unix_secs: u64) -> String {
-    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix_secs);
-    humantime::format_rfc3339_seconds(at).to_string()
-}
 
 /// Records in one container of one account.
 #[derive(Clone, Debug)]
@@ -166,7 +51,7 @@ impl RecordStore {
 
     /// The record name of a blob version: `<container>/<name>/<etag>.json`.
     pub fn key(blob: &str, etag: &str) -> String {
-        format!("{blob}/{}.json", crate::storage::blob::unquote_etag(etag))
+        record::key(blob, etag)
     }
 
     /// Creates the record unless it exists. `Ok(None)`: another invocation created it first.
@@ -200,11 +85,11 @@ impl RecordStore {
     /// Writes a record under `condition`, creating the container on first use; returns the new ETag.
     pub async fn put(&self, key: &str, record: &JobRecord, condition: Condition) -> Result<String, StorageError> {
         let mut record = record.clone();
-        record.updated_at = unix_now();
+        record.updated_at = crate::clock::unix_now();
         let body = Bytes::from(serde_json::to_vec_pretty(&record).map_err(|e| StorageError::Parse(e.to_string()))?);
         // What the operators' page shows of the record rides along as metadata, so one listing gives every row.
-        let summary = super::overview::Summary::of(&record).encode();
-        let metadata = [(super::overview::SUMMARY_METADATA, summary.as_str())];
+        let summary = Summary::of(&record).encode();
+        let metadata = [(SUMMARY_METADATA, summary.as_str())];
         let put = || {
             self.storage.put_blob(&self.container, key, body.clone(), "application/json", condition.clone(), &metadata)
         };
@@ -327,24 +212,5 @@ impl Lease<'_> {
     /// Releases the lease (best effort: it expires by itself).
     pub async fn release(self) {
         self.store.release(self.key, &self.id).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn keys_and_wire_shape() {
-        assert_eq!(RecordStore::key("batch-input/a/b.jsonl", "\"0x8D1\""), "batch-input/a/b.jsonl/0x8D1.json");
-        let r = JobRecord { blob: "batch-input/x".into(), state: RecordState::DeadLettered, ..Default::default() };
-        let v = serde_json::to_value(&r).expect("json");
-        assert_eq!(v["state"], "dead-lettered");
-        assert_eq!(v["batchId"], serde_json::Value::Null);
-        let back: JobRecord = serde_json::from_value(v).expect("back");
-        assert_eq!(back, r);
-        let lenient: JobRecord =
-            serde_json::from_str(r#"{"blob":"b","state":"submitted","future":1}"#).expect("unknown fields ok");
-        assert_eq!(lenient.state, RecordState::Submitted);
     }
 }

@@ -16,7 +16,8 @@ use tracing::{info, warn};
 use crate::batch_api::{Batch, BatchClient, BatchError, CreatedWindow, ErrorKind, CREATE_TIMEOUT};
 use crate::storage::StorageError;
 
-use super::records::{JobRecord, Lease, RecordStore};
+use super::record::JobRecord;
+use super::records::{Lease, RecordStore};
 
 /// Allowance on both sides of a create's window: the service's clock against ours, and a request the service took
 /// up after our deadline.

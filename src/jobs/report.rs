@@ -7,7 +7,6 @@
 //! fails the invocation. Only the first [`HEAD_BYTES`] are read, however large the file, and only blobs of the app's
 //! own account (the service writes them under `BATCH_OUTPUT_CONTAINER` there).
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tracing::warn;
 
@@ -15,6 +14,7 @@ use crate::batch_api::{Batch, BatchStatus};
 use crate::storage::StorageClient;
 
 use super::message::MonitorMessage;
+use super::record::FailedRequest;
 
 /// How much of the error file is read.
 pub const HEAD_BYTES: usize = 16 << 10;
@@ -22,24 +22,6 @@ pub const HEAD_BYTES: usize = 16 << 10;
 pub const EXAMPLES: usize = 3;
 /// Longest message quoted per request.
 const MESSAGE_CHARS: usize = 200;
-
-/// One failed request, as the error file gives it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FailedRequest {
-    pub custom_id: String,
-    pub code: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for FailedRequest {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.message.is_empty() {
-            true => write!(f, "{}: {}", self.custom_id, self.code),
-            false => write!(f, "{}: {}: {}", self.custom_id, self.code, self.message),
-        }
-    }
-}
 
 /// What the head of a job's error file says.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -19,7 +19,10 @@ use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
 use super::policy::{self, AfterRefusal, Policy, Settled};
-use super::records::{unix_now, JobRecord, Lease, RecordState, RecordStore};
+use crate::clock::unix_now;
+
+use super::record::{JobRecord, RecordState};
+use super::records::{Lease, RecordStore};
 use super::recover::{self, RecoveryError};
 use super::{Outcome, RetryNow};
 

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use blob_batch_monitor::jobs::message::{MONITOR_QUEUE, POISON_QUEUE};
-use blob_batch_monitor::jobs::records::RecordState;
+use blob_batch_monitor::jobs::record::RecordState;
 use devstack::batch_emulator::Faults;
 use reqwest::StatusCode;
 use serde_json::Value;

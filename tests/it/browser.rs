@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use blob_batch_monitor::jobs::overview::SHOWN_STATES;
-use blob_batch_monitor::jobs::records::{JobRecord, RecordState};
+use blob_batch_monitor::jobs::record::{JobRecord, RecordState};
 
 use crate::helpers::{bounded, wait_for, TestOptions};
 
@@ -145,7 +145,7 @@ async fn a_person_sees_every_state_a_hostile_name_as_text_and_can_cancel_a_job()
     bounded(async {
         let app = crate::helpers::spawn_app_with(TestOptions::default()).await;
         let running = app.create_job("running.jsonl").await;
-        let now = blob_batch_monitor::jobs::records::unix_now();
+        let now = blob_batch_monitor::clock::unix_now();
         let states = [
             ("submitting", RecordState::Submitting, None, None),
             ("deferred", RecordState::Deferred, None, Some("429 throttled")),

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use blob_batch_monitor::jobs::message::{MonitorMessage, SubmitMessage, POISON_QUEUE};
-use blob_batch_monitor::jobs::records::RecordState;
+use blob_batch_monitor::jobs::record::RecordState;
 use devstack::batch_emulator::Faults;
 use devstack::host_emulator::envelope::{blob_envelope, BlobInfo};
 use reqwest::StatusCode;

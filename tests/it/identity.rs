@@ -10,7 +10,7 @@ use blob_batch_monitor::identity::{
     IdentityError, IdentitySettings, ManagedIdentity, OPENAI_RESOURCE, STORAGE_RESOURCE,
 };
 use blob_batch_monitor::jobs::message::MONITOR_QUEUE;
-use blob_batch_monitor::jobs::records::RecordState;
+use blob_batch_monitor::jobs::record::RecordState;
 use blob_batch_monitor::storage::{Credential, MessageEncoding, StorageAccount, StorageClient};
 use blob_batch_monitor::{AppState, MAX_RESPONSE_BODY};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};

@@ -6,7 +6,8 @@ use axum::http::StatusCode;
 use serde_json::Value;
 
 use blob_batch_monitor::jobs::overview::SHOWN_STATES;
-use blob_batch_monitor::jobs::records::{JobRecord, RecordState, RecordStore};
+use blob_batch_monitor::jobs::record::{JobRecord, RecordState};
+use blob_batch_monitor::jobs::records::RecordStore;
 use blob_batch_monitor::jobs::validate::Problem;
 use blob_batch_monitor::storage::blob::Condition;
 

@@ -1,7 +1,7 @@
 //! An interrupted create is found however many jobs came after it, and a blob version that ended up with two jobs
 //! keeps the earliest and has the other cancelled (issue 19).
 
-use blob_batch_monitor::jobs::records::{JobRecord, RecordState};
+use blob_batch_monitor::jobs::record::{JobRecord, RecordState};
 use devstack::batch_emulator::{unix_now, Faults};
 use reqwest::StatusCode;
 

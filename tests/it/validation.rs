@@ -4,7 +4,7 @@
 use axum::http::StatusCode;
 use serde_json::Value;
 
-use blob_batch_monitor::jobs::records::RecordState;
+use blob_batch_monitor::jobs::record::RecordState;
 
 use crate::helpers::{bounded, sample_jsonl, spawn_app, spawn_app_with, TestApp, TestOptions};
 

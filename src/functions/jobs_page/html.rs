@@ -8,9 +8,9 @@ use base64::Engine;
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use sha2::{Digest, Sha256};
 
+use crate::clock::{rfc3339, unix_now};
 use crate::escape::escaped;
 use crate::jobs::overview::{Detail, Overview, Row, SHOWN_STATES as STATES, UNKNOWN_STATE};
-use crate::jobs::records::{rfc3339, unix_now};
 
 const CSS: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:1.5rem;color:#1f2328}\
 h1{font-size:1.3rem}a{color:#0969da}table{border-collapse:collapse;width:100%}\
@@ -190,13 +190,13 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
         h1 { (v(&r.blob)) }
         @if let Some(notice) = notice { p { strong { (v(notice)) } } }
         p { "ETag " span.mono { (v(&r.etag)) } ", state " (format!("{:?}", r.state)) }
-        @if r.state == crate::jobs::records::RecordState::Submitted && r.batch_id.is_some() {
+        @if r.state == crate::jobs::record::RecordState::Submitted && r.batch_id.is_some() {
             form.inline method="post" action=(links.job(&d.key, Some("cancel")))
                 data-confirm="Cancel this batch job? Requests not yet run are lost." {
                 button { "Cancel the job" }
             }
         }
-        @if r.state == crate::jobs::records::RecordState::DeadLettered {
+        @if r.state == crate::jobs::record::RecordState::DeadLettered {
             form.inline method="post" action=(links.job(&d.key, Some("resubmit")))
                 data-confirm="Submit this blob again?" {
                 button { "Resubmit" }

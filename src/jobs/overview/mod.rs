@@ -7,97 +7,24 @@
 
 use std::collections::BTreeMap;
 
-use base64::Engine;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::batch_api::{BatchError, RequestCounts};
+use crate::batch_api::BatchError;
 use crate::storage::blob::BlobItem;
 use crate::storage::StorageError;
 use crate::AppState;
 
 use super::message::{SubmitMessage, MONITOR_QUEUE};
-use super::records::{rfc3339, unix_now, JobRecord, RecordState};
+use crate::clock::{rfc3339, unix_now};
 
-/// The record blob's metadata key holding its [`Summary`] (base64url of its JSON: metadata values are ASCII).
-pub const SUMMARY_METADATA: &str = "summary";
+use super::record::{JobRecord, RecordState, Summary, SUMMARY_METADATA};
+
 /// Rows on one page of the table.
 pub const PAGE_SIZE: usize = 100;
 /// Every state the page shows, in the order of its counters ([`Summary::shown_state`]).
 pub const SHOWN_STATES: [&str; 9] =
     ["submitting", "deferred", "running", "completed", "failed", "expired", "cancelled", "rejected", "dead-lettered"];
-/// Longest reason kept in a summary (the metadata of a blob holds at most 8 KB).
-const REASON_CHARS: usize = 300;
-
-/// What the table shows of one record.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase", default)]
-pub struct Summary {
-    /// `container/name`.
-    pub blob: String,
-    pub etag: String,
-    pub state: RecordState,
-    /// The batch's last known status.
-    pub status: Option<String>,
-    pub batch_id: Option<String>,
-    pub request_counts: Option<RequestCounts>,
-    /// Unix seconds.
-    pub started_at: u64,
-    pub updated_at: u64,
-    /// Why it is deferred, rejected (the first problem, with its line) or dead-lettered.
-    pub reason: Option<String>,
-    /// `usage.total_tokens`, when the batch object carried it.
-    pub total_tokens: Option<u64>,
-    /// Spare jobs that interrupted creates made for this blob version, cancelled.
-    #[serde(skip_serializing_if = "is_zero")]
-    pub spares: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-impl Summary {
-    pub fn of(r: &JobRecord) -> Self {
-        Summary {
-            blob: r.blob.clone(),
-            etag: r.etag.clone(),
-            state: r.state,
-            status: r.status.clone(),
-            batch_id: r.batch_id.clone(),
-            request_counts: r.request_counts.clone(),
-            started_at: r.started_at,
-            updated_at: r.updated_at,
-            reason: r.reason.as_ref().map(|why| why.chars().take(REASON_CHARS).collect()),
-            total_tokens: r.usage.as_ref().and_then(|u| u.get("total_tokens")).and_then(Value::as_u64),
-            spares: r.spare_batch_ids.len(),
-        }
-    }
-
-    /// The metadata value.
-    pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
-    }
-
-    /// From the metadata value; `None` if it is not one.
-    pub fn decode(value: &str) -> Option<Self> {
-        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(value.trim()).ok()?;
-        serde_json::from_slice(&json).ok()
-    }
-
-    /// The state as the page groups it: a running job by itself, an ended one by its terminal status.
-    pub fn shown_state(&self) -> &str {
-        match self.state {
-            RecordState::Submitting => "submitting",
-            RecordState::Deferred => "deferred",
-            RecordState::Submitted => "running",
-            RecordState::Ended => self.status.as_deref().unwrap_or("ended"),
-            RecordState::Rejected => "rejected",
-            RecordState::DeadLettered => "dead-lettered",
-        }
-    }
-}
 
 /// One row of the table: a record's key (its name in the records container) and its summary.
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -8,7 +8,7 @@ use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
 use crate::config::Config;
 
 use super::message::MonitorMessage;
-use super::records::{JobRecord, RecordState};
+use super::record::{JobRecord, RecordState};
 
 /// Shortest wait after a 401/403: long enough for an operator to fix a key or a role.
 pub const UNAUTHORIZED_MIN_DELAY: Duration = Duration::from_secs(300);

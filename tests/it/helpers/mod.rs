@@ -317,7 +317,7 @@ impl TestApp {
     }
 
     /// The job record of `batch-input/<name>` as it is now.
-    pub async fn record(&self, name: &str) -> Option<blob_batch_monitor::jobs::records::JobRecord> {
+    pub async fn record(&self, name: &str) -> Option<blob_batch_monitor::jobs::record::JobRecord> {
         let items = self.storage.list_all_blobs("batch-records", Some(&format!("batch-input/{name}/"))).await.ok()?;
         let item = items.last()?;
         let blob = self.storage.get_blob("batch-records", &item.name).await.ok()??;
@@ -325,14 +325,14 @@ impl TestApp {
     }
 
     /// The job record of one version (`etag`) of `batch-input/<name>`.
-    pub async fn record_of(&self, name: &str, etag: &str) -> Option<blob_batch_monitor::jobs::records::JobRecord> {
+    pub async fn record_of(&self, name: &str, etag: &str) -> Option<blob_batch_monitor::jobs::record::JobRecord> {
         let key = blob_batch_monitor::jobs::records::RecordStore::key(&format!("batch-input/{name}"), etag);
         let blob = self.storage.get_blob("batch-records", &key).await.expect("read the job record")?;
         Some(serde_json::from_slice(&blob.content).expect("a job record"))
     }
 
     /// Writes `record` as the job record of its blob version (`record.blob`, `record.etag`).
-    pub async fn put_record(&self, record: &blob_batch_monitor::jobs::records::JobRecord) {
+    pub async fn put_record(&self, record: &blob_batch_monitor::jobs::record::JobRecord) {
         let store = blob_batch_monitor::jobs::records::RecordStore::new(self.storage.clone(), "batch-records".into());
         let key = blob_batch_monitor::jobs::records::RecordStore::key(&record.blob, &record.etag);
         store.put(&key, record, Condition::None).await.expect("put the job record");

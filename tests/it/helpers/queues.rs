@@ -2,7 +2,7 @@
 //! error fails the test; only "the queue (or container) does not exist" reads as empty, so a check of "nothing
 //! there" cannot pass because Azurite refused the request.
 
-use blob_batch_monitor::jobs::records::JobRecord;
+use blob_batch_monitor::jobs::record::JobRecord;
 use blob_batch_monitor::storage::{MessageEncoding, StorageClient, StorageError};
 
 /// The poison queues a run can write: the app's own, and the host's for blob triggers.

@@ -119,7 +119,7 @@ impl Stack {
     }
 
     /// The job records, parsed.
-    pub async fn records(&self) -> Vec<blob_batch_monitor::jobs::records::JobRecord> {
+    pub async fn records(&self) -> Vec<blob_batch_monitor::jobs::record::JobRecord> {
         super::queues::records(&self.storage).await
     }
 

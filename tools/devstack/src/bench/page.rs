@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use blob_batch_monitor::http_client::HttpClient;
-use blob_batch_monitor::jobs::records::{JobRecord, RecordState, RecordStore};
+use blob_batch_monitor::jobs::record::{JobRecord, RecordState};
+use blob_batch_monitor::jobs::records::RecordStore;
 use blob_batch_monitor::storage::blob::Condition;
 use blob_batch_monitor::storage::{StorageAccount, StorageClient};
 
