@@ -46,19 +46,18 @@ use tokio::net::TcpListener;
 use batch_api::BatchClient;
 use config::Config;
 use http_client::HttpClient;
-use jobs::records::RecordStore;
+use jobs::policy::Policy;
+use jobs::{JobSettings, Jobs};
 use storage::StorageClient;
 
 /// Largest answer the handler reads from either API: a page of 100 batch objects or a record is far smaller.
 pub const MAX_RESPONSE_BODY: usize = 8 << 20;
 
-/// Everything an invocation needs, shared by all of them.
+/// Everything an invocation needs, shared by all of them: the settings, and the job core's context built from them.
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub batch: BatchClient,
-    pub storage: StorageClient,
-    pub records: RecordStore,
+    pub jobs: Jobs,
 }
 
 impl AppState {
@@ -77,8 +76,18 @@ impl AppState {
             config.api_surface.clone(),
         );
         let storage = StorageClient::new(http, config.storage.clone());
-        let records = RecordStore::new(storage.clone(), config.records_container.clone());
-        AppState { config: Arc::new(config), batch, storage, records }
+        let settings = JobSettings {
+            output_container: config.output_container.clone(),
+            policy: Policy {
+                retry_delay: config.retry_delay,
+                backoff_cap: config.backoff_cap,
+                max_failures: config.max_check_failures,
+            },
+            message_encoding: config.message_encoding,
+            completed_queue: config.completed_queue.clone(),
+        };
+        let jobs = Jobs::new(batch, storage, config.records_container.clone(), settings);
+        AppState { config: Arc::new(config), jobs }
     }
 }
 

@@ -89,113 +89,136 @@ impl Config {
         get: impl Fn(&str) -> Option<String>,
         message_encoding: MessageEncoding,
     ) -> Result<Self, ConfigError> {
-        let required = |k: &'static str| {
-            get(k).filter(|v| !v.trim().is_empty()).ok_or_else(|| bad(k, "is missing (set it in the app settings)"))
-        };
-        let openai_endpoint = parse_endpoint(&required("OPENAI_ENDPOINT")?)?;
-        let openai_auth = match get("OPENAI_API_KEY").filter(|v| !v.trim().is_empty()) {
-            Some(key) => OpenAiAuth::ApiKey(header_secret("OPENAI_API_KEY", &key)?),
-            None => match identity_settings(&get)? {
-                Some(identity) => OpenAiAuth::ManagedIdentity(identity),
-                None => {
-                    return Err(bad(
-                        "OPENAI_API_KEY",
-                        "is missing (set it in the app settings, or give the app a managed identity: the platform then \
-                         sets IDENTITY_ENDPOINT and IDENTITY_HEADER, and the identity needs an OpenAI role on the resource)",
-                    ))
-                }
-            },
-        };
-        let api_surface = ApiSurface::parse(&get("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()));
-        if let ApiSurface::Dated(v) = &api_surface {
-            if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(bad(
-                    "OPENAI_API_VERSION",
-                    format!("`{v}` is not an api-version such as {DEFAULT_API_VERSION} or v1"),
-                ));
-            }
-        }
-        let output_container = required("BATCH_OUTPUT_CONTAINER")?.trim().to_string();
-        if !is_container_name(&output_container) {
-            return Err(bad(
-                "BATCH_OUTPUT_CONTAINER",
-                format!(
-                    "`{output_container}` is not a container name (3-63 lowercase letters, digits and single hyphens)"
-                ),
-            ));
-        }
-        let seconds = |k: &'static str, default: u64, min: u64| -> Result<Duration, ConfigError> {
-            match get(k).filter(|v| !v.trim().is_empty()) {
-                None => Ok(Duration::from_secs(default)),
-                Some(v) => match v.trim().parse::<u64>() {
-                    Ok(s) if (min..=MAX_DELAY_SECS).contains(&s) => Ok(Duration::from_secs(s)),
-                    _ => Err(bad(
-                        k,
-                        format!("must be a whole number of seconds from {min} to {MAX_DELAY_SECS}, not `{v}`"),
-                    )),
-                },
-            }
-        };
-        let retry_delay = seconds("BATCH_RETRY_DELAY", DEFAULT_RETRY_DELAY_SECS, 1)?;
-        let backoff_cap = seconds("BATCH_BACKOFF_CAP", 3600, 1)?.max(retry_delay);
-        let max_check_failures = match get("BATCH_MAX_CHECK_FAILURES").filter(|v| !v.trim().is_empty()) {
-            None => 30,
-            Some(v) => v.trim().parse::<u32>().ok().filter(|n| *n >= 1).ok_or_else(|| {
-                bad("BATCH_MAX_CHECK_FAILURES", format!("must be a whole number of at least 1, not `{v}`"))
-            })?,
-        };
-        let records_container = get("BATCH_RECORDS_CONTAINER")
-            .filter(|v| !v.trim().is_empty())
-            .unwrap_or_else(|| DEFAULT_RECORDS_CONTAINER.into())
-            .trim()
-            .to_string();
-        if !is_container_name(&records_container) {
-            return Err(bad("BATCH_RECORDS_CONTAINER", format!("`{records_container}` is not a container name")));
-        }
-        let storage = match get("BlobStorageConnection").filter(|v| !v.trim().is_empty()) {
-            Some(conn) => StorageAccount::parse(&conn)
-                .map_err(|e| bad("BlobStorageConnection", format!("is not a usable connection string: {e}")))?,
-            None => identity_based_storage(&get)?.ok_or_else(|| {
-                bad(
-                    "BlobStorageConnection",
-                    "is missing (set a connection string, or BlobStorageConnection__blobServiceUri and \
-                     __queueServiceUri for an identity-based connection)",
-                )
-            })?,
-        };
-        let validate_input = match get("BATCH_VALIDATE_INPUT").map(|v| v.trim().to_ascii_lowercase()) {
-            None => true,
-            Some(v) if v.is_empty() || ["true", "1", "yes"].contains(&v.as_str()) => true,
-            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => false,
-            Some(v) => return Err(bad("BATCH_VALIDATE_INPUT", format!("must be true or false, not `{v}`"))),
-        };
-        let completed_queue = match get("BATCH_COMPLETED_QUEUE") {
-            None => Some(DEFAULT_COMPLETED_QUEUE.to_string()),
-            Some(v) if v.trim().is_empty() => None,
-            Some(v) if is_container_name(v.trim()) => Some(v.trim().to_string()),
-            Some(v) => {
-                return Err(bad(
-                    "BATCH_COMPLETED_QUEUE",
-                    format!("`{v}` is not a queue name (3-63 lowercase letters, digits and single hyphens; empty turns events off)"),
-                ))
-            }
-        };
-        let proxies = ProxySettings::from_lookup(&get).map_err(|e| bad(e.setting, e.problem))?;
+        let s = Lookup(&get);
+        let retry_delay = s.seconds("BATCH_RETRY_DELAY", DEFAULT_RETRY_DELAY_SECS)?;
         Ok(Config {
-            openai_endpoint,
-            openai_auth,
-            api_surface,
-            output_container,
+            openai_endpoint: parse_endpoint(&s.required("OPENAI_ENDPOINT")?)?,
+            openai_auth: openai_auth(&s)?,
+            api_surface: api_surface(&s)?,
+            output_container: s.container("BATCH_OUTPUT_CONTAINER", None)?,
             retry_delay,
-            backoff_cap,
-            max_check_failures,
-            storage,
-            records_container,
+            backoff_cap: s.seconds("BATCH_BACKOFF_CAP", 3600)?.max(retry_delay),
+            max_check_failures: s.at_least_one("BATCH_MAX_CHECK_FAILURES", 30)?,
+            storage: storage_account(&s)?,
+            records_container: s.container("BATCH_RECORDS_CONTAINER", Some(DEFAULT_RECORDS_CONTAINER))?,
             message_encoding,
-            validate_input,
-            completed_queue,
-            proxies,
+            validate_input: s.flag("BATCH_VALIDATE_INPUT", true)?,
+            completed_queue: completed_queue(&s)?,
+            proxies: ProxySettings::from_lookup(&get).map_err(|e| bad(e.setting, e.problem))?,
         })
+    }
+}
+
+/// The settings, read one by one; every error names its setting.
+struct Lookup<'a, F: Fn(&str) -> Option<String>>(&'a F);
+
+impl<F: Fn(&str) -> Option<String>> Lookup<'_, F> {
+    /// The value, `None` when unset or blank.
+    fn get(&self, k: &str) -> Option<String> {
+        (self.0)(k).filter(|v| !v.trim().is_empty())
+    }
+
+    fn required(&self, k: &'static str) -> Result<String, ConfigError> {
+        self.get(k).ok_or_else(|| bad(k, "is missing (set it in the app settings)"))
+    }
+
+    /// Whole seconds from 1 to 7 days (Put Message's longest delay).
+    fn seconds(&self, k: &'static str, default: u64) -> Result<Duration, ConfigError> {
+        let Some(v) = self.get(k) else { return Ok(Duration::from_secs(default)) };
+        match v.trim().parse::<u64>() {
+            Ok(s) if (1..=MAX_DELAY_SECS).contains(&s) => Ok(Duration::from_secs(s)),
+            _ => Err(bad(k, format!("must be a whole number of seconds from 1 to {MAX_DELAY_SECS}, not `{v}`"))),
+        }
+    }
+
+    fn at_least_one(&self, k: &'static str, default: u32) -> Result<u32, ConfigError> {
+        let Some(v) = self.get(k) else { return Ok(default) };
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| bad(k, format!("must be a whole number of at least 1, not `{v}`")))
+    }
+
+    /// A container name; `default` when unset (`None`: the setting is required).
+    fn container(&self, k: &'static str, default: Option<&str>) -> Result<String, ConfigError> {
+        let name = match (self.get(k), default) {
+            (Some(v), _) => v.trim().to_string(),
+            (None, Some(d)) => d.to_string(),
+            (None, None) => return Err(bad(k, "is missing (set it in the app settings)")),
+        };
+        if !is_container_name(&name) {
+            let rule = "3-63 lowercase letters, digits and single hyphens";
+            return Err(bad(k, format!("`{name}` is not a container name ({rule})")));
+        }
+        Ok(name)
+    }
+
+    fn flag(&self, k: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match (self.0)(k).map(|v| v.trim().to_ascii_lowercase()) {
+            None => Ok(default),
+            Some(v) if v.is_empty() => Ok(default),
+            Some(v) if ["true", "1", "yes"].contains(&v.as_str()) => Ok(true),
+            Some(v) if ["false", "0", "no"].contains(&v.as_str()) => Ok(false),
+            Some(v) => Err(bad(k, format!("must be true or false, not `{v}`"))),
+        }
+    }
+}
+
+/// `OPENAI_API_KEY`, or the platform's managed identity when no key is set.
+fn openai_auth<F: Fn(&str) -> Option<String>>(s: &Lookup<'_, F>) -> Result<OpenAiAuth, ConfigError> {
+    if let Some(key) = s.get("OPENAI_API_KEY") {
+        return Ok(OpenAiAuth::ApiKey(header_secret("OPENAI_API_KEY", &key)?));
+    }
+    match identity_settings(s.0)? {
+        Some(identity) => Ok(OpenAiAuth::ManagedIdentity(identity)),
+        None => Err(bad(
+            "OPENAI_API_KEY",
+            "is missing (set it in the app settings, or give the app a managed identity: the platform then \
+             sets IDENTITY_ENDPOINT and IDENTITY_HEADER, and the identity needs an OpenAI role on the resource)",
+        )),
+    }
+}
+
+/// `OPENAI_API_VERSION`: a dated version made of letters, digits and hyphens, or `v1`.
+fn api_surface<F: Fn(&str) -> Option<String>>(s: &Lookup<'_, F>) -> Result<ApiSurface, ConfigError> {
+    let surface = ApiSurface::parse(&(s.0)("OPENAI_API_VERSION").unwrap_or_else(|| DEFAULT_API_VERSION.into()));
+    if let ApiSurface::Dated(v) = &surface {
+        if v.is_empty() || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+            let problem = format!("`{v}` is not an api-version such as {DEFAULT_API_VERSION} or v1");
+            return Err(bad("OPENAI_API_VERSION", problem));
+        }
+    }
+    Ok(surface)
+}
+
+/// `BlobStorageConnection`, or its identity-based form (`__blobServiceUri`, `__queueServiceUri`).
+fn storage_account<F: Fn(&str) -> Option<String>>(s: &Lookup<'_, F>) -> Result<StorageAccount, ConfigError> {
+    if let Some(conn) = s.get("BlobStorageConnection") {
+        return StorageAccount::parse(&conn)
+            .map_err(|e| bad("BlobStorageConnection", format!("is not a usable connection string: {e}")));
+    }
+    identity_based_storage(s.0)?.ok_or_else(|| {
+        bad(
+            "BlobStorageConnection",
+            "is missing (set a connection string, or BlobStorageConnection__blobServiceUri and \
+             __queueServiceUri for an identity-based connection)",
+        )
+    })
+}
+
+/// `BATCH_COMPLETED_QUEUE`: a queue name, the default when unset, `None` (events off) when set empty.
+fn completed_queue<F: Fn(&str) -> Option<String>>(s: &Lookup<'_, F>) -> Result<Option<String>, ConfigError> {
+    match (s.0)("BATCH_COMPLETED_QUEUE") {
+        None => Ok(Some(DEFAULT_COMPLETED_QUEUE.to_string())),
+        Some(v) if v.trim().is_empty() => Ok(None),
+        Some(v) if is_container_name(v.trim()) => Ok(Some(v.trim().to_string())),
+        Some(v) => Err(bad(
+            "BATCH_COMPLETED_QUEUE",
+            format!(
+                "`{v}` is not a queue name (3-63 lowercase letters, digits and single hyphens; empty turns events off)"
+            ),
+        )),
     }
 }
 

@@ -34,7 +34,7 @@ async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<Invoke
     let request = InvokeRequest::from_slice(&body).map_err(FunctionError::bad_envelope)?;
     let text = request.queue_text(TRIGGER_BINDING).map_err(FunctionError::bad_envelope)?;
     let outcome =
-        jobs::handle_message(state, &text, invocation_id).await.map_err(|e| FunctionError::unavailable(e.0))?;
+        jobs::handle_message(&state.jobs, &text, invocation_id).await.map_err(|e| FunctionError::unavailable(e.0))?;
     Ok(InvokeResponse::log(&outcome.line()))
 }
 

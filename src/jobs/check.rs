@@ -1,22 +1,29 @@
 //! One status check of a batch job and what follows it ([`policy::after_check`]).
 //!
 //! A running job is put back on `monitorjobs` with Put Message and `visibilitytimeout` (an output binding cannot
-//! delay a message, and sleeping in the invocation is the flaw this app fixes): exactly one follow-up message per
-//! check, written before the current one is acknowledged. Failed checks back off through the same delayed message
-//! instead of burning the host's five delivery attempts. The job record is updated after every check; a check that
-//! the record shows superseded (a duplicate delivery) is dropped.
+//! delay a message, and sleeping in the invocation is the flaw this app fixes). Failed checks back off through the
+//! same delayed message instead of burning the host's five delivery attempts. A check that the record shows
+//! superseded (a duplicate delivery) is dropped.
+//!
+//! Every outcome writes in the same order: **the follow-up (or dead letter), then the completion event, then the
+//! record, then the log line.** Each write that fails fails the invocation, and the host delivers this check again:
+//! - the follow-up is on the queue before the record counts it, so a redelivery never loses the chain of checks (at
+//!   worst it puts a second follow-up, which the record's count drops as superseded);
+//! - the event goes before the record says it was sent, so a crash in between sends the same event again, with the
+//!   same id, rather than never;
+//! - the log line comes last, so it reports what was done.
 
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{error, info, instrument, warn};
 
-use crate::batch_api::Batch;
-use crate::AppState;
+use super::context::Jobs;
+use crate::batch_api::{Batch, BatchError};
 
 use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, MONITOR_QUEUE};
-use super::policy::{self, AfterCheck, Policy};
+use super::policy::{self, AfterCheck};
 use super::record::{JobRecord, RecordState};
 use super::records::Versioned;
 use super::submit::{defer_message, Submission};
@@ -26,113 +33,143 @@ use super::{report, Outcome, RetryNow};
 const LEASED_RECORD_DELAY: Duration = Duration::from_secs(10);
 
 /// Checks `message`'s job once. `text` is the message as delivered, kept in a dead-letter record.
-pub async fn check(
-    state: &AppState,
-    invocation_id: &str,
-    message: MonitorMessage,
-    text: &str,
-) -> Result<Outcome, RetryNow> {
-    let key = message.record_key();
-    // The record read here is reused for this check's one update.
-    let mut known = None;
-    if let Some(key) = &key {
-        let read =
-            state.records.read_with_lease(key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
-        if let Some(leased) = &read {
-            if leased.leased {
-                // A submitter is writing the record, or died holding its lease (it expires within
-                // `SUBMIT_LEASE_SECS`). Failing would spend the host's few retries in seconds and poison the job.
-                requeue(state, &message, LEASED_RECORD_DELAY).await?;
-                let reason = format!("the job record of {} is leased by a submitter", message.blob_or_dash());
-                info!(batch_id = %message.batch_id, "{reason}; checking again in {} s", LEASED_RECORD_DELAY.as_secs());
-                return Ok(Outcome::Deferred { after: LEASED_RECORD_DELAY, reason });
-            }
-        }
-        known = read.map(|r| r.versioned);
-        if let Some(reason) = known.as_ref().and_then(|v| policy::superseded(&v.record, &message)) {
-            info!(batch_id = %message.batch_id, attempt = message.attempt, "dropping a superseded check: {reason}");
-            return Ok(Outcome::Nothing {
-                reason: format!("dropped a superseded check of {}: {reason}", message.batch_id),
-            });
-        }
-    }
-    let result = state.batch.retrieve(&message.batch_id).await;
-    let step = policy::after_check(&Policy::of(&state.config), &message, known.as_ref().map(|v| &v.record), &result);
+#[instrument(name = "check", skip_all, fields(batch_id = %message.batch_id, blob = %message.blob_or_dash(), attempt = message.attempt))]
+pub async fn check(jobs: &Jobs, invocation_id: &str, message: MonitorMessage, text: &str) -> Result<Outcome, RetryNow> {
+    let known = match read_record(jobs, &message).await? {
+        Read::Current(known) => known.map(|k| *k),
+        Read::Stop(outcome) => return Ok(outcome),
+    };
+    let result = jobs.batch.retrieve(&message.batch_id).await;
+    let step = policy::after_check(&jobs.settings.policy, &message, known.as_ref().map(|v| &v.record), &result);
     match (step, result) {
-        (AfterCheck::End, Ok(batch)) => {
-            let failures = report::first_failures(&state.storage, &batch).await;
-            let (line, clean) = report::final_report(&message, &batch, failures.line().as_deref());
-            let mut ended = current(known.as_ref(), &message);
-            ended.observe(&batch);
-            ended.failed_requests = failures.requests.clone();
-            // The event goes first: a crash before the record says it was sent resends the same id.
-            let sent =
-                events::announce(state, &CompletionEvent::of(&ended, batch.status.as_str(), Some(&batch))).await?;
-            record(state, &message, known, |r| {
-                r.observe(&batch);
-                r.state = RecordState::Ended;
-                r.failures = 0;
-                r.reason = None;
-                r.failed_requests = failures.requests.clone();
-                r.event_id = sent.clone();
-            })
-            .await?;
-            if clean {
-                info!("{line}");
-            } else {
-                warn!("{line}");
-            }
-            Ok(Outcome::Ended { report: line })
-        }
-        (AfterCheck::Resubmit, Ok(batch)) => resubmit(state, &message, known, &batch).await,
+        (AfterCheck::End, Ok(batch)) => ended(jobs, &message, known, &batch).await,
+        (AfterCheck::Resubmit, Ok(batch)) => resubmit(jobs, &message, known, &batch).await,
         (AfterCheck::End | AfterCheck::Resubmit, Err(e)) => {
             Err(RetryNow(anyhow::anyhow!("the check policy ended a job whose check failed: {e}")))
         }
-        (AfterCheck::Again { next, after }, result) => {
-            requeue(state, &next, after).await?;
-            match result {
-                Ok(batch) => {
-                    record(state, &next, known, |r| {
-                        r.observe(&batch);
-                        r.failures = 0;
-                        r.reason = None;
-                    })
-                    .await?;
-                    info!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), status = %batch.status,
-                        check = next.attempt, next_check_secs = after.as_secs(), "batch job still running");
-                    Ok(Outcome::CheckAgain { batch_id: batch.id, status: batch.status.to_string(), after })
-                }
-                Err(e) => {
-                    let reason = e.to_string();
-                    record(state, &next, known, |r| {
-                        r.failures = next.failures;
-                        r.reason = Some(reason.clone());
-                    })
-                    .await?;
-                    warn!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), error = %e, failures = next.failures,
-                        next_check_secs = after.as_secs(), "status check failed; will check again");
-                    Ok(Outcome::Deferred {
-                        after,
-                        reason: format!("status check of {} failed ({e})", message.batch_id),
-                    })
-                }
-            }
-        }
-        (AfterCheck::GiveUp { reason }, _) => {
-            error!(batch_id = %message.batch_id, blob = %message.blob_or_dash(), "{reason}; dead-lettering");
-            poison(state, invocation_id, &reason, Some(&message.batch_id), text).await?;
-            let mut dead = current(known.as_ref(), &message);
-            dead.reason = Some(reason.clone());
-            let sent = events::announce(state, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
-            record(state, &message, known, |r| {
-                r.state = RecordState::DeadLettered;
-                r.reason = Some(reason.clone());
-                r.event_id = sent.clone();
-            })
-            .await?;
-            Ok(Outcome::DeadLettered { reason })
-        }
+        (AfterCheck::Again { next, after }, Ok(batch)) => running(jobs, next, after, known, &batch).await,
+        (AfterCheck::Again { next, after }, Err(e)) => failed(jobs, next, after, known, &e).await,
+        (AfterCheck::GiveUp { reason }, _) => give_up(jobs, invocation_id, &message, known, reason, text).await,
     }
+}
+
+/// What the record says before the check.
+enum Read {
+    /// Go on; the record as read (`None`: the message names none), reused for this check's one update.
+    Current(Option<Box<Versioned>>),
+    /// Stop here with this outcome: a submitter holds the record, or the check is superseded.
+    Stop(Outcome),
+}
+
+async fn read_record(jobs: &Jobs, message: &MonitorMessage) -> Result<Read, RetryNow> {
+    let Some(key) = message.record_key() else { return Ok(Read::Current(None)) };
+    let read = jobs.records.read_with_lease(&key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
+    if read.as_ref().is_some_and(|r| r.leased) {
+        // A submitter is writing the record, or died holding its lease (it expires within `SUBMIT_LEASE_SECS`).
+        // Failing would spend the host's few retries in seconds and poison the job.
+        requeue(jobs, message, LEASED_RECORD_DELAY).await?;
+        let reason = format!("the job record of {} is leased by a submitter", message.blob_or_dash());
+        info!("{reason}; checking again in {} s", LEASED_RECORD_DELAY.as_secs());
+        return Ok(Read::Stop(Outcome::Deferred { after: LEASED_RECORD_DELAY, reason }));
+    }
+    let known = read.map(|r| r.versioned);
+    if let Some(reason) = known.as_ref().and_then(|v| policy::superseded(&v.record, message)) {
+        info!("dropping a superseded check: {reason}");
+        let reason = format!("dropped a superseded check of {}: {reason}", message.batch_id);
+        return Ok(Read::Stop(Outcome::Nothing { reason }));
+    }
+    Ok(Read::Current(known.map(Box::new)))
+}
+
+/// The job reached a terminal status: its event, its record, its final report.
+async fn ended(
+    jobs: &Jobs,
+    message: &MonitorMessage,
+    known: Option<Versioned>,
+    batch: &Batch,
+) -> Result<Outcome, RetryNow> {
+    let failures = report::first_failures(&jobs.storage, batch).await;
+    let (line, clean) = report::final_report(message, batch, failures.line().as_deref());
+    let mut ended = current(known.as_ref(), message);
+    ended.observe(batch);
+    ended.failed_requests = failures.requests.clone();
+    let sent = events::announce(jobs, &CompletionEvent::of(&ended, batch.status.as_str(), Some(batch))).await?;
+    record(jobs, message, known, |r| {
+        r.observe(batch);
+        r.state = RecordState::Ended;
+        r.failures = 0;
+        r.reason = None;
+        r.failed_requests = failures.requests.clone();
+        r.event_id = sent.clone();
+    })
+    .await?;
+    if clean {
+        info!("{line}");
+    } else {
+        warn!("{line}");
+    }
+    Ok(Outcome::Ended { report: line })
+}
+
+/// The job is still running: check again after `after`.
+async fn running(
+    jobs: &Jobs,
+    next: MonitorMessage,
+    after: Duration,
+    known: Option<Versioned>,
+    batch: &Batch,
+) -> Result<Outcome, RetryNow> {
+    requeue(jobs, &next, after).await?;
+    record(jobs, &next, known, |r| {
+        r.observe(batch);
+        r.failures = 0;
+        r.reason = None;
+    })
+    .await?;
+    info!(status = %batch.status, check = next.attempt, next_check_secs = after.as_secs(), "batch job still running");
+    Ok(Outcome::CheckAgain { batch_id: batch.id.clone(), status: batch.status.to_string(), after })
+}
+
+/// The check failed (throttled, unavailable, a refused key): check again after the back-off.
+async fn failed(
+    jobs: &Jobs,
+    next: MonitorMessage,
+    after: Duration,
+    known: Option<Versioned>,
+    e: &BatchError,
+) -> Result<Outcome, RetryNow> {
+    requeue(jobs, &next, after).await?;
+    let reason = e.to_string();
+    record(jobs, &next, known, |r| {
+        r.failures = next.failures;
+        r.reason = Some(reason.clone());
+    })
+    .await?;
+    warn!(error = %e, failures = next.failures, next_check_secs = after.as_secs(), "status check failed; will check again");
+    Ok(Outcome::Deferred { after, reason: format!("status check of {} failed ({e})", next.batch_id) })
+}
+
+/// The job can never be followed to its end (an unknown batch, too many failed checks): dead-letter it.
+async fn give_up(
+    jobs: &Jobs,
+    invocation_id: &str,
+    message: &MonitorMessage,
+    known: Option<Versioned>,
+    reason: String,
+    text: &str,
+) -> Result<Outcome, RetryNow> {
+    poison(jobs, invocation_id, &reason, Some(&message.batch_id), text).await?;
+    let mut dead = current(known.as_ref(), message);
+    dead.reason = Some(reason.clone());
+    let sent = events::announce(jobs, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
+    record(jobs, message, known, |r| {
+        r.state = RecordState::DeadLettered;
+        r.reason = Some(reason.clone());
+        r.event_id = sent.clone();
+    })
+    .await?;
+    error!("{reason}; dead-lettered");
+    Ok(Outcome::DeadLettered { reason })
 }
 
 /// The job's record as this check read it, or what the message says of the job when it names no record (a plain
@@ -148,14 +185,14 @@ fn current(known: Option<&Versioned>, message: &MonitorMessage) -> JobRecord {
 
 /// The job failed only because the enqueued-token quota was full: submit the blob again later, never poison it.
 async fn resubmit(
-    state: &AppState,
+    jobs: &Jobs,
     message: &MonitorMessage,
     known: Option<Versioned>,
     batch: &Batch,
 ) -> Result<Outcome, RetryNow> {
     let mut snapshot = None;
     let reason = format!("batch {} failed with token_limit_exceeded", batch.id);
-    record(state, message, known, |r| {
+    record(jobs, message, known, |r| {
         r.superseded_batch_ids.push(batch.id.clone());
         r.batch_id = None;
         r.state = RecordState::Deferred;
@@ -167,8 +204,8 @@ async fn resubmit(
     let Some(r) = snapshot else {
         return Ok(Outcome::Nothing { reason: format!("{reason}; the record follows another batch") });
     };
-    let config = &state.config;
-    let after = policy::backoff(config.retry_delay, r.failures, config.backoff_cap, None);
+    let policy = &jobs.settings.policy;
+    let after = policy::backoff(policy.retry_delay, r.failures, policy.backoff_cap, None);
     let s = Submission {
         function: "QueueMonitor",
         blob_url: &r.blob_url,
@@ -178,17 +215,15 @@ async fn resubmit(
         deferrals: r.failures,
         host_retries: false,
     };
-    defer_message(state, &s, after).await?;
-    warn!(batch_id = %batch.id, blob = %r.blob, retry_in_secs = after.as_secs(), "the token quota was full; the blob will be submitted again");
+    defer_message(jobs, &s, after).await?;
+    warn!(retry_in_secs = after.as_secs(), "the token quota was full; the blob will be submitted again");
     Ok(Outcome::Deferred { after, reason: format!("{reason}; submitting {} again", r.blob) })
 }
 
 /// Puts the follow-up on the monitor queue, invisible for `delay`. A failure fails the invocation, so the host
 /// redelivers the current message and the check is not lost.
-pub async fn requeue(state: &AppState, next: &MonitorMessage, delay: Duration) -> Result<(), RetryNow> {
-    state
-        .storage
-        .put_message(MONITOR_QUEUE, next.to_json().as_bytes(), state.config.message_encoding, delay)
+pub async fn requeue(jobs: &Jobs, next: &MonitorMessage, delay: Duration) -> Result<(), RetryNow> {
+    jobs.enqueue(MONITOR_QUEUE, next.to_json().as_bytes(), delay)
         .await
         .map_err(|e| RetryNow::because(e, "putting the follow-up check on the queue"))
 }
@@ -196,14 +231,13 @@ pub async fn requeue(state: &AppState, next: &MonitorMessage, delay: Duration) -
 /// Applies `change` to the job's record (if the message names one) and counts `message.attempt` as the newest check.
 /// `known` is the version this invocation read first, if any.
 async fn record(
-    state: &AppState,
+    jobs: &Jobs,
     message: &MonitorMessage,
     known: Option<Versioned>,
     mut change: impl FnMut(&mut JobRecord),
 ) -> Result<(), RetryNow> {
     let Some(key) = message.record_key() else { return Ok(()) };
-    state
-        .records
+    jobs.records
         .update(&key, known, |r| {
             if r.batch_id.as_deref() != Some(message.batch_id.as_str()) {
                 return false;
@@ -219,12 +253,12 @@ async fn record(
 
 /// Dead-letters a queue message with the reason.
 pub async fn poison(
-    state: &AppState,
+    jobs: &Jobs,
     invocation_id: &str,
     reason: &str,
     batch_id: Option<&str>,
     text: &str,
 ) -> Result<(), RetryNow> {
     let record = DeadLetter { batch_id, message: Some(text), ..DeadLetter::new("QueueMonitor", reason, invocation_id) };
-    dead_letter::put(state, record).await.map_err(|e| RetryNow::because(e, "dead-lettering the message"))
+    dead_letter::put(jobs, record).await.map_err(|e| RetryNow::because(e, "dead-lettering the message"))
 }

@@ -4,9 +4,9 @@
 use serde::Serialize;
 use std::time::Duration;
 
+use super::context::Jobs;
 use super::message::POISON_QUEUE;
 use crate::storage::StorageError;
-use crate::AppState;
 
 /// One dead-lettered item.
 #[derive(Debug, Serialize)]
@@ -52,7 +52,7 @@ impl<'a> DeadLetter<'a> {
 const MAX_MESSAGE_KEPT: usize = 32 * 1024;
 
 /// Puts the record on the poison queue. Failing to do so fails the invocation, so the host retries it.
-pub async fn put(state: &AppState, mut record: DeadLetter<'_>) -> Result<(), StorageError> {
+pub async fn put(jobs: &Jobs, mut record: DeadLetter<'_>) -> Result<(), StorageError> {
     if let Some(m) = record.message {
         if m.len() > MAX_MESSAGE_KEPT {
             let cut = (0..=MAX_MESSAGE_KEPT).rev().find(|i| m.is_char_boundary(*i)).unwrap_or(0);
@@ -60,7 +60,7 @@ pub async fn put(state: &AppState, mut record: DeadLetter<'_>) -> Result<(), Sto
         }
     }
     let json = serde_json::to_vec(&record).map_err(|e| StorageError::Parse(e.to_string()))?;
-    state.storage.put_message(POISON_QUEUE, &json, state.config.message_encoding, Duration::ZERO).await?;
+    jobs.enqueue(POISON_QUEUE, &json, Duration::ZERO).await?;
     tracing::warn!(queue = POISON_QUEUE, reason = %record.reason, "dead-lettered");
     Ok(())
 }

@@ -12,8 +12,8 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::context::Jobs;
 use crate::batch_api::{Batch, RequestCounts};
-use crate::AppState;
 
 use crate::clock::{rfc3339, unix_now};
 
@@ -110,12 +110,10 @@ pub fn event_id(blob_url: &str, etag: &str, batch_id: Option<&str>, status: &str
 /// Puts `event` on the completion queue, if events are on (`BATCH_COMPLETED_QUEUE` not empty), and returns its id
 /// (`None`: events are off); the queue is created when missing. A failure fails the invocation, so the host delivers
 /// the trigger again and the event is not lost.
-pub async fn announce(state: &AppState, event: &CompletionEvent) -> Result<Option<String>, RetryNow> {
-    let Some(queue) = &state.config.completed_queue else { return Ok(None) };
+pub async fn announce(jobs: &Jobs, event: &CompletionEvent) -> Result<Option<String>, RetryNow> {
+    let Some(queue) = &jobs.settings.completed_queue else { return Ok(None) };
     let json = serde_json::to_vec(event).map_err(|e| RetryNow::because(e, "serializing the completion event"))?;
-    state
-        .storage
-        .put_message(queue, &json, state.config.message_encoding, Duration::ZERO)
+    jobs.enqueue(queue, &json, Duration::ZERO)
         .await
         .map_err(|e| RetryNow::because(e, "putting the completion event on its queue"))?;
     tracing::info!(queue = %queue, event_id = %event.id, status = %event.status, blob = %event.blob, "announced the ending");

@@ -6,8 +6,8 @@
 use tracing::{error, warn};
 use url::Url;
 
+use super::context::Jobs;
 use crate::storage::blob::{account_name, unquote_etag};
-use crate::AppState;
 
 use super::check;
 use super::dead_letter::{self, DeadLetter};
@@ -38,10 +38,10 @@ pub struct NewBlob<'a> {
 
 /// A new blob: read its current ETag, reject it if validation found problems, else create its job exactly once
 /// ([`submit::submit`]).
-pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, RetryNow> {
+pub async fn new_blob(jobs: &Jobs, blob: NewBlob<'_>) -> Result<Outcome, RetryNow> {
     // A URL under the configured endpoint names its own container and blob; any other form (a custom domain, another
     // scheme or port, a trailing slash) is looked up by the trigger's path in the configured account.
-    let (container, blob_name) = match state.storage.split_blob_url(blob.url.as_str()) {
+    let (container, blob_name) = match jobs.storage.split_blob_url(blob.url.as_str()) {
         Some(parts) => parts,
         None => {
             let name = blob.name.clone().filter(|n| !n.is_empty()).ok_or_else(|| {
@@ -56,15 +56,15 @@ pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, Re
             "the trigger names `{}`, which is not a blob of `{INPUT_CONTAINER}` (the blob trigger's container)",
             shown(&name)
         );
-        return gone(state, &blob, &name, reason).await;
+        return gone(jobs, &blob, &name, reason).await;
     }
-    let head = state
+    let head = jobs
         .storage
         .head_blob(&container, &blob_name)
         .await
         .map_err(|e| RetryNow::because(e, "reading the blob's properties"))?;
     let Some((etag, _)) = head else {
-        let mine = account_name(&state.config.storage.blob_endpoint);
+        let mine = account_name(&jobs.storage.account().blob_endpoint);
         let reason = match (account_name(blob.url), mine) {
             (Some(theirs), Some(mine)) if !theirs.eq_ignore_ascii_case(&mine) => format!(
                 "the blob is in storage account `{theirs}`, not in `{mine}` (BlobStorageConnection): the trigger and the \
@@ -72,11 +72,11 @@ pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, Re
             ),
             _ => "the blob was deleted before a job could be created for it".to_string(),
         };
-        return gone(state, &blob, &name, reason).await;
+        return gone(jobs, &blob, &name, reason).await;
     };
     let etag = unquote_etag(&etag).to_string();
     if let Some(problems) = blob.problems.filter(|p| !p.is_empty()) {
-        return reject(state, blob.url, &name, &etag, problems).await;
+        return reject(jobs, blob.url, &name, &etag, problems).await;
     }
     let submission = Submission {
         function: "BlobMonitor",
@@ -87,33 +87,27 @@ pub async fn new_blob(state: &AppState, blob: NewBlob<'_>) -> Result<Outcome, Re
         deferrals: 0,
         host_retries: true,
     };
-    submit::submit(state, &submission).await
+    submit::submit(jobs, &submission).await
 }
 
 /// No job can be made for the blob (deleted, or in another account): dead-letter it and announce the ending.
-async fn gone(state: &AppState, blob: &NewBlob<'_>, name: &str, reason: String) -> Result<Outcome, RetryNow> {
+async fn gone(jobs: &Jobs, blob: &NewBlob<'_>, name: &str, reason: String) -> Result<Outcome, RetryNow> {
     warn!(blob = %name, "{reason}");
     let letter =
         DeadLetter { blob: Some(blob.url.as_str()), ..DeadLetter::new("BlobMonitor", &reason, blob.invocation_id) };
-    dead_letter::put(state, letter).await.map_err(|e| RetryNow::because(e, "dead-lettering the blob"))?;
+    dead_letter::put(jobs, letter).await.map_err(|e| RetryNow::because(e, "dead-lettering the blob"))?;
     let record = JobRecord {
         blob: name.to_string(),
         blob_url: blob.url.to_string(),
         reason: Some(reason.clone()),
         ..JobRecord::default()
     };
-    events::announce(state, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
+    events::announce(jobs, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
     Ok(Outcome::DeadLettered { reason: format!("no batch job for {name}: {reason}") })
 }
 
 /// A file with problems: no job; a `rejected` record with the problems, and its ending announced.
-async fn reject(
-    state: &AppState,
-    url: &Url,
-    name: &str,
-    etag: &str,
-    problems: Vec<Problem>,
-) -> Result<Outcome, RetryNow> {
+async fn reject(jobs: &Jobs, url: &Url, name: &str, etag: &str, problems: Vec<Problem>) -> Result<Outcome, RetryNow> {
     let first = &problems[0];
     let reason = format!("line {}: {}: {}", first.line, first.code, first.message);
     let key = RecordStore::key(name, etag);
@@ -128,18 +122,18 @@ async fn reject(
         ..JobRecord::default()
     };
     let created =
-        state.records.create(&key, &fresh).await.map_err(|e| RetryNow::because(e, "creating the job record"))?;
+        jobs.records.create(&key, &fresh).await.map_err(|e| RetryNow::because(e, "creating the job record"))?;
     let current = match created {
         Some(_) => fresh,
         None => {
             // A retried trigger: the rejection (or a job, from before validation was on) is on record already; only
             // an event that may not have gone out is sent again.
-            let read = state.records.read(&key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
+            let read = jobs.records.read(&key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
             match read.map(|v| v.record) {
                 Some(r)
                     if r.state == RecordState::Rejected
                         && r.event_id.is_none()
-                        && state.config.completed_queue.is_some() =>
+                        && jobs.settings.completed_queue.is_some() =>
                 {
                     r
                 }
@@ -151,9 +145,8 @@ async fn reject(
         }
     };
     warn!(blob = %name, problems = current.problems.len(), "rejected before submission: {reason}");
-    if let Some(id) = events::announce(state, &CompletionEvent::of(&current, "rejected", None)).await? {
-        state
-            .records
+    if let Some(id) = events::announce(jobs, &CompletionEvent::of(&current, "rejected", None)).await? {
+        jobs.records
             .update(&key, None, |r| {
                 r.event_id = Some(id.clone());
                 true
@@ -166,8 +159,8 @@ async fn reject(
 
 /// Why a deferred submission is not what it claims, if it is not: its URL and `blob` must name the same blob of the
 /// input container, and that blob must exist with the submission's ETag. `None`: go on.
-pub async fn refusal(state: &AppState, m: &SubmitMessage) -> Result<Option<String>, RetryNow> {
-    let Some((container, name)) = state.storage.split_blob_url(&m.submit) else {
+pub async fn refusal(jobs: &Jobs, m: &SubmitMessage) -> Result<Option<String>, RetryNow> {
+    let Some((container, name)) = jobs.storage.split_blob_url(&m.submit) else {
         return Ok(Some("the submission's URL is not a blob of this app's storage account".into()));
     };
     let blob = format!("{container}/{name}");
@@ -184,7 +177,7 @@ pub async fn refusal(state: &AppState, m: &SubmitMessage) -> Result<Option<Strin
             shown(&m.blob)
         )));
     }
-    let head = state
+    let head = jobs
         .storage
         .head_blob(&container, &name)
         .await
@@ -203,25 +196,24 @@ pub async fn refusal(state: &AppState, m: &SubmitMessage) -> Result<Option<Strin
 /// Dead-letters a refused submission. When it was a real deferred submission (its blob version has a record that
 /// waits for a job), that record ends dead-lettered too, and the ending is announced.
 pub async fn refuse_submission(
-    state: &AppState,
+    jobs: &Jobs,
     invocation_id: &str,
     m: &SubmitMessage,
     reason: String,
     text: &str,
 ) -> Result<Outcome, RetryNow> {
     error!(blob = %shown(&m.blob), reason = %reason, "refusing a submission; no job is created");
-    check::poison(state, invocation_id, &reason, None, text).await?;
+    check::poison(jobs, invocation_id, &reason, None, text).await?;
     let key = RecordStore::key(&m.blob, &m.etag);
-    let read = state.records.read(&key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
+    let read = jobs.records.read(&key).await.map_err(|e| RetryNow::because(e, "reading the job record"))?;
     let waiting =
         |r: &JobRecord| r.batch_id.is_none() && matches!(r.state, RecordState::Submitting | RecordState::Deferred);
     if let Some(known) = read.filter(|v| waiting(&v.record)) {
         let mut dead =
             JobRecord { state: RecordState::DeadLettered, reason: Some(reason.clone()), ..known.record.clone() };
         // The event first: a crash before the record says it was sent sends the same event again.
-        dead.event_id = events::announce(state, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
-        state
-            .records
+        dead.event_id = events::announce(jobs, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
+        jobs.records
             .update(&key, Some(known), |r| {
                 if !waiting(r) {
                     return false;

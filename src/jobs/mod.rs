@@ -15,6 +15,7 @@
 //! - [`overview`]: every job for the operators' page, from the records' listing; cancel and resubmit.
 
 pub mod check;
+pub mod context;
 pub mod dead_letter;
 pub mod events;
 pub mod intake;
@@ -32,7 +33,7 @@ use std::time::Duration;
 
 use tracing::error;
 
-use crate::AppState;
+pub use context::{JobSettings, Jobs};
 use message::{parse_work, MonitorMessage, Work};
 use submit::Submission;
 
@@ -104,12 +105,12 @@ impl RetryNow {
 
 /// One message from the monitor queue: a status check, or a deferred submission. A message that can never succeed
 /// is dead-lettered with the reason and never reaches the batch API.
-pub async fn handle_message(state: &AppState, text: &str, invocation_id: &str) -> Result<Outcome, RetryNow> {
-    match parse_work(text, state.config.storage.blob_endpoint.as_str()) {
-        Ok(Work::Check(message)) => check::check(state, invocation_id, message, text).await,
+pub async fn handle_message(jobs: &Jobs, text: &str, invocation_id: &str) -> Result<Outcome, RetryNow> {
+    match parse_work(text, jobs.storage.account().blob_endpoint.as_str()) {
+        Ok(Work::Check(message)) => check::check(jobs, invocation_id, message, text).await,
         Ok(Work::Submit(m)) => {
-            if let Some(reason) = intake::refusal(state, &m).await? {
-                return intake::refuse_submission(state, invocation_id, &m, reason, text).await;
+            if let Some(reason) = intake::refusal(jobs, &m).await? {
+                return intake::refuse_submission(jobs, invocation_id, &m, reason, text).await;
             }
             let submission = Submission {
                 function: "QueueMonitor",
@@ -120,10 +121,10 @@ pub async fn handle_message(state: &AppState, text: &str, invocation_id: &str) -
                 deferrals: m.attempt,
                 host_retries: false,
             };
-            match submit::submit(state, &submission).await? {
+            match submit::submit(jobs, &submission).await? {
                 // The queue trigger has no output binding: monitoring starts with a message put now.
                 Outcome::HandOver { message, created } => {
-                    check::requeue(state, &message, Duration::ZERO).await?;
+                    check::requeue(jobs, &message, Duration::ZERO).await?;
                     Ok(Outcome::Started { batch_id: message.batch_id, created })
                 }
                 other => Ok(other),
@@ -132,7 +133,7 @@ pub async fn handle_message(state: &AppState, text: &str, invocation_id: &str) -
         Err(refusal) => {
             let reason = refusal.to_string();
             error!(reason = %reason, "refusing a queue message; it never reaches the batch API");
-            check::poison(state, invocation_id, &reason, None, text).await?;
+            check::poison(jobs, invocation_id, &reason, None, text).await?;
             Ok(Outcome::DeadLettered { reason: format!("a queue message: {reason}") })
         }
     }

@@ -4,7 +4,7 @@
 //! A record makes submission exactly-once (it is created with `If-None-Match: *`, so one invocation wins, and the
 //! winner holds a lease on it while it creates the job) and doubles as the job's status: QueueMonitor writes the
 //! status, request counts and result locations after every check. `GET <container>?restype=container&comp=list`
-//! on the records container (prefix `batch-input/`) lists every job's state.
+//! on the records container (prefix `batch-input/`) lists every job's jobs.
 //!
 //! The record's `checks` counter also de-duplicates monitoring: a monitor message whose `attempt` is behind the
 //! record was superseded by another delivery of the same check and is dropped.

@@ -9,16 +9,16 @@
 
 use std::time::Duration;
 
-use tracing::{error, info, warn};
+use tracing::{error, info, instrument, warn};
 
+use super::context::Jobs;
 use crate::batch_api::{Batch, BatchError, CreateBatch, OutputFolder};
 use crate::storage::blob::account_root;
-use crate::AppState;
 
 use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
-use super::policy::{self, AfterRefusal, Policy, Settled};
+use super::policy::{self, AfterRefusal, Settled};
 use crate::clock::unix_now;
 
 use super::record::{JobRecord, RecordState};
@@ -54,7 +54,8 @@ fn unavailable(e: impl Into<anyhow::Error>, doing: &'static str) -> RetryNow {
 }
 
 /// Creates (or finds) the job for a blob version. See the module docs.
-pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
+#[instrument(name = "submit", skip_all, fields(blob = %s.blob, etag = %s.etag, batch_id = tracing::field::Empty))]
+pub async fn submit(jobs: &Jobs, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
     let key = RecordStore::key(s.blob, s.etag);
     let fresh = JobRecord {
         blob: s.blob.to_string(),
@@ -63,36 +64,46 @@ pub async fn submit(state: &AppState, s: &Submission<'_>) -> Result<Outcome, Ret
         started_at: unix_now(),
         ..Default::default()
     };
-    let created = state.records.create(&key, &fresh).await.map_err(|e| unavailable(e, "creating the job record"))?;
+    let created = jobs.records.create(&key, &fresh).await.map_err(|e| unavailable(e, "creating the job record"))?;
     if created.is_none() {
-        if let Err(done) = read(state, &key, s).await? {
+        if let RecordSays::Settled(done) = read(jobs, &key, s).await? {
             return Ok(done);
         }
     }
-    let Some(lease) = state.records.lease(&key).await.map_err(|e| unavailable(e, "leasing the job record"))? else {
+    let Some(lease) = jobs.records.lease(&key).await.map_err(|e| unavailable(e, "leasing the job record"))? else {
         // Another invocation is creating this job now, or died doing so less than a lease ago: look again later.
         let delay = LEASE_HELD_DELAY;
-        defer_message(state, s, delay).await?;
+        defer_message(jobs, s, delay).await?;
         let reason = format!("{} is being submitted by another invocation", s.blob);
-        info!(blob = %s.blob, "{reason}; looking again in {} s", delay.as_secs());
+        info!("{reason}; looking again in {} s", delay.as_secs());
         return Ok(Outcome::Deferred { after: delay, reason });
     };
-    let held = Held { state, lease };
+    let held = Held { jobs, lease };
     let result = locked(&held, s).await;
     held.lease.release().await;
     result
 }
 
-/// Reads the record: `Err(outcome)` if it shows the blob version settled, `Ok(record)` to go on.
-async fn read(state: &AppState, key: &str, s: &Submission<'_>) -> Result<Result<Option<JobRecord>, Outcome>, RetryNow> {
-    let record = state.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?.map(|v| v.record);
-    Ok(match record.as_ref().and_then(policy::settled) {
+/// What the job record says about going on with a submission.
+enum RecordSays {
+    /// The blob version is settled already; this is the submission's outcome.
+    Settled(Outcome),
+    /// It still needs its job: the record as read.
+    Pending(Box<JobRecord>),
+    /// There is no record.
+    Missing,
+}
+
+async fn read(jobs: &Jobs, key: &str, s: &Submission<'_>) -> Result<RecordSays, RetryNow> {
+    let record = jobs.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?.map(|v| v.record);
+    let Some(record) = record else { return Ok(RecordSays::Missing) };
+    Ok(match policy::settled(&record) {
         Some(Settled::Restart { batch_id }) => {
-            info!(blob = %s.blob, batch_id = %batch_id, "the job already exists; (re)starting its monitoring");
-            Err(Outcome::HandOver { message: monitor_message(&batch_id, s), created: false })
+            info!(batch_id = %batch_id, "the job already exists; (re)starting its monitoring");
+            RecordSays::Settled(Outcome::HandOver { message: monitor_message(&batch_id, s), created: false })
         }
-        Some(Settled::Done { reason }) => Err(Outcome::Nothing { reason }),
-        None => Ok(record),
+        Some(Settled::Done { reason }) => RecordSays::Settled(Outcome::Nothing { reason }),
+        None => RecordSays::Pending(Box::new(record)),
     })
 }
 
@@ -105,16 +116,16 @@ fn monitor_message(batch_id: &str, s: &Submission<'_>) -> MonitorMessage {
 
 /// The submission proper, under the record's lease.
 async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
-    let (state, key) = (held.state, held.lease.key());
-    let mut record = match read(state, key, s).await? {
-        Err(done) => return Ok(done),
-        Ok(Some(r)) => r,
-        Ok(None) => return Err(RetryNow(anyhow::anyhow!("the job record {key} disappeared"))),
+    let (jobs, key) = (held.jobs, held.lease.key());
+    let mut record = match read(jobs, key, s).await? {
+        RecordSays::Settled(done) => return Ok(done),
+        RecordSays::Pending(r) => *r,
+        RecordSays::Missing => return Err(RetryNow(anyhow::anyhow!("the job record {key} disappeared"))),
     };
 
     if let Some(window) = recover::window(&record) {
         // An earlier create may have reached the API before its answer was lost: adopt that job if it exists.
-        match recover::find(&state.batch, &state.records, &held.lease, &record, window).await {
+        match recover::find(&jobs.batch, &jobs.records, &held.lease, &record, window).await {
             Ok(found) if found.is_empty() => record.creates_in_doubt = Some(Vec::new()),
             Ok(found) => return adopt(held, s, record, found).await,
             // Not knowing whether the job exists, creating one could duplicate it: wait like a failed create.
@@ -130,9 +141,9 @@ async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow
     held.write(&record).await?;
 
     let blob_url = url::Url::parse(s.blob_url).map_err(|e| unavailable(e, "reading the blob URL"))?;
-    let root = account_root(&blob_url, &state.config.storage.blob_endpoint);
-    let output_folder = format!("{}/{}", root.as_str().trim_end_matches('/'), state.config.output_container);
-    info!(blob = %s.blob, attempt = record.submit_attempts, output_folder = %output_folder, "creating the batch job");
+    let root = account_root(&blob_url, &jobs.storage.account().blob_endpoint);
+    let output_folder = format!("{}/{}", root.as_str().trim_end_matches('/'), jobs.settings.output_container);
+    info!(attempt = record.submit_attempts, output_folder = %output_folder, "creating the batch job");
     let request = CreateBatch {
         input_file_id: None,
         endpoint: BATCH_ENDPOINT,
@@ -140,9 +151,10 @@ async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow
         input_blob: s.blob_url,
         output_folder: OutputFolder { url: &output_folder },
     };
-    match state.batch.create(&request).await {
+    match jobs.batch.create(&request).await {
         Ok(batch) => {
-            info!(blob = %s.blob, batch_id = %batch.id, status = %batch.status, "created the batch job");
+            tracing::Span::current().record("batch_id", batch.id.as_str());
+            info!(status = %batch.status, "created the batch job");
             record.reason = None;
             // If this write fails, the retry finds the job through the API (the create is still in doubt).
             follow(held, s, record, &batch).await
@@ -167,14 +179,15 @@ async fn adopt(
     let Some((first, spares)) = found.split_first() else {
         return Err(RetryNow(anyhow::anyhow!("adopt() called without a job")));
     };
+    tracing::Span::current().record("batch_id", first.id.as_str());
     if spares.is_empty() {
-        info!(blob = %s.blob, batch_id = %first.id, "found the job an interrupted attempt created; adopting it");
+        info!("found the job an interrupted attempt created; adopting it");
     } else {
         let ids: Vec<&str> = spares.iter().map(|b| b.id.as_str()).collect();
-        warn!(blob = %s.blob, batch_id = %first.id, spares = ?ids,
+        warn!(spares = ?ids,
             "interrupted creates made {} jobs for this blob version; following the earliest, cancelling the others",
             found.len());
-        if let Err(e) = recover::cancel_spares(&held.state.batch, spares).await {
+        if let Err(e) = recover::cancel_spares(&held.jobs.batch, spares).await {
             return refused(held, s, record, e).await;
         }
         for spare in spares {
@@ -206,7 +219,7 @@ async fn follow(
 
 /// A record under our lease.
 struct Held<'a> {
-    state: &'a AppState,
+    jobs: &'a Jobs,
     lease: Lease<'a>,
 }
 
@@ -223,54 +236,52 @@ async fn refused(
     mut record: JobRecord,
     e: BatchError,
 ) -> Result<Outcome, RetryNow> {
-    let state = held.state;
+    let jobs = held.jobs;
     record.failures += 1;
     record.reason = Some(e.to_string());
     let status = e.status.map(|s| s.as_u16());
     let code = e.code.as_deref().unwrap_or("-");
-    match policy::after_refusal(&Policy::of(&state.config), record.failures, &e, s.host_retries) {
+    match policy::after_refusal(&jobs.settings.policy, record.failures, &e, s.host_retries) {
         AfterRefusal::DeadLetter => {
-            error!(blob = %s.blob, status, code = %code, message = %e.message, "the batch API refused the job; dead-lettering the blob");
+            error!(status, code = %code, message = %e.message, "the batch API refused the job; dead-lettering the blob");
             let reason = format!("the batch API refused to create a job: {e}");
             let letter = DeadLetter {
                 code: e.code.as_deref(),
                 blob: Some(s.blob_url),
                 ..DeadLetter::new(s.function, &reason, s.invocation_id)
             };
-            dead_letter::put(state, letter).await.map_err(|e| unavailable(e, "dead-lettering the blob"))?;
+            dead_letter::put(jobs, letter).await.map_err(|e| unavailable(e, "dead-lettering the blob"))?;
             record.state = RecordState::DeadLettered;
-            record.event_id = events::announce(state, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
+            record.event_id = events::announce(jobs, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
             held.write(&record).await?;
             Ok(Outcome::DeadLettered { reason: format!("no batch job for {}: {reason}", s.blob) })
         }
         AfterRefusal::HostRetry => {
-            warn!(blob = %s.blob, error = %e, "the job was not created (transient); failing so the host retries");
+            warn!(error = %e, "the job was not created (transient); failing so the host retries");
             record.state = RecordState::Submitting;
             held.write(&record).await?;
             Err(RetryNow::because(e, "creating the batch job"))
         }
         AfterRefusal::Defer { after } => {
-            warn!(blob = %s.blob, status, code = %code, message = %e.message, retry_in_secs = after.as_secs(),
+            warn!(status, code = %code, message = %e.message, retry_in_secs = after.as_secs(),
                 "the job could not be created now; deferring the submission");
             record.state = RecordState::Deferred;
             held.write(&record).await?;
-            defer_message(state, s, after).await?;
+            defer_message(jobs, s, after).await?;
             Ok(Outcome::Deferred { after, reason: format!("creating the job for {} is deferred: {e}", s.blob) })
         }
     }
 }
 
 /// Puts the delayed `submit` message.
-pub async fn defer_message(state: &AppState, s: &Submission<'_>, delay: Duration) -> Result<(), RetryNow> {
+pub async fn defer_message(jobs: &Jobs, s: &Submission<'_>, delay: Duration) -> Result<(), RetryNow> {
     let m = SubmitMessage {
         submit: s.blob_url.to_string(),
         blob: s.blob.to_string(),
         etag: s.etag.to_string(),
         attempt: s.deferrals + 1,
     };
-    state
-        .storage
-        .put_message(MONITOR_QUEUE, m.to_json().as_bytes(), state.config.message_encoding, delay)
+    jobs.enqueue(MONITOR_QUEUE, m.to_json().as_bytes(), delay)
         .await
         .map_err(|e| unavailable(e, "putting the deferred submission on the queue"))
 }

@@ -60,7 +60,7 @@ async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<Invoke
         warn!(blob = %url.path(), "the blob starts with a UTF-8 BOM; the batch service will fail the job with a misleading deployment-name error");
     }
     let blob = NewBlob { url: &url, name: request.metadata_str("name"), problems, invocation_id };
-    let outcome = jobs::new_blob(state, blob).await.map_err(|e| FunctionError::unavailable(e.0))?;
+    let outcome = jobs::new_blob(&state.jobs, blob).await.map_err(|e| FunctionError::unavailable(e.0))?;
     let response = InvokeResponse::log(&outcome.line());
     Ok(match outcome {
         Outcome::HandOver { message, .. } => {

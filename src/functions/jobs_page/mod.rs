@@ -81,7 +81,7 @@ async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q
     let query = overview::Query { state: p.state.clone(), q: p.q.clone(), page: p.page };
     let json = p.format.as_deref() == Some("json")
         || headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
-    match overview::overview(&state, &query).await {
+    match overview::overview(&state.jobs, &query).await {
         Ok(o) if json => answer(StatusCode::OK, "application/json", serde_json::to_string(&o).unwrap_or_default()),
         Ok(o) => {
             let page = html::list_page(&o, p.state.as_deref().unwrap_or(""), p.q.as_deref().unwrap_or(""), &links);
@@ -113,7 +113,7 @@ async fn detail(State(state): State<Arc<AppState>>, rest: JobPath, RawQuery(quer
             html::message_page("No such job", "That is not a job's address.", &links),
         );
     };
-    match overview::detail(&state, &key).await {
+    match overview::detail(&state.jobs, &key).await {
         Ok(Some(d)) if p.format.as_deref() == Some("json") => {
             answer(StatusCode::OK, "application/json", serde_json::to_string(&d).unwrap_or_default())
         }
@@ -156,8 +156,8 @@ async fn action(
         _ => return answer(StatusCode::NOT_FOUND, html, html::message_page("No such action", "", &links)),
     };
     let result = match verb {
-        "cancel" => overview::cancel(&state, &key).await,
-        _ => overview::resubmit(&state, &key).await,
+        "cancel" => overview::cancel(&state.jobs, &key).await,
+        _ => overview::resubmit(&state.jobs, &key).await,
     };
     match result {
         Ok(_) => {

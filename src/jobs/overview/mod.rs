@@ -10,10 +10,10 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::context::Jobs;
 use crate::batch_api::BatchError;
 use crate::storage::blob::BlobItem;
 use crate::storage::StorageError;
-use crate::AppState;
 
 use super::message::{SubmitMessage, MONITOR_QUEUE};
 use crate::clock::{rfc3339, unix_now};
@@ -76,8 +76,8 @@ pub struct Overview {
 pub const UNKNOWN_STATE: &str = "unknown";
 
 /// Lists the records (their metadata only) and builds the page `query` asks for.
-pub async fn overview(state: &AppState, query: &Query) -> Result<Overview, StorageError> {
-    let items = state.records.list().await?;
+pub async fn overview(jobs: &Jobs, query: &Query) -> Result<Overview, StorageError> {
+    let items = jobs.records.list().await?;
     Ok(build(items.into_iter().map(row_of).collect(), query))
 }
 
@@ -151,11 +151,11 @@ pub struct Detail {
 }
 
 /// The job of record `key` (`None`: no such record).
-pub async fn detail(state: &AppState, key: &str) -> Result<Option<Detail>, StorageError> {
-    let Some(versioned) = state.records.read(&record_name(key)).await? else { return Ok(None) };
+pub async fn detail(jobs: &Jobs, key: &str) -> Result<Option<Detail>, StorageError> {
+    let Some(versioned) = jobs.records.read(&record_name(key)).await? else { return Ok(None) };
     let record = versioned.record;
     let (batch, batch_error) = match &record.batch_id {
-        Some(id) => match state.batch.retrieve(id).await.map(serde_json::to_value) {
+        Some(id) => match jobs.batch.retrieve(id).await.map(serde_json::to_value) {
             Ok(Ok(b)) => (Some(b), None),
             Ok(Err(e)) => (None, Some(e.to_string())),
             Err(e) => (None, Some(e.to_string())),
@@ -179,16 +179,15 @@ pub enum ActionError {
 }
 
 /// Cancels the running job of record `key`. Monitoring goes on until the job reports `cancelled`.
-pub async fn cancel(state: &AppState, key: &str) -> Result<String, ActionError> {
+pub async fn cancel(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
     let name = record_name(key);
-    let record = state.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
+    let record = jobs.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
     let (RecordState::Submitted, Some(batch_id)) = (record.state, record.batch_id.clone()) else {
         return Err(ActionError::NotNow(format!("{} has no running job ({:?})", record.blob, record.state)));
     };
-    let batch = state.batch.cancel(&batch_id).await?;
+    let batch = jobs.batch.cancel(&batch_id).await?;
     let note = format!("an operator asked to cancel batch {batch_id} at {}", rfc3339(unix_now()));
-    state
-        .records
+    jobs.records
         .update(&name, None, |r| {
             r.observe(&batch);
             r.reason = Some(note.clone());
@@ -201,13 +200,13 @@ pub async fn cancel(state: &AppState, key: &str) -> Result<String, ActionError> 
 
 /// Sends a dead-lettered blob version back to submission through `monitorjobs`, as if new: the job record still
 /// makes it exactly once.
-pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError> {
+pub async fn resubmit(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
     let name = record_name(key);
     let note = format!("an operator resubmitted it at {}", rfc3339(unix_now()));
     // Whether this call's change is the one written: `update` writes under `If-Match` and calls `change` again after
     // a lost race, so of concurrent resubmissions exactly one ends with `won` set.
     let mut won = false;
-    let updated = state
+    let updated = jobs
         .records
         .update(&name, None, |r| {
             won = r.state == RecordState::DeadLettered;
@@ -234,8 +233,7 @@ pub async fn resubmit(state: &AppState, key: &str) -> Result<String, ActionError
         )));
     }
     let message = SubmitMessage { submit: updated.blob_url, blob: updated.blob, etag: updated.etag, attempt: 0 };
-    let encoding = state.config.message_encoding;
-    state.storage.put_message(MONITOR_QUEUE, message.to_json().as_bytes(), encoding, std::time::Duration::ZERO).await?;
+    jobs.enqueue(MONITOR_QUEUE, message.to_json().as_bytes(), std::time::Duration::ZERO).await?;
     tracing::warn!(blob = %message.blob, "{note}");
     Ok(note)
 }

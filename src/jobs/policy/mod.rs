@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use crate::batch_api::{Batch, BatchError, BatchStatus, ErrorKind};
-use crate::config::Config;
 
 use super::message::MonitorMessage;
 use super::record::{JobRecord, RecordState};
@@ -28,14 +27,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn of(config: &Config) -> Self {
-        Policy {
-            retry_delay: config.retry_delay,
-            backoff_cap: config.backoff_cap,
-            max_failures: config.max_check_failures,
-        }
-    }
-
     /// The wait before retrying after failure number `failures` (1-based) caused by `e`.
     fn after_failure(&self, failures: u32, e: &BatchError) -> Duration {
         let delay = backoff(self.retry_delay, failures, self.backoff_cap, e.retry_after);
