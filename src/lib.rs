@@ -14,6 +14,7 @@
 //! - [`storage`]: the Blob and Queue REST client (Shared Key, SAS or a managed identity), connection strings.
 //! - [`clock`]: wall-clock time as records, events and the page write it.
 //! - [`config`]: settings, parsed and validated once at start-up.
+//! - [`content_check`]: BlobMonitor's body streamed: the envelope without its content, the content validated.
 //! - [`error`]: the error type at the HTTP edge (non-2xx = the host retries).
 //! - [`escape`]: user text made safe to show as a line (logs, `Logs`, the page).
 //! - [`serve`]: the router served to the host, with read deadlines and a graceful shutdown.
@@ -26,6 +27,7 @@
 pub mod batch_api;
 pub mod clock;
 pub mod config;
+pub mod content_check;
 pub mod error;
 pub mod escape;
 pub mod functions;

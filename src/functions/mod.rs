@@ -17,7 +17,7 @@ use axum::Router;
 use crate::protocol::INVOCATION_ID_HEADER;
 use crate::AppState;
 
-pub use blob_monitor::MAX_BLOB_ENVELOPE;
+pub use crate::content_check::MAX_BLOB_ENVELOPE;
 pub use queue_monitor::MAX_QUEUE_ENVELOPE;
 
 /// Builds the router.
