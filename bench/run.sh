@@ -4,7 +4,7 @@
 # for the handler and for the original app's Python check (bench/instructions.sh). Needs wrk, nginx and valgrind
 # (installed with apt-get when missing and running as root) and Python 3 with venv (the original's `openai` client is
 # installed from bench/requirements.txt into target/bench/venv). Usage: bench/run.sh [--smoke] [--only PART,...]
-# (PART: startup, checks, memory, scale, large-blob, page, size; see `cargo run -p devstack -- bench --help`)
+# (PART: startup, checks, memory, scale, large-blob, page, size; see `cargo run -p bench -- --help`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -31,7 +31,7 @@ if ./scripts/build-azure.sh >/dev/null 2>&1; then
   musl=(--musl target/x86_64-unknown-linux-musl/release/handler)
 fi
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(date -u +%F)"
-cargo run --quiet --profile tools -p devstack -- bench --handler target/release/handler "${musl[@]}" \
+cargo run --quiet --profile tools -p bench -- --handler target/release/handler "${musl[@]}" \
   --python "$venv/bin/python" "$@"
 if [[ " $* " == *" --only"* ]]; then
   exit 0  # one part re-measured: the instruction counts belong to the checks

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use devstack::bench::{run, BenchOptions};
+use bench::{run, BenchOptions};
 
 #[test]
 fn the_benchmark_harness_runs_end_to_end() {

@@ -1,7 +1,7 @@
 //! # devstack
 //!
-//! The local development stack for blob-batch-monitor, used by `devstack up`, by people, and by the end-to-end tests.
-//! None of it is deployed.
+//! The local development stack for blob-batch-monitor, used by `devstack up`, by people, by the end-to-end tests and
+//! by the benchmark (`tools/bench`). None of it is deployed.
 //!
 //! - [`azurite`]: installs and starts a real Azurite on free ports.
 //! - [`batch_emulator`]: a stateful Azure OpenAI Batch API emulator that really reads inputs from and writes results
@@ -14,7 +14,6 @@
 
 pub mod azurite;
 pub mod batch_emulator;
-pub mod bench;
 pub mod host_emulator;
 pub mod identity_emulator;
 

@@ -70,24 +70,6 @@ enum Command {
         #[arg(long, default_value_t = 3)]
         phase_secs: u64,
     },
-    /// Measure the handler (see bench/run.sh and docs/performance.md): prints a Markdown table.
-    Bench {
-        /// The handler executable to measure.
-        #[arg(long, default_value = "target/release/handler")]
-        handler: PathBuf,
-        /// The static musl build, to report its size.
-        #[arg(long)]
-        musl: Option<PathBuf>,
-        /// A few seconds: check the harness, quote nothing.
-        #[arg(long)]
-        smoke: bool,
-        /// A Python with the `openai` package, to measure the original app's check side by side.
-        #[arg(long)]
-        python: Option<PathBuf>,
-        /// Measure only these parts (repeat, or separate with commas); all of them by default.
-        #[arg(long, value_enum, value_delimiter = ',')]
-        only: Vec<devstack::bench::Part>,
-    },
     /// Print a blob (e.g. a job's results.jsonl, by the URL the final log line names).
     Cat {
         url: String,
@@ -137,23 +119,6 @@ async fn main() -> anyhow::Result<()> {
             )?;
             println!("batch API emulator on {}", emulator.uri());
             stop_signal().await;
-            Ok(())
-        }
-        Command::Bench { handler, musl, smoke, python, only } => {
-            let root = project_root(&std::env::current_dir()?).context("run the bench from inside the checkout")?;
-            let work = root.join("target/bench");
-            let handler = handler.canonicalize().with_context(|| format!("{} (build it first)", handler.display()))?;
-            let mut options = if smoke {
-                devstack::bench::BenchOptions::smoke(handler, root.clone(), work)
-            } else {
-                devstack::bench::BenchOptions::full(handler, root.clone(), work)
-            };
-            options.musl_binary = musl;
-            options.python = python;
-            options.only = only;
-            // The bench drives blocking processes and its own runtimes: run it off this runtime.
-            let report = tokio::task::spawn_blocking(move || devstack::bench::run(&options)).await??;
-            println!("{}", report.markdown());
             Ok(())
         }
         Command::Cat { url, storage: Connection { connection } } => {

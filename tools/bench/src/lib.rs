@@ -1,4 +1,6 @@
-//! The benchmark suite (issue 5): large-blob streaming, invocation overhead, cold start, memory and deploy size,
+//! # bench
+//!
+//! The benchmark suite, a crate of its own (the product library and the local stack know nothing of it): large-blob streaming, invocation overhead, cold start, memory and deploy size,
 //! each measured several times on this machine and reported as a median next to its target, ratios taken against
 //! a baseline measured in the same run. `bench/run.sh` builds the release handler and runs it; the test suite runs
 //! a smoke pass (`BenchOptions::smoke`) so the harness cannot rot.

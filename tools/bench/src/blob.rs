@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::host_emulator::envelope::{blob_envelope, BlobInfo};
+use devstack::host_emulator::envelope::{blob_envelope, BlobInfo};
 
 /// A valid JSONL input of about `bytes` (at least one request) and its BlobMonitor envelope for `url`: requests of
 /// about 2.2 KB, distinct `custom_id`s, so that 200 MB holds about 95,000 of them, under the 100,000 limit, and

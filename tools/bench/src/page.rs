@@ -12,7 +12,7 @@ use blob_batch_monitor::storage::{StorageAccount, StorageClient};
 use super::nginx::Nginx;
 use super::procs::median;
 use super::{BenchOptions, Report};
-use crate::azurite::{Azurite, AzuriteOptions};
+use devstack::azurite::{Azurite, AzuriteOptions};
 
 /// Records written at once.
 const WRITES_IN_FLIGHT: usize = 200;
@@ -26,7 +26,7 @@ pub fn page(
     let azurite = runtime.block_on(Azurite::start(&o.app_root, &AzuriteOptions::default()))?;
     let conn = azurite.devstore_connection_string();
     let storage = StorageClient::new(
-        HttpClient::new(crate::TOOL_BODY_LIMIT, &Default::default())?,
+        HttpClient::new(devstack::TOOL_BODY_LIMIT, &Default::default())?,
         StorageAccount::parse(&conn)?,
     );
     let store = RecordStore::new(storage, "batch-records".into());

@@ -14,8 +14,8 @@ use super::procs::{
 };
 use super::Part;
 use super::{BenchOptions, Report};
-use crate::batch_emulator::{BatchEmulator, EmulatorConfig, Faults, Timings};
-use crate::host_emulator::envelope::{queue_envelope, QueueInfo};
+use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Faults, Timings};
+use devstack::host_emulator::envelope::{queue_envelope, QueueInfo};
 
 /// The core the handler and its upstream share, and the core of the load generator.
 const SHARED_CPU: usize = 0;
