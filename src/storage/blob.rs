@@ -84,7 +84,8 @@ pub fn unquote_etag(etag: &str) -> &str {
 }
 
 impl StorageClient {
-    fn blob_url(&self, path: &str) -> url::Url {
+    /// The URL of `container[/blob]` in this account.
+    pub fn blob_url(&self, path: &str) -> url::Url {
         Self::url(&self.account.blob_endpoint, path)
     }
 
@@ -162,14 +163,6 @@ impl StorageClient {
         }
     }
 
-    /// Reads a blob given its full URL, which must lie under this account's blob endpoint.
-    pub async fn get_blob_by_url(&self, url: &str) -> Result<Option<Blob>, StorageError> {
-        let (container, name) = self
-            .split_blob_url(url)
-            .ok_or_else(|| StorageError::Parse(format!("{url} is not a blob of this storage account")))?;
-        self.get_blob(&container, &name).await
-    }
-
     /// Splits a blob URL of this account into (container, blob name), percent-decoded.
     pub fn split_blob_url(&self, url: &str) -> Option<(String, String)> {
         let root = self.account.blob_endpoint.as_str().trim_end_matches('/');
@@ -231,27 +224,6 @@ impl StorageClient {
                 None => return Ok(all),
             }
         }
-    }
-
-    /// Replaces a blob's metadata (pass the lease id when the blob is leased).
-    pub async fn set_metadata(
-        &self,
-        container: &str,
-        name: &str,
-        metadata: &[(&str, &str)],
-        lease_id: Option<&str>,
-    ) -> Result<(), StorageError> {
-        let mut url = self.blob_url(&format!("{container}/{name}"));
-        url.query_pairs_mut().append_pair("comp", "metadata");
-        let mut headers = HeaderMap::new();
-        for (k, v) in metadata {
-            headers.insert(meta_name(k)?, header_value(v)?);
-        }
-        if let Some(id) = lease_id {
-            headers.insert("x-ms-lease-id", header_value(id)?);
-        }
-        self.send(Method::PUT, url, headers, Bytes::new()).await?;
-        Ok(())
     }
 
     /// Acquires a lease of `seconds` (15–60) and returns its id.

@@ -20,7 +20,7 @@ use crate::http_client::{HttpClient, Response, TransportError};
 use crate::identity::{IdentityError, ManagedIdentity, STORAGE_RESOURCE};
 
 pub use connection::{ConnectionStringError, Credential, StorageAccount};
-pub use queue::{MessageEncoding, QueueMessage};
+pub use queue::MessageEncoding;
 
 /// The newest service version Azurite 3.35 accepts; Azure accepts it too (azure-storage-rest.md §2).
 pub const API_VERSION: &str = "2025-11-05";
@@ -96,8 +96,10 @@ impl StorageClient {
         url
     }
 
-    /// Sends one request: adds the version and date headers and the credential, then maps error statuses.
-    pub(crate) async fn send(
+    /// Sends one request: adds the version and date headers and the credential, then maps error statuses. Every
+    /// operation is built on this; the tools build the ones the handler never calls (devstack's `storage_ops`) on it
+    /// too, so they sign, authenticate and retry as the handler does.
+    pub async fn send(
         &self,
         method: Method,
         mut url: Url,

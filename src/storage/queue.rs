@@ -1,8 +1,8 @@
-//! Queue operations: create, put (with a visibility delay), get, peek, delete, update.
+//! Queue operations the handler needs: create a queue, put a message (with a visibility delay).
 //!
-//! Put Message is what makes QueueMonitor's delayed re-checks possible (functions-protocol.md §8, option A); the rest
-//! serve the host emulator and the tests. Message text is encoded per `messageEncoding`, as the Functions queue
-//! trigger expects.
+//! Put Message is what makes QueueMonitor's delayed re-checks possible (functions-protocol.md §8, option A). Message
+//! text is encoded per `messageEncoding`, as the Functions queue trigger expects. Receiving, peeking and deleting are
+//! the host's work, not the handler's: the local stack has them (devstack's `storage_ops`).
 
 use std::time::Duration;
 
@@ -10,7 +10,6 @@ use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use http::{Method, StatusCode};
-use serde::Deserialize;
 
 use super::{StorageClient, StorageError};
 
@@ -55,36 +54,12 @@ fn xml_escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
-/// A message as Get or Peek returns it. `text` is the stored `MessageText`, not decoded.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "PascalCase")]
-pub struct QueueMessage {
-    pub message_id: String,
-    #[serde(default)]
-    pub pop_receipt: Option<String>,
-    #[serde(default)]
-    pub dequeue_count: u32,
-    #[serde(default)]
-    pub insertion_time: Option<String>,
-    #[serde(default)]
-    pub expiration_time: Option<String>,
-    #[serde(default)]
-    pub time_next_visible: Option<String>,
-    #[serde(default)]
-    pub message_text: String,
-}
-
-#[derive(Deserialize)]
-struct QueueMessagesList {
-    #[serde(rename = "QueueMessage", default)]
-    messages: Vec<QueueMessage>,
-}
-
 /// Largest `MessageText` the service accepts, in bytes (azure-storage-rest.md §1.1).
 pub const MAX_MESSAGE_TEXT: usize = 65_536;
 
 impl StorageClient {
-    fn queue_url(&self, path: &str) -> url::Url {
+    /// The URL of `queue[/messages…]` in this account.
+    pub fn queue_url(&self, path: &str) -> url::Url {
         Self::url(&self.account.queue_endpoint, path)
     }
 
@@ -128,80 +103,6 @@ impl StorageClient {
             other => other.map(|_| ()),
         }
     }
-
-    /// Receives up to `max` (1–32) messages, hiding them for `visibility` (at least 1 s).
-    pub async fn get_messages(
-        &self,
-        queue: &str,
-        max: u8,
-        visibility: Duration,
-    ) -> Result<Vec<QueueMessage>, StorageError> {
-        let mut url = self.queue_url(&format!("{queue}/messages"));
-        url.query_pairs_mut()
-            .append_pair("numofmessages", &max.clamp(1, 32).to_string())
-            .append_pair("visibilitytimeout", &visibility.as_secs().max(1).to_string());
-        self.list_messages(url).await
-    }
-
-    /// Peeks up to `max` (1–32) visible messages without changing them.
-    pub async fn peek_messages(&self, queue: &str, max: u8) -> Result<Vec<QueueMessage>, StorageError> {
-        let mut url = self.queue_url(&format!("{queue}/messages"));
-        url.query_pairs_mut()
-            .append_pair("peekonly", "true")
-            .append_pair("numofmessages", &max.clamp(1, 32).to_string());
-        self.list_messages(url).await
-    }
-
-    async fn list_messages(&self, url: url::Url) -> Result<Vec<QueueMessage>, StorageError> {
-        let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
-        let xml = response.body;
-        let xml = std::str::from_utf8(&xml).map_err(|e| StorageError::Parse(e.to_string()))?;
-        let list: QueueMessagesList = quick_xml::de::from_str(xml).map_err(|e| StorageError::Parse(e.to_string()))?;
-        Ok(list.messages)
-    }
-
-    /// How many messages the queue holds, invisible ones included (Get Queue Metadata's
-    /// `x-ms-approximate-messages-count`; Peek Messages sees only the visible ones).
-    pub async fn approximate_message_count(&self, queue: &str) -> Result<u64, StorageError> {
-        let mut url = self.queue_url(queue);
-        url.query_pairs_mut().append_pair("comp", "metadata");
-        let response = self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await?;
-        response
-            .headers
-            .get("x-ms-approximate-messages-count")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| StorageError::Parse("queue metadata without x-ms-approximate-messages-count".into()))
-    }
-
-    /// Deletes a received message.
-    pub async fn delete_message(&self, queue: &str, id: &str, pop_receipt: &str) -> Result<(), StorageError> {
-        let mut url = self.queue_url(&format!("{queue}/messages/{id}"));
-        url.query_pairs_mut().append_pair("popreceipt", pop_receipt);
-        self.send(Method::DELETE, url, HeaderMap::new(), Bytes::new()).await?;
-        Ok(())
-    }
-
-    /// Changes a received message's visibility; returns the new pop receipt.
-    pub async fn update_visibility(
-        &self,
-        queue: &str,
-        id: &str,
-        pop_receipt: &str,
-        visibility: Duration,
-    ) -> Result<String, StorageError> {
-        let mut url = self.queue_url(&format!("{queue}/messages/{id}"));
-        url.query_pairs_mut()
-            .append_pair("popreceipt", pop_receipt)
-            .append_pair("visibilitytimeout", &visibility.as_secs().to_string());
-        let response = self.send(Method::PUT, url, HeaderMap::new(), Bytes::new()).await?;
-        response
-            .headers
-            .get("x-ms-popreceipt")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
-            .ok_or_else(|| StorageError::Parse("update answered without x-ms-popreceipt".into()))
-    }
 }
 
 #[cfg(test)]
@@ -220,16 +121,5 @@ mod tests {
         assert_eq!(MessageEncoding::Base64.decode("not base64!"), None);
         assert_eq!(MessageEncoding::parse("Base64"), Some(MessageEncoding::Base64));
         assert_eq!(MessageEncoding::parse("utf8"), None);
-    }
-
-    #[test]
-    fn parses_azurite_lists() {
-        let xml = r#"<?xml version="1.0" encoding="UTF-8" standalone="yes"?><QueueMessagesList><QueueMessage><MessageId>d2ce</MessageId><InsertionTime>Sat, 28 Nov 2026 10:27:12 GMT</InsertionTime><ExpirationTime>Sat, 05 Dec 2026 10:27:12 GMT</ExpirationTime><PopReceipt>MjhO</PopReceipt><TimeNextVisible>Sat, 28 Nov 2026 10:27:42 GMT</TimeNextVisible><DequeueCount>1</DequeueCount><MessageText>aGVsbG8=</MessageText></QueueMessage></QueueMessagesList>"#;
-        let list: QueueMessagesList = quick_xml::de::from_str(xml).expect("parses");
-        assert_eq!(list.messages.len(), 1);
-        assert_eq!(list.messages[0].dequeue_count, 1);
-        assert_eq!(list.messages[0].message_text, "aGVsbG8=");
-        let empty: QueueMessagesList = quick_xml::de::from_str("<QueueMessagesList/>").expect("parses");
-        assert!(empty.messages.is_empty());
     }
 }

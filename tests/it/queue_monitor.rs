@@ -1,5 +1,6 @@
 //! QueueMonitor against a real Azurite and the batch emulator: delayed re-checks, terminal statuses, refusals.
 
+use devstack::storage_ops::QueueOps;
 use std::time::{Duration, Instant};
 
 use blob_batch_monitor::jobs::message::{MonitorMessage, MONITOR_QUEUE, POISON_QUEUE};

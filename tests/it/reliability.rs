@@ -1,5 +1,6 @@
 //! Exactly one job per blob version, nothing lost, under duplicate deliveries, crashes, outages and quota limits.
 
+use devstack::storage_ops::QueueOps;
 use std::time::Duration;
 
 use blob_batch_monitor::jobs::message::{MonitorMessage, MONITOR_QUEUE, POISON_QUEUE};

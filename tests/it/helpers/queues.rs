@@ -4,6 +4,7 @@
 
 use blob_batch_monitor::jobs::record::JobRecord;
 use blob_batch_monitor::storage::{MessageEncoding, StorageClient, StorageError};
+use devstack::storage_ops::QueueOps;
 
 /// The poison queues a run can write: the app's own, and the host's for blob triggers.
 pub const POISON_QUEUES: [&str; 2] = ["monitorjobs-poison", "webjobs-blobtrigger-poison"];

@@ -9,6 +9,8 @@
 //! - [`identity_emulator`]: the platform's managed identity endpoint (`IDENTITY_ENDPOINT`), issuing fixed tokens.
 //! - [`host_emulator`]: a generic Functions host for custom handlers: reads host.json and function.json, runs the
 //!   handler, fires blob and queue triggers, applies queue outputs, as the real host does.
+//! - [`storage_ops`]: the storage operations the handler never calls (receive, peek, delete, count messages; a blob
+//!   by URL; metadata), for the host emulator and the tests.
 
 #![forbid(unsafe_code)]
 
@@ -16,6 +18,7 @@ pub mod azurite;
 pub mod batch_emulator;
 pub mod host_emulator;
 pub mod identity_emulator;
+pub mod storage_ops;
 
 /// The devstack's tools read whole blobs (inputs, results) through the handler's storage client: allow up to 1 GiB.
 pub const TOOL_BODY_LIMIT: usize = 1 << 30;

@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 use devstack::azurite::{project_root, Azurite, AzuriteOptions, Persistence};
 use devstack::batch_emulator::{BatchEmulator, EmulatorConfig, Timings};
 use devstack::host_emulator::{FunctionsHost, HostOptions};
+use devstack::storage_ops::BlobOps;
 
 #[derive(Parser)]
 #[command(

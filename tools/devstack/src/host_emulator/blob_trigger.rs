@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blob_batch_monitor::storage::blob::{unquote_etag, Condition};
-use blob_batch_monitor::storage::{QueueMessage, StorageClient, StorageError};
+use blob_batch_monitor::storage::{StorageClient, StorageError};
+
+use crate::storage_ops::{BlobOps, QueueMessage, QueueOps};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::Semaphore;
@@ -124,7 +126,7 @@ async fn scan_once(
             "ContainerName": container, "BlobName": blob.name, "ETag": blob.properties.etag});
         host.put_message(internal, work.to_string().as_bytes(), ctx.app.host.message_encoding, Duration::ZERO).await?;
         ctx.wakeup("__internal", internal).notify_waiters();
-        host.set_metadata(RECEIPTS, &receipt, &[], None).await?;
+        host.set_metadata(RECEIPTS, &receipt, &[]).await?;
         tracing::info!(target: "host", "{}: new blob {container}/{} (ETag {etag})", f.name, blob.name);
     }
     Ok(())

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blob_batch_monitor::storage::{QueueMessage, StorageClient};
+use blob_batch_monitor::storage::StorageClient;
+
+use crate::storage_ops::{QueueMessage, QueueOps};
 use tokio::task::JoinHandle;
 
 use super::app::{Binding, Function};
