@@ -2,10 +2,12 @@
 //! `HTTP_PROXY` for http URLs, `ALL_PROXY` for either when its own is unset, and `NO_PROXY` for the hosts that go
 //! direct. Each name is looked up in capitals first, then in lower case; an empty value counts as unset.
 //!
-//! Read once at start-up into [`ProxySettings`] (part of the typed config, validated with a message naming the
-//! variable) rather
-//! than left to reqwest's own reading of the environment, so tests can give a client a proxy without changing the
-//! process environment, and so the start-up log can say which proxy is in force without showing its credentials.
+//! Why not leave it to reqwest, which reads the same variables itself: reqwest skips a value it cannot parse without
+//! a word, so a mistyped `HTTPS_PROXY` would send the API key straight to the internet instead of stopping start-up
+//! with a message naming the variable, as every other setting does; and reqwest reads the process environment, so a
+//! test could not give one client a proxy without changing it for every test running beside it. What reqwest does
+//! well it still does: the settings become its `Proxy` and `NoProxy` values, and the identity client is built with
+//! `no_proxy()`. The start-up log says which proxy is in force, without its credentials.
 
 use url::Url;
 

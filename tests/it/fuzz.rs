@@ -1,13 +1,18 @@
 //! Mutational fuzzing of everything that parses untrusted input: the streaming blob-envelope reader (checked against
 //! a full `serde_json` parse), the envelope decoders, the queue message parser, connection strings and Batch
 //! objects, the input-file validator (checked against a plain whole-file reference) and the blob content decoder
-//! (checked against the base64 crate), and finally the running router. Seeds are the protocol doc's examples; mutations are byte flips,
-//! JSON-significant insertions, deletions, duplications, splices and truncations, from a seeded generator.
+//! (checked against the base64 crate), and finally the running router. Seeds are the protocol doc's examples;
+//! mutations are byte flips, JSON-significant insertions, deletions, duplications, splices and truncations, generated
+//! and shrunk by proptest, so a failure is reported as the smallest list of mutations that still fails.
 //!
-//! `FUZZ_ITERATIONS` (default 20,000) and `FUZZ_SEED` set the run; `scripts/fuzz.sh` runs a long one. A failing
-//! input is written to `target/tmp/fuzz-failure-<seed>.bin`.
+//! `FUZZ_ITERATIONS` (default 20,000 cases) and `FUZZ_SEED` (a fixed RNG seed) set the run; `scripts/fuzz.sh` runs a
+//! long one.
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::strategy::ValueTree;
+use proptest::test_runner::{Config, RngSeed, TestRunner};
 
 use blob_batch_monitor::batch_api::Batch;
 use blob_batch_monitor::jobs::message::{parse_work, validate_batch_id, Work};
@@ -31,52 +36,79 @@ const SEEDS: &[&str] = &[
     r#"{"id":"b","status":"failed","errors":{"object":"list","data":[{"code":"empty_file","message":"m","line":"3"}]},"request_counts":{"total":null},"output_blob":""}"#,
 ];
 
-/// xorshift64*.
-struct Rng(u64);
+const SPECIAL: &[u8] = b"\"\\{}[]:,0 \n\x00\xff";
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545F4914F6CDD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
+/// One change to an input. Positions are proptest indexes, scaled to the input's length when applied.
+#[derive(Clone, Debug)]
+enum Mutation {
+    Flip(Index, u8),
+    Special(Index, Index),
+    Delete(Index, usize),
+    Duplicate(Index, usize, Index),
+    /// Part of another seed, spliced in.
+    Splice(Index, Index, Index, usize),
+    Truncate(Index),
+    Byte(Index, u8),
 }
 
-fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
-    const SPECIAL: &[u8] = b"\"\\{}[]:,0 \n\x00\xff";
+fn mutation() -> impl Strategy<Value = Mutation> {
+    prop_oneof![
+        (any::<Index>(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip(at, bit)),
+        (any::<Index>(), any::<Index>()).prop_map(|(at, which)| Mutation::Special(at, which)),
+        (any::<Index>(), 1usize..=16).prop_map(|(at, n)| Mutation::Delete(at, n)),
+        (any::<Index>(), 1usize..=32, any::<Index>()).prop_map(|(at, n, to)| Mutation::Duplicate(at, n, to)),
+        (any::<Index>(), any::<Index>(), any::<Index>(), 0usize..64)
+            .prop_map(|(at, seed, from, n)| Mutation::Splice(at, seed, from, n)),
+        any::<Index>().prop_map(Mutation::Truncate),
+        (any::<Index>(), any::<u8>()).prop_map(|(at, b)| Mutation::Byte(at, b)),
+    ]
+}
+
+/// `input` with `ops` applied in order.
+fn apply(input: &[u8], ops: &[Mutation]) -> Vec<u8> {
     let mut v = input.to_vec();
-    for _ in 0..=rng.below(4) {
-        let at = rng.below(v.len() + 1);
-        match rng.below(7) {
-            0 if !v.is_empty() => {
-                let i = at.min(v.len() - 1);
-                v[i] ^= 1 << rng.below(8);
+    for op in ops {
+        let at = |i: &Index, len: usize| i.index(len + 1);
+        match op {
+            Mutation::Flip(i, bit) if !v.is_empty() => {
+                let i = i.index(v.len());
+                v[i] ^= 1 << bit;
             }
-            1 => v.insert(at, SPECIAL[rng.below(SPECIAL.len())]),
-            2 if at < v.len() => {
-                let end = (at + rng.below(16) + 1).min(v.len());
-                v.drain(at..end);
+            Mutation::Special(i, which) => v.insert(at(i, v.len()), SPECIAL[which.index(SPECIAL.len())]),
+            Mutation::Delete(i, n) if !v.is_empty() => {
+                let from = i.index(v.len());
+                v.drain(from..(from + n).min(v.len()));
             }
-            3 if at < v.len() => {
-                let end = (at + rng.below(32) + 1).min(v.len());
-                let chunk = v[at..end].to_vec();
-                let to = rng.below(v.len() + 1);
+            Mutation::Duplicate(i, n, to) if !v.is_empty() => {
+                let from = i.index(v.len());
+                let chunk = v[from..(from + n).min(v.len())].to_vec();
+                let to = at(to, v.len());
                 v.splice(to..to, chunk);
             }
-            4 => {
-                let other = SEEDS[rng.below(SEEDS.len())].as_bytes();
-                let from = rng.below(other.len());
-                v.splice(at..at, other[from..].iter().take(rng.below(64)).copied());
+            Mutation::Splice(i, seed, from, n) => {
+                let other = SEEDS[seed.index(SEEDS.len())].as_bytes();
+                let from = from.index(other.len());
+                let to = at(i, v.len());
+                v.splice(to..to, other[from..].iter().take(*n).copied());
             }
-            5 => v.truncate(at),
-            _ => v.insert(at, rng.next() as u8),
+            Mutation::Truncate(i) => v.truncate(at(i, v.len())),
+            Mutation::Byte(i, b) => v.insert(at(i, v.len()), *b),
+            _ => {}
         }
     }
     v
+}
+
+/// `FUZZ_ITERATIONS` cases, from `FUZZ_SEED` when set.
+fn config() -> Config {
+    let cases = u32::try_from(crate::helpers::count_from_env("FUZZ_ITERATIONS", 20_000)).unwrap_or(u32::MAX);
+    let seed = std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok());
+    Config {
+        cases,
+        failure_persistence: None,
+        rng_seed: seed.map_or(RngSeed::Random, RngSeed::Fixed),
+        ..Config::default()
+    }
 }
 
 /// The properties every input must satisfy; panics (caught by the driver) on a violation.
@@ -124,26 +156,33 @@ fn accept_work(text: &str) {
     }
 }
 
-fn iterations() -> u64 {
-    crate::helpers::count_from_env("FUZZ_ITERATIONS", 20_000)
-}
-
 #[test]
-fn parsers_survive_mutated_inputs_and_agree_with_a_full_parse() {
-    let seed: u64 = std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x0bad_5eed);
-    let mut rng = Rng(seed | 1);
+fn the_seeds_themselves_pass() {
     for seed_input in SEEDS {
         check(seed_input.as_bytes(), 7);
     }
-    for i in 0..iterations() {
-        let base = SEEDS[rng.below(SEEDS.len())].as_bytes();
-        let input = mutate(&mut rng, base);
-        let chunking = 1 + rng.below(64);
-        if catch_unwind(AssertUnwindSafe(|| check(&input, chunking))).is_err() {
-            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-failure-{seed}-{i}.bin"));
-            let _ = std::fs::write(&path, &input);
-            panic!("iteration {i} (seed {seed}, chunking {chunking}) failed; input saved to {}", path.display());
-        }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    #[test]
+    fn parsers_survive_mutated_inputs_and_agree_with_a_full_parse(
+        seed in any::<Index>(),
+        ops in vec(mutation(), 1..=5),
+        chunking in 1usize..=64,
+    ) {
+        check(&apply(SEEDS[seed.index(SEEDS.len())].as_bytes(), &ops), chunking);
+    }
+
+    #[test]
+    fn the_validator_agrees_with_a_whole_file_reference_on_mutated_files(
+        seed in any::<Index>(),
+        ops in vec(mutation(), 1..=12),
+        chunking in 1usize..=64,
+        escape in any::<bool>(),
+    ) {
+        check_jsonl(&apply(JSONL_SEEDS[seed.index(JSONL_SEEDS.len())].as_bytes(), &ops), chunking, escape);
     }
 }
 
@@ -232,32 +271,15 @@ fn check_jsonl(input: &[u8], chunking: usize, escape: bool) {
     assert_eq!(decoded, input);
 }
 
-#[test]
-fn the_validator_agrees_with_a_whole_file_reference_on_mutated_files() {
-    let seed: u64 = std::env::var("FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x0bad_5eed);
-    let mut rng = Rng(seed.rotate_left(17) | 1);
-    for i in 0..iterations() {
-        let mut input = JSONL_SEEDS[rng.below(JSONL_SEEDS.len())].as_bytes().to_vec();
-        for _ in 0..=rng.below(3) {
-            input = mutate(&mut rng, &input);
-        }
-        let (chunking, escape) = (1 + rng.below(64), rng.below(2) == 0);
-        if catch_unwind(AssertUnwindSafe(|| check_jsonl(&input, chunking, escape))).is_err() {
-            let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("fuzz-jsonl-{seed}-{i}.bin"));
-            let _ = std::fs::write(&path, &input);
-            panic!("iteration {i} (seed {seed}, chunking {chunking}) failed; input saved to {}", path.display());
-        }
-    }
-}
-
 #[tokio::test]
 async fn the_router_answers_every_mutated_envelope_and_never_dies() {
     bounded(async {
         let app = spawn_app().await;
-        let mut rng = Rng(0x5eed_f00d);
+        // Mutated envelopes (the first three seeds), the same ones every run.
+        let mut runner = TestRunner::deterministic();
+        let inputs = (0..3usize, vec(mutation(), 1..=5)).prop_map(|(seed, ops)| apply(SEEDS[seed].as_bytes(), &ops));
         for _ in 0..300 {
-            let base = SEEDS[rng.below(3)].as_bytes();
-            let input = mutate(&mut rng, base);
+            let input = inputs.new_tree(&mut runner).expect("an input").current();
             for function in ["BlobMonitor", "QueueMonitor"] {
                 let answer = app.post(function, input.clone()).await;
                 assert!(answer.status.as_u16() < 600);

@@ -1,8 +1,7 @@
 //! Fault injection for tests: a share of 429s (with `retry-after-ms`), 500/503s, slow answers. Off by default.
 //!
-//! Decisions come from a seeded xorshift generator, so a run with the same seed and request order fails the same way.
+//! Decisions come from a seeded generator (fastrand), so a run with the same seed and request order fails the same way.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// What to inject into API answers (not into `/_emulator` control calls).
@@ -37,39 +36,29 @@ pub enum Injected {
 
 impl Faults {
     /// Rolls the dice for one request.
-    pub fn decide(&self, rng: &XorShift) -> Option<Injected> {
-        let roll = (rng.next() % 100) as u8;
+    pub fn decide(&self, rng: &Dice) -> Option<Injected> {
+        let roll = rng.below(100);
         if roll < self.throttle_percent {
             return Some(Injected::Throttle(Duration::from_millis(self.retry_after_ms)));
         }
         if roll < self.throttle_percent.saturating_add(self.unavailable_percent) {
-            return Some(Injected::Unavailable(if rng.next() % 2 == 0 { 500 } else { 503 }));
+            return Some(Injected::Unavailable(if rng.below(2) == 0 { 500 } else { 503 }));
         }
         None
     }
 }
 
-/// A tiny thread-safe xorshift64* generator.
+/// The seeded generator the decisions come from (fastrand), shared by the emulator's requests.
 #[derive(Debug)]
-pub struct XorShift(AtomicU64);
+pub struct Dice(std::sync::Mutex<fastrand::Rng>);
 
-impl XorShift {
+impl Dice {
     pub fn new(seed: u64) -> Self {
-        XorShift(AtomicU64::new(seed | 1))
+        Dice(std::sync::Mutex::new(fastrand::Rng::with_seed(seed)))
     }
 
-    pub fn next(&self) -> u64 {
-        let mut x = self.0.load(Ordering::Relaxed);
-        loop {
-            let mut y = x;
-            y ^= y >> 12;
-            y ^= y << 25;
-            y ^= y >> 27;
-            match self.0.compare_exchange_weak(x, y, Ordering::Relaxed, Ordering::Relaxed) {
-                Ok(_) => return y.wrapping_mul(0x2545F4914F6CDD1D),
-                Err(current) => x = current,
-            }
-        }
+    fn below(&self, n: u8) -> u8 {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).u8(0..n)
     }
 }
 
@@ -79,7 +68,7 @@ mod tests {
 
     #[test]
     fn shares_are_respected() {
-        let rng = XorShift::new(42);
+        let rng = Dice::new(42);
         let f = Faults { throttle_percent: 30, unavailable_percent: 20, retry_after_ms: 5, ..Faults::default() };
         let (mut t, mut u) = (0, 0);
         for _ in 0..10_000 {

@@ -15,7 +15,6 @@ mod runner;
 pub mod validate;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -177,7 +176,6 @@ pub struct World {
     jobs: Mutex<BTreeMap<String, Job>>,
     order: Mutex<Vec<String>>,
     requests: Mutex<Vec<Recorded>>,
-    counter: AtomicU64,
     pub(crate) storage: Vec<StorageClient>,
     /// While `true`, a create that has registered its job waits before answering ([`World::hold_creates`]).
     create_gate: tokio::sync::watch::Sender<bool>,
@@ -296,10 +294,7 @@ impl World {
 
     /// A fresh job id in the documented shape (`batch_` + a GUID).
     pub(crate) fn next_id(&self) -> String {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let seed = validate::fnv(format!("{n}-{:?}-{}", std::time::SystemTime::now(), std::process::id()).as_bytes());
-        let r = faults::XorShift::new(seed);
-        format!("batch_{}", crate::host_emulator::envelope::format_guid(r.next(), r.next()))
+        format!("batch_{}", uuid::Uuid::new_v4())
     }
 
     /// The storage client for a blob URL, if the URL belongs to a known account.
@@ -325,7 +320,6 @@ impl BatchEmulator {
             jobs: Mutex::default(),
             order: Mutex::default(),
             requests: Mutex::default(),
-            counter: AtomicU64::new(0),
             storage,
             create_gate: tokio::sync::watch::Sender::new(false),
         });

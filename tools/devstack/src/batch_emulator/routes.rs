@@ -14,7 +14,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 
-use super::faults::{Injected, XorShift};
+use super::faults::{Dice, Injected};
 use super::{odata, runner, unix_now, Faults, Job, World};
 
 /// Which surface a request came through; it decides the error body shape and the create status.
@@ -28,11 +28,11 @@ enum Surface {
 struct Ctx {
     world: Arc<World>,
     surface: Surface,
-    rng: Arc<XorShift>,
+    rng: Arc<Dice>,
 }
 
 pub(super) fn router(world: Arc<World>) -> Router {
-    let rng = Arc::new(XorShift::new(0x5eed));
+    let rng = Arc::new(Dice::new(0x5eed));
     let api = |surface| {
         let ctx = Ctx { world: world.clone(), surface, rng: rng.clone() };
         Router::new()

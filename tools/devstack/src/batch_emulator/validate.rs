@@ -118,7 +118,7 @@ pub fn validate(content: &[u8], max_tasks: usize) -> Result<Vec<RequestLine>, In
 
 /// The result line for a request: `Ok` for results.jsonl, `Err` for errors.jsonl. Deterministic in the input.
 pub fn respond(line: &RequestLine, index: usize, created: u64) -> Result<Value, Value> {
-    let request_id = format!("req_{:016x}", fnv(line.custom_id.as_bytes()));
+    let request_id = format!("req_{:016x}", stable_hash(line.custom_id.as_bytes()));
     let model = line.body.get("model").cloned().unwrap_or(Value::Null);
     let chat = line.url.ends_with("/chat/completions");
     let prompt = if chat {
@@ -139,11 +139,11 @@ pub fn respond(line: &RequestLine, index: usize, created: u64) -> Result<Value, 
     let answer = format!("Echo: {}", prompt.chars().take(200).collect::<String>());
     let (p, c) = ((prompt.len() / 4 + 1) as u64, (answer.len() / 4 + 1) as u64);
     let body = if chat {
-        json!({"id": format!("chatcmpl-{:012x}", fnv(answer.as_bytes())), "object": "chat.completion", "created": created, "model": model,
+        json!({"id": format!("chatcmpl-{:012x}", stable_hash(answer.as_bytes())), "object": "chat.completion", "created": created, "model": model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}})
     } else {
-        json!({"id": format!("resp_{:012x}", fnv(answer.as_bytes())), "object": "response", "created_at": created, "model": model, "status": "completed",
+        json!({"id": format!("resp_{:012x}", stable_hash(answer.as_bytes())), "object": "response", "created_at": created, "model": model, "status": "completed",
             "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": answer}]}],
             "usage": {"input_tokens": p, "output_tokens": c, "total_tokens": p + c}})
     };
@@ -158,9 +158,12 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-/// FNV-1a: a stable, dependency-free hash for deterministic ids.
-pub fn fnv(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf29ce484222325u64, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100000001b3))
+/// A hash for ids derived from content (the same answer gets the same id): std's SipHash with its fixed keys.
+fn stable_hash(bytes: &[u8]) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::hash::DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
 }
 
 #[cfg(test)]

@@ -104,13 +104,11 @@ pub fn iso_now(fraction: bool) -> String {
 
 /// Formats a time as `YYYY-MM-DDTHH:MM:SS[.fffffff]Z` (or `+00:00` without fraction, as binding dates are sent).
 pub fn iso(t: std::time::SystemTime, fraction: bool) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let secs = d.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    let base = format!("{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60);
+    let seconds = humantime::format_rfc3339_seconds(t).to_string();
+    let base = seconds.trim_end_matches('Z');
     if fraction {
-        format!("{base}.{:07}Z", d.subsec_nanos() / 100)
+        let nanos = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        format!("{base}.{:07}Z", nanos / 100)
     } else {
         format!("{base}+00:00")
     }
@@ -118,70 +116,12 @@ pub fn iso(t: std::time::SystemTime, fraction: bool) -> String {
 
 /// Converts an RFC 1123 date (as storage sends) to the host's ISO form; unparseable input is passed through.
 pub fn iso_from_http_date(s: &str) -> String {
-    httpdate_parse(s).map_or_else(|| s.to_string(), |t| iso(t, false))
+    httpdate::parse_http_date(s).map_or_else(|_| s.to_string(), |t| iso(t, false))
 }
 
-fn httpdate_parse(s: &str) -> Option<std::time::SystemTime> {
-    // Avoid another dependency: storage dates are always `Sat, 28 Nov 2026 10:27:12 GMT`.
-    let parts: Vec<&str> = s.split_whitespace().collect();
-    let [_, d, mon, y, hms, _] = parts.as_slice() else {
-        return None;
-    };
-    let month = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
-        .iter()
-        .position(|m| m == mon)? as u32
-        + 1;
-    let mut t = hms.split(':').map(|x| x.parse::<u64>().ok());
-    let (h, mi, se) = (t.next()??, t.next()??, t.next()??);
-    let days = days_from_civil(y.parse().ok()?, month, d.parse().ok()?);
-    let secs = u64::try_from(days).ok()? * 86_400 + h * 3600 + mi * 60 + se;
-    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-}
-
-/// Howard Hinnant's days-from-civil algorithm.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// A random-looking GUID for invocation ids and `RandGuid`.
+/// A random GUID for invocation ids and `RandGuid`.
 pub fn guid() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
-    let a = h.finish();
-    h.write_u64(a);
-    let b = h.finish();
-    format_guid(a, b)
-}
-
-/// Formats 128 random bits as a version-4 GUID.
-pub fn format_guid(a: u64, b: u64) -> String {
-    format!(
-        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
-        a >> 32,
-        (a >> 16) & 0xffff,
-        a & 0xfff,
-        0x8000 | (b >> 48) & 0x3fff,
-        b & 0xffff_ffff_ffff
-    )
+    uuid::Uuid::new_v4().to_string()
 }
 
 #[cfg(test)]
