@@ -33,14 +33,14 @@ if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
 fi
 
 venv=target/bench/venv
-if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
-  echo "== installing the original app's client for the benchmark smoke pass (pip, bench/requirements.txt)"
+if ! "$venv/bin/python" -c 'import openai, azure.storage.queue' 2>/dev/null; then
+  echo "== installing the original app's client and the Azure queue SDK (pip, bench/ and tests/requirements.txt)"
   if ! python3 -m venv "$venv" >/dev/null 2>&1; then
     rm -rf "$venv"
     apt-get install -y -qq python3-venv >/dev/null 2>&1 || sudo apt-get install -y -qq python3-venv >/dev/null
     python3 -m venv "$venv"
   fi
-  "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt -r tests/requirements.txt
 fi
 
 # The tests that load the machine (1,000 and 200 blobs through the whole stack, the benchmark smoke pass, 10,000

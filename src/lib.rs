@@ -4,7 +4,8 @@
 //! blob-storage mode, checked through delayed queue messages until it reaches a terminal status.
 //!
 //! ## Layout
-//! - [`functions`]: one module per function (`POST /BlobMonitor`, `POST /QueueMonitor`) plus `GET /` for readiness.
+//! - [`functions`]: one adapter per function (`POST /BlobMonitor`, `POST /QueueMonitor`, the `Jobs` page under
+//!   `/api/jobs`) plus `GET /` for readiness.
 //! - [`protocol`]: the host's invocation envelope and response, including the streaming blob-envelope reader.
 //! - [`jobs`]: the domain core: the job lifecycle (submission exactly once, checks, back-off, records, dead letters,
 //!   reports), returning an outcome that the functions turn into the host's answer.
@@ -93,7 +94,7 @@ impl AppState {
     }
 }
 
-/// The handler's router: the two functions and the readiness probe.
+/// The handler's router: the three functions and the readiness probe.
 pub fn app(state: AppState) -> Router {
     functions::router(state)
 }

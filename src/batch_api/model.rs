@@ -70,18 +70,7 @@ impl fmt::Display for BatchStatus {
 
 impl<'de> Deserialize<'de> for BatchStatus {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        // A visitor rather than `String::deserialize`: the known statuses are matched without allocating.
-        struct Status;
-        impl serde::de::Visitor<'_> for Status {
-            type Value = BatchStatus;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a batch status string")
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BatchStatus, E> {
-                Ok(BatchStatus::parse(v))
-            }
-        }
-        d.deserialize_str(Status)
+        Ok(BatchStatus::parse(&String::deserialize(d)?))
     }
 }
 

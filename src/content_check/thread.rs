@@ -1,6 +1,6 @@
 //! The content check of BlobMonitor: the blob's raw (JSON-escaped base64) content is decoded ([`ContentDecoder`])
 //! and validated line by line ([`Validator`]) on one checking thread per process, fed through a bounded channel, so
-//! that checking overlaps reading the request (the 200 MB file's time target, docs/performance.md). One long-lived
+//! that checking overlaps reading the request (the large-file time target, docs/performance.md). One long-lived
 //! thread with one reused decoder and validator rather than one per request: the allocator keeps a thread's freed
 //! memory for that thread, and a new thread, table and buffers per file added that memory up.
 
@@ -8,8 +8,8 @@ use crate::jobs::validate::{Problem, Validator};
 use crate::protocol::blob_content::{ContentDecoder, ContentError};
 
 /// Content handed to the checking thread at a time, and how many such pieces may wait for it. Each hand-over may
-/// wake a thread; pieces of 256 KiB rather than 64 KiB took about a fifth off a 200 MB file's time for ~3 MB of peak
-/// memory (docs/performance.md).
+/// wake a thread, so pieces are large enough to make those few, and small enough that two in flight stay a small part
+/// of the memory target (the trade is measured in docs/performance.md).
 pub(super) const CHECK_PIECE: usize = 256 << 10;
 const CHECK_QUEUE: usize = 2;
 /// The request body is read in parts of at most this much, so that a piece never outgrows its buffer of

@@ -49,13 +49,12 @@ impl MonitorMessage {
 
     /// The job record's key, when the message names one.
     pub fn record_key(&self) -> Option<String> {
-        Some(crate::jobs::records::RecordStore::key(self.blob.as_deref()?, self.etag.as_deref()?))
+        Some(super::record::key(self.blob.as_deref()?, self.etag.as_deref()?))
     }
 
     /// The JSON text put on the queue.
     pub fn to_json(&self) -> String {
-        // Serializing a struct of strings and integers cannot fail.
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(self).expect("a struct of strings and integers serializes")
     }
 
     /// The blob for logs, or `-`.
@@ -81,7 +80,7 @@ pub struct SubmitMessage {
 impl SubmitMessage {
     /// The JSON text put on the queue.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
+        serde_json::to_string(self).expect("a struct of strings and integers serializes")
     }
 }
 

@@ -156,6 +156,9 @@ pub struct Summary {
     pub updated_at: u64,
     /// Why it is deferred, rejected (the first problem, with its line) or dead-lettered.
     pub reason: Option<String>,
+    /// The job's first error as the batch reports it (`code: message (line n)`), for a job that failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_error: Option<String>,
     /// `usage.total_tokens`, when the batch object carried it.
     pub total_tokens: Option<u64>,
     /// Spare jobs that interrupted creates made for this blob version, cancelled.
@@ -175,6 +178,7 @@ impl Summary {
             started_at: r.started_at,
             updated_at: r.updated_at,
             reason: r.reason.as_ref().map(|why| why.chars().take(REASON_CHARS).collect()),
+            first_error: r.errors.first().map(|e| e.chars().take(REASON_CHARS).collect()),
             total_tokens: r.usage.as_ref().and_then(|u| u.get("total_tokens")).and_then(Value::as_u64),
             spares: r.spare_batch_ids.len(),
         }
@@ -182,7 +186,7 @@ impl Summary {
 
     /// The metadata value.
     pub fn encode(&self) -> String {
-        let json = serde_json::to_vec(self).unwrap_or_default();
+        let json = serde_json::to_vec(self).expect("a summary of strings and numbers serializes");
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
     }
 

@@ -6,9 +6,10 @@
 //! memory stays bounded by the metadata size whatever the blob size. The kept bytes are then parsed normally, with
 //! `Data.<binding>` reading as `""`.
 //!
-//! Hand-written because no maintained JSON crate streams a document while dropping chosen string values; it holds the
-//! 200 MB blob figure (peak memory under 16 MB, docs/performance.md). It is a lexer, not a validator: it tracks just enough JSON structure (nesting, key vs value, strings and escapes)
-//! to find those strings; `serde_json` validates what is kept.
+//! Hand-written because no maintained JSON crate streams a document while dropping chosen string values, and the
+//! large-blob memory target (docs/performance.md) needs exactly that. It is a lexer, not a validator: it tracks just
+//! enough JSON structure (nesting, key vs value, strings and escapes) to find those strings; `serde_json` validates
+//! what is kept.
 
 use memchr::memchr2;
 

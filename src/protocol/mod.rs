@@ -123,8 +123,7 @@ impl InvokeResponse {
 
     /// Renders the body with a given status (non-2xx bodies are ignored by the host but stay well-formed).
     pub fn into_response_with(self, status: StatusCode) -> Response {
-        let body =
-            serde_json::to_vec(&self).unwrap_or_else(|_| b"{\"Outputs\":{},\"Logs\":[],\"ReturnValue\":null}".to_vec());
+        let body = serde_json::to_vec(&self).expect("outputs, logs and a return value of JSON values serialize");
         let mut response = Response::new(Body::from(body));
         *response.status_mut() = status;
         response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));

@@ -128,7 +128,7 @@ impl StorageClient {
             headers.insert(meta_name(k)?, header_value(v)?);
         }
         let response = self.send(Method::PUT, self.blob_url(&format!("{container}/{name}")), headers, content).await?;
-        Ok(etag_of(&response.headers))
+        etag_of(&response.headers)
     }
 
     /// Reads a blob; `None` if it does not exist.
@@ -136,7 +136,7 @@ impl StorageClient {
         let url = self.blob_url(&format!("{container}/{name}"));
         match self.send(Method::GET, url, HeaderMap::new(), Bytes::new()).await {
             Ok(response) => {
-                let etag = etag_of(&response.headers);
+                let etag = etag_of(&response.headers)?;
                 let leased = response.headers.get("x-ms-lease-status").is_some_and(|v| v.as_bytes() == b"locked");
                 Ok(Some(Blob { content: response.body, etag, leased }))
             }
@@ -179,7 +179,7 @@ impl StorageClient {
         match self.send(Method::HEAD, url, HeaderMap::new(), Bytes::new()).await {
             Ok(r) => {
                 let modified = r.headers.get(LAST_MODIFIED).and_then(|v| v.to_str().ok()).unwrap_or("");
-                Ok(Some((etag_of(&r.headers), modified.to_string())))
+                Ok(Some((etag_of(&r.headers)?, modified.to_string())))
             }
             Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
             Err(e) => Err(e),
@@ -268,8 +268,13 @@ impl StorageClient {
     }
 }
 
-fn etag_of(headers: &HeaderMap) -> String {
-    headers.get(ETAG).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+/// The blob's ETag: every Put, Get and Head answer of Blob storage carries one, and every later condition needs it.
+fn etag_of(headers: &HeaderMap) -> Result<String, StorageError> {
+    headers
+        .get(ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .ok_or_else(|| StorageError::Parse("the answer carries no ETag".into()))
 }
 
 fn header_value(v: &str) -> Result<HeaderValue, StorageError> {

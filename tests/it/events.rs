@@ -103,3 +103,44 @@ async fn with_events_off_nothing_is_announced() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_current_official_sdk_reads_an_event() {
+    bounded(async {
+        let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench/venv/bin/python");
+        let has_sdk = std::process::Command::new(&python)
+            .args(["-c", "import azure.storage.queue"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !has_sdk {
+            crate::helpers::skipped("the Azure queue SDK is missing (scripts/test.sh installs tests/requirements.txt)");
+            return;
+        }
+        let app = spawn_app().await;
+        let message = app.create_job("sdk.jsonl").await;
+        assert!(app.emulator.world.force_status(&message.batch_id, "completed"));
+        app.invoke_queue(&message.to_json(), 1).await;
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/read_event.py");
+        let (blob, queue) = (app.account.blob_endpoint.as_str(), app.account.queue_endpoint.as_str());
+        let name = app.account.blob_endpoint.path().trim_matches('/');
+        let connection = blob_batch_monitor::storage::StorageAccount::shared_key_connection_string(
+            name,
+            blob_batch_monitor::storage::connection::DEVSTORE_KEY,
+            blob.trim_end_matches('/'),
+            queue.trim_end_matches('/'),
+        );
+        let output = tokio::process::Command::new(&python)
+            .arg(script)
+            .arg(connection)
+            .arg(EVENTS)
+            .output()
+            .await
+            .expect("python runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let event: Value = serde_json::from_slice(&output.stdout).expect("the SDK decodes the event as JSON text");
+        assert_eq!(event["status"], "completed");
+        assert_eq!(event["batchId"], message.batch_id.as_str());
+        assert_eq!(event["blob"], "batch-input/sdk.jsonl");
+    })
+    .await;
+}

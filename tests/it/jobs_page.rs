@@ -449,3 +449,23 @@ async fn a_job_page_and_refused_actions_carry_the_headers_too() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_failed_job_shows_its_first_error_with_the_line() {
+    bounded(async {
+        let options =
+            crate::helpers::TestOptions { validate_input: false, ..crate::helpers::TestOptions::quick_jobs() };
+        let app = crate::helpers::spawn_app_with(options).await;
+        let bad = format!("{}{{\"custom_id\": oops}}\n", sample_jsonl(1));
+        let message = app.submit("broken.jsonl", bad.as_bytes()).await;
+        app.wait_until_ended(&message.batch_id).await;
+        let ended = app.invoke_queue(&message.to_json(), 1).await;
+        assert!(ended.logs().contains("ended failed"), "{}", ended.logs());
+        let page = get(&app, "/api/jobs?state=failed").await.text;
+        assert!(page.contains("invalid_json_line") && page.contains("(line 2)"), "{page}");
+        let json = json(&app, "/api/jobs?format=json").await;
+        let error = json["rows"][0]["firstError"].as_str().unwrap_or_default().to_string();
+        assert!(error.starts_with("invalid_json_line") && error.ends_with("(line 2)"), "{error}");
+    })
+    .await;
+}

@@ -175,6 +175,7 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
             td { (duration(until.saturating_sub(s.started_at))) }
             td.reason {
                 @if matches!(row.shown.as_str(), "deferred" | "rejected" | "dead-lettered" | UNKNOWN_STATE) { (v(s.reason.as_deref().unwrap_or(""))) }
+                @if row.shown == "failed" { @if let Some(e) = &s.first_error { (v(e)) } }
                 @if s.spares > 0 { " " (spares(s.spares)) }
             }
         }
@@ -184,7 +185,7 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
 /// One job: the whole record, its errors and failed requests, the live batch object, and the actions it allows.
 pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> String {
     let r = &d.record;
-    let record_json = serde_json::to_string_pretty(r).unwrap_or_default();
+    let record_json = serde_json::to_string_pretty(r).expect("a job record serializes");
     let body = html! {
         p { a href=(links.to("", &[])) { "← all jobs" } }
         h1 { (v(&r.blob)) }
@@ -222,7 +223,7 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
         h2 { "Job record" }
         pre { (v(&record_json)) }
         @if let Some(batch) = &d.batch {
-            h2 { "Batch, as the API reports it now" } pre { (v(&serde_json::to_string_pretty(batch).unwrap_or_default())) }
+            h2 { "Batch, as the API reports it now" } pre { (v(&serde_json::to_string_pretty(batch).expect("a JSON value serializes"))) }
         }
         @if let Some(e) = &d.batch_error { h2 { "Batch" } p { "The batch API could not be asked: " (v(e)) } }
     };

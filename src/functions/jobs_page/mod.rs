@@ -82,7 +82,9 @@ async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQuery(q
     let json = p.format.as_deref() == Some("json")
         || headers.get(ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("application/json"));
     match overview::overview(&state.jobs, &query).await {
-        Ok(o) if json => answer(StatusCode::OK, "application/json", serde_json::to_string(&o).unwrap_or_default()),
+        Ok(o) if json => {
+            answer(StatusCode::OK, "application/json", serde_json::to_string(&o).expect("the overview serializes"))
+        }
         Ok(o) => {
             let page = html::list_page(&o, p.state.as_deref().unwrap_or(""), p.q.as_deref().unwrap_or(""), &links);
             answer(StatusCode::OK, "text/html; charset=utf-8", page)
@@ -115,7 +117,7 @@ async fn detail(State(state): State<Arc<AppState>>, rest: JobPath, RawQuery(quer
     };
     match overview::detail(&state.jobs, &key).await {
         Ok(Some(d)) if p.format.as_deref() == Some("json") => {
-            answer(StatusCode::OK, "application/json", serde_json::to_string(&d).unwrap_or_default())
+            answer(StatusCode::OK, "application/json", serde_json::to_string(&d).expect("a job's detail serializes"))
         }
         Ok(Some(d)) => {
             let done = match p.done.as_deref() {

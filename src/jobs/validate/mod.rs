@@ -61,7 +61,7 @@ pub struct Validator {
 impl Validator {
     pub fn new() -> Self {
         // Sized once for the most requests a file may hold: a table that doubled its way there would leave each
-        // smaller one behind as freed memory the allocator keeps (the 200 MB figure's peak). Only the pages that
+        // smaller one behind as freed memory the allocator keeps, raising the large file's peak. Only the pages that
         // ids land in are touched.
         Validator { ids: HashMap::with_capacity(MAX_REQUESTS as usize + 1), ..Validator::default() }
     }

@@ -148,6 +148,9 @@ pub fn arguments(options: &AzuriteOptions) -> anyhow::Result<Vec<String>> {
         "127.0.0.1",
         "--tablePort",
         "0",
+        // The current Azure SDKs send x-ms-version headers newer than the newest Azurite knows; Azurite answers them
+        // 400 unless told to let them through (the README's event consumer uses such an SDK).
+        "--skipApiVersionCheck",
     ]
     .iter()
     .map(|s| s.to_string())
