@@ -12,6 +12,7 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use tracing::field::Empty;
 use tracing::{info, warn, Instrument};
 use url::Url;
 
@@ -26,7 +27,8 @@ const OUTPUT_BINDING: &str = "outQueue";
 
 pub(super) async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let invocation_id = super::invocation_id(&headers);
-    let span = tracing::info_span!("BlobMonitor", invocation_id = %invocation_id);
+    // The job core fills in the blob and its batch (`jobs::log_job`).
+    let span = tracing::info_span!("BlobMonitor", invocation_id = %invocation_id, blob = Empty, batch_id = Empty);
     // Rendered inside the span too: a failure's log line is the one that most needs the invocation id.
     async move { run(&state, &invocation_id, body).await.into_response() }.instrument(span).await
 }

@@ -8,6 +8,7 @@ use axum::body::{to_bytes, Body};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
+use tracing::field::Empty;
 use tracing::Instrument;
 
 use crate::error::{FunctionError, Result};
@@ -22,7 +23,8 @@ pub const MAX_QUEUE_ENVELOPE: usize = 1 << 20;
 
 pub(super) async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
     let invocation_id = super::invocation_id(&headers);
-    let span = tracing::info_span!("QueueMonitor", invocation_id = %invocation_id);
+    // The job core fills in the blob and its batch (`jobs::log_job`).
+    let span = tracing::info_span!("QueueMonitor", invocation_id = %invocation_id, blob = Empty, batch_id = Empty);
     // Rendered inside the span too: a failure's log line is the one that most needs the invocation id.
     async move { run(&state, &invocation_id, body).await.into_response() }.instrument(span).await
 }

@@ -15,7 +15,7 @@
 
 use std::time::Duration;
 
-use tracing::{error, info, instrument, warn};
+use tracing::{error, info, warn};
 
 use super::context::Jobs;
 use crate::batch_api::{Batch, BatchError};
@@ -33,8 +33,8 @@ use super::{report, Outcome, RetryNow};
 const LEASED_RECORD_DELAY: Duration = Duration::from_secs(10);
 
 /// Checks `message`'s job once. `text` is the message as delivered, kept in a dead-letter record.
-#[instrument(name = "check", skip_all, fields(batch_id = %message.batch_id, blob = %message.blob_or_dash(), attempt = message.attempt))]
 pub async fn check(jobs: &Jobs, invocation_id: &str, message: MonitorMessage, text: &str) -> Result<Outcome, RetryNow> {
+    super::log_job(message.blob.as_deref(), Some(&message.batch_id));
     let known = match read_record(jobs, &message).await? {
         Read::Current(known) => known.map(|k| *k),
         Read::Stop(outcome) => return Ok(outcome),

@@ -91,6 +91,20 @@ fn started(batch_id: &str, created: bool) -> String {
     }
 }
 
+/// Names the job that the log lines of this invocation are about: its blob (`container/name`) and batch id, recorded
+/// on the invocation's span, which the function adapters open with both fields empty. Fields of that span rather than
+/// on every line, so each line carries them; and not a span of the core's own, which would be entered and left on
+/// every poll of the invocation as well (what that cost a check is in docs/performance.md).
+pub fn log_job(blob: Option<&str>, batch_id: Option<&str>) {
+    let span = tracing::Span::current();
+    if let Some(blob) = blob {
+        span.record("blob", blob);
+    }
+    if let Some(batch_id) = batch_id {
+        span.record("batch_id", batch_id);
+    }
+}
+
 /// The trigger could not be dealt with now and nothing was lost: the host should deliver it again (non-2xx).
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use tracing::{error, info, instrument, warn};
+use tracing::{error, info, warn};
 
 use super::context::Jobs;
 use crate::batch_api::{Batch, BatchError, CreateBatch, OutputFolder};
@@ -54,8 +54,8 @@ fn unavailable(e: impl Into<anyhow::Error>, doing: &'static str) -> RetryNow {
 }
 
 /// Creates (or finds) the job for a blob version. See the module docs.
-#[instrument(name = "submit", skip_all, fields(blob = %s.blob, etag = %s.etag, batch_id = tracing::field::Empty))]
 pub async fn submit(jobs: &Jobs, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
+    super::log_job(Some(s.blob), None);
     let key = RecordStore::key(s.blob, s.etag);
     let fresh = JobRecord {
         blob: s.blob.to_string(),
@@ -153,7 +153,7 @@ async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow
     };
     match jobs.batch.create(&request).await {
         Ok(batch) => {
-            tracing::Span::current().record("batch_id", batch.id.as_str());
+            super::log_job(None, Some(&batch.id));
             info!(status = %batch.status, "created the batch job");
             record.reason = None;
             // If this write fails, the retry finds the job through the API (the create is still in doubt).
@@ -179,7 +179,7 @@ async fn adopt(
     let Some((first, spares)) = found.split_first() else {
         return Err(RetryNow(anyhow::anyhow!("adopt() called without a job")));
     };
-    tracing::Span::current().record("batch_id", first.id.as_str());
+    super::log_job(None, Some(&first.id));
     if spares.is_empty() {
         info!("found the job an interrupted attempt created; adopting it");
     } else {
