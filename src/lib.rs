@@ -88,6 +88,7 @@ impl AppState {
             },
             message_encoding: config.message_encoding,
             completed_queue: config.completed_queue.clone(),
+            parts_container: config.parts_container.clone(),
         };
         let jobs = Jobs::new(batch, storage, config.records_container.clone(), settings);
         AppState { config: Arc::new(config), jobs }

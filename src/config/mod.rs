@@ -12,6 +12,7 @@ use url::Url;
 
 use crate::batch_api::{ApiSurface, OpenAiAuth};
 use crate::http_client::ProxySettings;
+use crate::jobs::plan::{Limits, TokenQuota, DEFAULT_MAX_BYTES, SERVICE_MAX_REQUESTS};
 use crate::storage::{MessageEncoding, StorageAccount};
 
 mod identity;
@@ -26,6 +27,10 @@ pub const DEFAULT_RETRY_DELAY_SECS: u64 = 30;
 pub const DEFAULT_COMPLETED_QUEUE: &str = "batch-completed";
 /// `BATCH_RECORDS_CONTAINER` default: where job records live.
 pub const DEFAULT_RECORDS_CONTAINER: &str = "batch-records";
+/// `BATCH_PARTS_CONTAINER` default: where the parts of a file over one job's limits are written.
+pub const DEFAULT_PARTS_CONTAINER: &str = "batch-parts";
+/// The most a part may be: blob input is documented up to 1 GB (azure-openai-batch.md §8).
+const MAX_PART_BYTES: u64 = 1_000_000_000;
 /// Put Message refuses visibility timeouts over 7 days.
 const MAX_DELAY_SECS: u64 = 604_800;
 
@@ -58,6 +63,10 @@ pub struct Config {
     pub completed_queue: Option<String>,
     /// `HTTPS_PROXY`, `HTTP_PROXY`, `ALL_PROXY`, `NO_PROXY` (either case): how the batch API and Storage are reached.
     pub proxies: ProxySettings,
+    /// `BATCH_MAX_REQUESTS`, `BATCH_MAX_BYTES`, `BATCH_TOKEN_QUOTA`: what one job may hold; a larger file is split.
+    pub limits: Limits,
+    /// `BATCH_PARTS_CONTAINER`: where the parts of a split file are written, in the same account.
+    pub parts_container: String,
 }
 
 /// A setting that stops start-up. The message names the setting and never shows a secret value.
@@ -105,6 +114,8 @@ impl Config {
             validate_input: s.flag("BATCH_VALIDATE_INPUT", true)?,
             completed_queue: completed_queue(&s)?,
             proxies: ProxySettings::from_lookup(&get).map_err(|e| bad(e.setting, e.problem))?,
+            limits: limits(&s)?,
+            parts_container: s.container("BATCH_PARTS_CONTAINER", Some(DEFAULT_PARTS_CONTAINER))?,
         })
     }
 }
@@ -129,6 +140,17 @@ impl<F: Fn(&str) -> Option<String>> Lookup<'_, F> {
             Ok(s) if (1..=MAX_DELAY_SECS).contains(&s) => Ok(Duration::from_secs(s)),
             _ => Err(bad(k, format!("must be a whole number of seconds from 1 to {MAX_DELAY_SECS}, not `{v}`"))),
         }
+    }
+
+    /// A whole number from 1 to `max`.
+    fn count(&self, k: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(v) = self.get(k) else { return Ok(default) };
+        v.trim()
+            .replace('_', "")
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| bad(k, format!("must be a whole number from 1 to {max}, not `{v}`")))
     }
 
     fn at_least_one(&self, k: &'static str, default: u32) -> Result<u32, ConfigError> {
@@ -204,6 +226,20 @@ fn storage_account<F: Fn(&str) -> Option<String>>(s: &Lookup<'_, F>) -> Result<S
             "is missing (set a connection string, or BlobStorageConnection__blobServiceUri and \
              __queueServiceUri for an identity-based connection)",
         )
+    })
+}
+
+/// What one job may hold: `BATCH_MAX_REQUESTS` (at most the service's 100,000), `BATCH_MAX_BYTES` (at most 1 GB, what
+/// blob input is documented to take), `BATCH_TOKEN_QUOTA`.
+fn limits<F: Fn(&str) -> Option<String>>(s: &Lookup<'_, F>) -> Result<Limits, ConfigError> {
+    let quota = match s.get("BATCH_TOKEN_QUOTA") {
+        None => TokenQuota::default(),
+        Some(v) => TokenQuota::parse(&v).map_err(|e| bad("BATCH_TOKEN_QUOTA", e))?,
+    };
+    Ok(Limits {
+        max_requests: s.count("BATCH_MAX_REQUESTS", SERVICE_MAX_REQUESTS, SERVICE_MAX_REQUESTS)?,
+        max_bytes: s.count("BATCH_MAX_BYTES", DEFAULT_MAX_BYTES, MAX_PART_BYTES)?,
+        quota,
     })
 }
 

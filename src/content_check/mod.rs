@@ -7,7 +7,8 @@ mod thread;
 use axum::body::Body;
 use http_body_util::BodyExt;
 
-use crate::jobs::validate::Problem;
+use crate::jobs::plan::Limits;
+use crate::jobs::validate::Checked;
 use crate::protocol::blob_envelope::{ElidedValue, ElidingReader};
 use crate::protocol::InvokeRequest;
 
@@ -18,14 +19,15 @@ pub const MAX_BLOB_ENVELOPE: u64 = 1 << 30;
 /// Largest part of the envelope kept in memory: everything except the blob content.
 const MAX_KEPT: usize = 4 << 20;
 
-/// The envelope and, when validating, what validation found in the blob content (`None` when it was off or the
-/// envelope carries no content).
-pub type Envelope = (InvokeRequest, Vec<ElidedValue>, Option<Vec<Problem>>);
+/// The envelope and, when validating, what the check found in the blob content and how it cuts it into jobs (`None`
+/// when it was off or the envelope carries no content).
+pub type Envelope = (InvokeRequest, Vec<ElidedValue>, Option<Checked>);
 
 /// Streams the body through the eliding reader, bounded by [`MAX_BLOB_ENVELOPE`], validating the content on the way.
-pub async fn read_envelope(mut body: Body, validate: bool) -> anyhow::Result<Envelope> {
+/// `limits` is `None` when validation is off.
+pub async fn read_envelope(mut body: Body, limits: Option<Limits>) -> anyhow::Result<Envelope> {
     let mut reader = ElidingReader::new(MAX_KEPT);
-    let mut check = validate.then(Check::start);
+    let mut check = limits.map(Check::start);
     let mut piece = new_piece();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| anyhow::anyhow!("reading the request body failed: {e}"))?;
@@ -47,14 +49,14 @@ pub async fn read_envelope(mut body: Body, validate: bool) -> anyhow::Result<Env
         }
     }
     let (request, elided) = reader.finish()?;
-    let problems = match check {
+    let checked = match check {
         Some(mut check) => {
             check.send(piece).await;
-            let problems = check.finish().await?;
+            let checked = check.finish().await?;
             // Without a content string there was nothing to check.
-            (!elided.is_empty()).then_some(problems)
+            (!elided.is_empty()).then_some(checked)
         }
         None => None,
     };
-    Ok((request, elided, problems))
+    Ok((request, elided, checked))
 }

@@ -4,7 +4,8 @@
 //! thread with one reused decoder and validator rather than one per request: the allocator keeps a thread's freed
 //! memory for that thread, and a new thread, table and buffers per file added that memory up.
 
-use crate::jobs::validate::{Problem, Validator};
+use crate::jobs::plan::Limits;
+use crate::jobs::validate::{Checked, Validator};
 use crate::protocol::blob_content::{ContentDecoder, ContentError};
 
 /// Content handed to the checking thread at a time, and how many such pieces may wait for it. Each hand-over may
@@ -21,14 +22,16 @@ pub(super) const READ_PART: usize = 64 << 10;
 pub(super) struct Check {
     pieces: tokio::sync::mpsc::Sender<Vec<u8>>,
     spares: std::sync::mpsc::Receiver<Vec<u8>>,
-    done: tokio::sync::oneshot::Receiver<Result<Vec<Problem>, ContentError>>,
+    done: tokio::sync::oneshot::Receiver<Result<Checked, ContentError>>,
 }
 
 /// What the checking thread is handed for one file.
 struct CheckJob {
+    /// How the file is cut into parts.
+    limits: Limits,
     pieces: tokio::sync::mpsc::Receiver<Vec<u8>>,
     give_back: std::sync::mpsc::SyncSender<Vec<u8>>,
-    done: tokio::sync::oneshot::Sender<Result<Vec<Problem>, ContentError>>,
+    done: tokio::sync::oneshot::Sender<Result<Checked, ContentError>>,
 }
 
 /// The checking thread's queue of files, started on first use.
@@ -50,7 +53,7 @@ fn checker() -> &'static std::sync::mpsc::Sender<CheckJob> {
 /// check only: its invocation reports that the check stopped, and later files are checked with a fresh decoder and
 /// validator, where a dead thread would have failed every BlobMonitor invocation until the process restarted.
 fn serve(incoming: std::sync::mpsc::Receiver<CheckJob>, check: fn(&mut ContentDecoder, &mut Validator, CheckJob)) {
-    let (mut decoder, mut validator) = (ContentDecoder::new(), Validator::new());
+    let (mut decoder, mut validator) = (ContentDecoder::new(), Validator::default());
     for job in incoming {
         let checked =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(&mut decoder, &mut validator, job)));
@@ -58,7 +61,7 @@ fn serve(incoming: std::sync::mpsc::Receiver<CheckJob>, check: fn(&mut ContentDe
             tracing::error!(
                 "checking a blob's content panicked; that invocation fails, the next blob is checked afresh"
             );
-            (decoder, validator) = (ContentDecoder::new(), Validator::new());
+            (decoder, validator) = (ContentDecoder::new(), Validator::default());
         }
     }
 }
@@ -66,7 +69,7 @@ fn serve(incoming: std::sync::mpsc::Receiver<CheckJob>, check: fn(&mut ContentDe
 /// One file: its pieces decoded and validated as they come, the problems (or why the content is not base64) sent back.
 fn check_file(decoder: &mut ContentDecoder, validator: &mut Validator, mut job: CheckJob) {
     decoder.reset();
-    validator.reset();
+    validator.reset(std::mem::take(&mut job.limits));
     while let Some(mut raw) = job.pieces.blocking_recv() {
         // Once enough problems are found, the rest is only drained.
         if !validator.is_done() {
@@ -85,19 +88,19 @@ pub(super) fn new_piece() -> Vec<u8> {
 }
 
 impl Check {
-    pub(super) fn start() -> Self {
-        let (check, job) = Check::new();
+    pub(super) fn start(limits: Limits) -> Self {
+        let (check, job) = Check::new(limits);
         // A failed hand-over drops the job, and `finish` reports that the check stopped.
         let _ = checker().send(job);
         check
     }
 
     /// One file's two ends: this one for the reading task, the job for the checking thread.
-    fn new() -> (Self, CheckJob) {
+    fn new(limits: Limits) -> (Self, CheckJob) {
         let (pieces, incoming) = tokio::sync::mpsc::channel::<Vec<u8>>(CHECK_QUEUE);
         let (give_back, spares) = std::sync::mpsc::sync_channel::<Vec<u8>>(CHECK_QUEUE + 2);
         let (done_tx, done) = tokio::sync::oneshot::channel();
-        (Check { pieces, spares, done }, CheckJob { pieces: incoming, give_back, done: done_tx })
+        (Check { pieces, spares, done }, CheckJob { limits, pieces: incoming, give_back, done: done_tx })
     }
 
     /// An empty buffer for the next piece: one the thread gave back, or a new one.
@@ -112,7 +115,7 @@ impl Check {
         }
     }
 
-    pub(super) async fn finish(self) -> anyhow::Result<Vec<Problem>> {
+    pub(super) async fn finish(self) -> anyhow::Result<Checked> {
         drop(self.pieces);
         Ok(self.done.await.map_err(|_| anyhow::anyhow!("the content check stopped"))??)
     }
@@ -125,6 +128,7 @@ mod tests {
     use base64::Engine;
 
     use super::*;
+    use crate::jobs::validate::Problem;
 
     static CALLS: AtomicUsize = AtomicUsize::new(0);
 
@@ -135,10 +139,10 @@ mod tests {
     }
 
     async fn check(jobs: &std::sync::mpsc::Sender<CheckJob>, content: &[u8]) -> anyhow::Result<Vec<Problem>> {
-        let (mut check, job) = Check::new();
+        let (mut check, job) = Check::new(Limits::default());
         jobs.send(job).expect("the thread takes files");
         check.send(base64::engine::general_purpose::STANDARD.encode(content).into_bytes()).await;
-        check.finish().await
+        check.finish().await.map(|c| c.problems)
     }
 
     #[tokio::test]

@@ -34,8 +34,9 @@ pub(super) async fn invoke(State(state): State<Arc<AppState>>, headers: HeaderMa
 }
 
 async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<InvokeResponse> {
-    let (request, elided, problems) =
-        content_check::read_envelope(body, state.config.validate_input).await.map_err(FunctionError::bad_envelope)?;
+    let limits = state.config.validate_input.then(|| state.config.limits.clone());
+    let (request, elided, checked) =
+        content_check::read_envelope(body, limits).await.map_err(FunctionError::bad_envelope)?;
     let uri = request.metadata_str("Uri").ok_or(FunctionError::bad_envelope(EnvelopeError::MissingMetadata("Uri")))?;
     let url = Url::parse(&uri)
         .ok()
@@ -46,12 +47,12 @@ async fn run(state: &AppState, invocation_id: &str, body: Body) -> Result<Invoke
         FunctionError::bad_envelope(anyhow::anyhow!("the envelope carries no blob content under `Data`"))
     })?;
     info!(blob = %url.path(), bytes = content.approx_decoded_len(), "new blob");
-    if problems.is_none() && content.len == 0 {
+    if checked.is_none() && content.len == 0 {
         warn!(blob = %url.path(), "the blob is empty; the batch service will fail the job with empty_file");
-    } else if problems.is_none() && content.starts_with_bom() {
+    } else if checked.is_none() && content.starts_with_bom() {
         warn!(blob = %url.path(), "the blob starts with a UTF-8 BOM; the batch service will fail the job with a misleading deployment-name error");
     }
-    let blob = NewBlob { url: &url, name: request.metadata_str("name"), problems, invocation_id };
+    let blob = NewBlob { url: &url, name: request.metadata_str("name"), checked, invocation_id };
     let outcome = jobs::new_blob(&state.jobs, blob).await.map_err(|e| FunctionError::unavailable(e.0))?;
     let response = InvokeResponse::log(&outcome.line());
     Ok(match outcome {

@@ -23,8 +23,9 @@ use crate::batch_api::{Batch, BatchError};
 use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::{MonitorMessage, MONITOR_QUEUE};
+use super::parts::{self, PartEnding};
 use super::policy::{self, AfterCheck};
-use super::record::{JobRecord, RecordState};
+use super::record::{JobRecord, PartState, RecordState};
 use super::records::Versioned;
 use super::submit::{defer_message, Submission};
 use super::{report, Outcome, RetryNow};
@@ -93,7 +94,9 @@ async fn ended(
     let mut ended = current(known.as_ref(), message);
     ended.observe(batch);
     ended.failed_requests = failures.requests.clone();
-    let sent = events::announce(jobs, &CompletionEvent::of(&ended, batch.status.as_str(), Some(batch))).await?;
+    let ending =
+        PartEnding { state: PartState::Ended, status: batch.status.to_string(), batch_id: Some(batch.id.clone()) };
+    let sent = announce(jobs, &ended, ending, Some(batch)).await?;
     record(jobs, message, known, |r| {
         r.observe(batch);
         r.state = RecordState::Ended;
@@ -161,7 +164,9 @@ async fn give_up(
     poison(jobs, invocation_id, &reason, Some(&message.batch_id), text).await?;
     let mut dead = current(known.as_ref(), message);
     dead.reason = Some(reason.clone());
-    let sent = events::announce(jobs, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
+    let ending =
+        PartEnding { state: PartState::DeadLettered, status: reason.clone(), batch_id: Some(message.batch_id.clone()) };
+    let sent = announce(jobs, &dead, ending, None).await?;
     record(jobs, message, known, |r| {
         r.state = RecordState::DeadLettered;
         r.reason = Some(reason.clone());
@@ -170,6 +175,22 @@ async fn give_up(
     .await?;
     error!("{reason}; dead-lettered");
     Ok(Outcome::DeadLettered { reason })
+}
+
+/// Announces a job's ending: its own event, or, for a part of a split file, its file's progress (the file has one
+/// event, when every part has ended).
+async fn announce(
+    jobs: &Jobs,
+    record: &JobRecord,
+    ending: PartEnding,
+    batch: Option<&Batch>,
+) -> Result<Option<String>, RetryNow> {
+    if record.parent.is_some() {
+        parts::part_ended(jobs, record, ending).await?;
+        return Ok(None);
+    }
+    let status = if ending.state == PartState::DeadLettered { "dead-lettered" } else { ending.status.as_str() };
+    events::announce(jobs, &CompletionEvent::of(record, status, batch)).await
 }
 
 /// The job's record as this check read it, or what the message says of the job when it names no record (a plain
@@ -214,6 +235,7 @@ async fn resubmit(
         invocation_id: "-",
         deferrals: r.failures,
         host_retries: false,
+        parent: r.parent.as_deref(),
     };
     defer_message(jobs, &s, after).await?;
     warn!(retry_in_secs = after.as_secs(), "the token quota was full; the blob will be submitted again");

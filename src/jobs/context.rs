@@ -31,6 +31,8 @@ pub struct JobSettings {
     pub message_encoding: MessageEncoding,
     /// `BATCH_COMPLETED_QUEUE` (`None`: events are off).
     pub completed_queue: Option<String>,
+    /// `BATCH_PARTS_CONTAINER`: where a split file's parts are written.
+    pub parts_container: String,
 }
 
 impl Jobs {

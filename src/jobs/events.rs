@@ -62,6 +62,21 @@ pub struct CompletionEvent {
     /// RFC 3339; `null` when the blob version has no record (it was deleted before one was written).
     pub submitted_at: Option<String>,
     pub ended_at: String,
+    /// For a file split into parts: each part's job, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<PartEvent>,
+}
+
+/// One part of a split file, in its file's event.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PartEvent {
+    pub blob: String,
+    pub batch_id: Option<String>,
+    pub status: Option<String>,
+    pub request_counts: Option<RequestCounts>,
+    pub output_blob: Option<String>,
+    pub error_blob: Option<String>,
 }
 
 impl CompletionEvent {
@@ -92,6 +107,18 @@ impl CompletionEvent {
             model: record.model.clone(),
             submitted_at: (record.started_at > 0).then(|| rfc3339(record.started_at)),
             ended_at: rfc3339(unix_now()),
+            parts: record
+                .parts
+                .iter()
+                .map(|p| PartEvent {
+                    blob: p.blob.clone(),
+                    batch_id: p.batch_id.clone(),
+                    status: p.status.clone(),
+                    request_counts: p.request_counts.clone(),
+                    output_blob: p.output_blob.clone(),
+                    error_blob: p.error_blob.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -13,10 +13,11 @@ use super::check;
 use super::dead_letter::{self, DeadLetter};
 use super::events::{self, CompletionEvent};
 use super::message::SubmitMessage;
+use super::parts;
 use super::record::{JobRecord, RecordState};
 use super::records::RecordStore;
 use super::submit::{self, Submission};
-use super::validate::Problem;
+use super::validate::{Checked, Problem};
 use super::{Outcome, RetryNow};
 
 /// The container of the blob trigger's path, fixed by `BlobMonitor/function.json` (`batch-input/{name}`).
@@ -31,13 +32,14 @@ pub struct NewBlob<'a> {
     pub url: &'a Url,
     /// The blob's name within it (the trigger's `name`), used when `url` is not under the configured endpoint.
     pub name: Option<String>,
-    /// What pre-flight validation found (`None`: it was off).
-    pub problems: Option<Vec<Problem>>,
+    /// What the pre-flight check found, and how it cuts the file into jobs (`None`: it was off, and the file is one
+    /// job as it is).
+    pub checked: Option<Checked>,
     pub invocation_id: &'a str,
 }
 
-/// A new blob: read its current ETag, reject it if validation found problems, else create its job exactly once
-/// ([`submit::submit`]).
+/// A new blob: read its current ETag, reject it if validation found problems, split it if it is over one job's
+/// limits ([`parts::start`]), else create its job exactly once ([`submit::submit`]).
 pub async fn new_blob(jobs: &Jobs, blob: NewBlob<'_>) -> Result<Outcome, RetryNow> {
     // A URL under the configured endpoint names its own container and blob; any other form (a custom domain, another
     // scheme or port, a trailing slash) is looked up by the trigger's path in the configured account.
@@ -75,8 +77,14 @@ pub async fn new_blob(jobs: &Jobs, blob: NewBlob<'_>) -> Result<Outcome, RetryNo
         return gone(jobs, &blob, &name, reason).await;
     };
     let etag = unquote_etag(&etag).to_string();
-    if let Some(problems) = blob.problems.filter(|p| !p.is_empty()) {
-        return reject(jobs, blob.url, &name, &etag, problems).await;
+    match blob.checked {
+        Some(checked) if !checked.problems.is_empty() => {
+            return reject(jobs, blob.url, &name, &etag, checked.problems).await;
+        }
+        Some(checked) if !checked.plan.is_whole() => {
+            return parts::start(jobs, blob.url, &name, &etag, checked.plan).await;
+        }
+        _ => {}
     }
     let submission = Submission {
         function: "BlobMonitor",
@@ -86,6 +94,7 @@ pub async fn new_blob(jobs: &Jobs, blob: NewBlob<'_>) -> Result<Outcome, RetryNo
         invocation_id: blob.invocation_id,
         deferrals: 0,
         host_retries: true,
+        parent: None,
     };
     submit::submit(jobs, &submission).await
 }
@@ -164,11 +173,19 @@ pub async fn refusal(jobs: &Jobs, m: &SubmitMessage) -> Result<Option<String>, R
         return Ok(Some("the submission's URL is not a blob of this app's storage account".into()));
     };
     let blob = format!("{container}/{name}");
-    if container != INPUT_CONTAINER || !addressable(&name) {
-        return Ok(Some(format!(
-            "the submission names `{}`, which is not a blob of `{INPUT_CONTAINER}`",
-            shown(&blob)
-        )));
+    // A part of a split file lives in the parts container, and its file's record must list it with that ETag.
+    let home = if m.parent.is_some() { jobs.settings.parts_container.as_str() } else { INPUT_CONTAINER };
+    if container != home || !addressable(&name) {
+        return Ok(Some(format!("the submission names `{}`, which is not a blob of `{home}`", shown(&blob))));
+    }
+    if let Some(parent) = &m.parent {
+        let file = jobs.records.read(parent).await.map_err(|e| RetryNow::because(e, "reading the file's record"))?;
+        let listed = file.is_some_and(|f| {
+            f.record.parts.iter().any(|p| p.blob == blob && p.etag.as_deref() == Some(unquote_etag(&m.etag)))
+        });
+        if !listed {
+            return Ok(Some(format!("`{}` is not a written part of the file `{}`", shown(&blob), shown(parent))));
+        }
     }
     if blob != m.blob {
         return Ok(Some(format!(

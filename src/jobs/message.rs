@@ -75,6 +75,9 @@ pub struct SubmitMessage {
     /// Deferrals so far.
     #[serde(default)]
     pub attempt: u32,
+    /// For a part of a split file: the file's record key. The part is submitted only if that record lists it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
 }
 
 impl SubmitMessage {
@@ -84,11 +87,31 @@ impl SubmitMessage {
     }
 }
 
+/// A step of a split file (the `parts` module), naming the file's record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum WorkMessage {
+    /// Write the file's parts, then submit the first ones.
+    Split { split: String },
+    /// Join the parts' results and end the file.
+    Merge { merge: String },
+}
+
+impl WorkMessage {
+    /// The JSON text put on the queue.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a record key serializes")
+    }
+}
+
 /// Work for QueueMonitor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Work {
     Check(MonitorMessage),
     Submit(SubmitMessage),
+    /// A split file's step; its record key is checked like a blob name.
+    Split(String),
+    Merge(String),
 }
 
 /// Why a queue message is refused. Such a message never reaches the batch API; it is dead-lettered with this reason.
@@ -106,6 +129,8 @@ pub enum MessageError {
     ForeignBlob(String),
     #[error("the submission's blob name is not usable")]
     BadBlobName,
+    #[error("the split file's record key is not usable")]
+    BadRecordKey,
 }
 
 /// Parses a queue message: a submission when its JSON object has a `submit` key (whatever its value), otherwise a
@@ -115,6 +140,9 @@ pub fn parse_work(text: &str, blob_endpoint: &str) -> Result<Work, MessageError>
     let trimmed = text.trim();
     let object = match serde_json::from_str::<serde_json::Value>(trimmed) {
         Ok(serde_json::Value::Object(o)) if o.contains_key("submit") => o,
+        Ok(serde_json::Value::Object(o)) if o.contains_key("split") || o.contains_key("merge") => {
+            return parse_step(serde_json::Value::Object(o));
+        }
         _ => return parse_monitor_message(text).map(Work::Check),
     };
     let m = SubmitMessage::deserialize(serde_json::Value::Object(object))
@@ -128,6 +156,27 @@ pub fn parse_work(text: &str, blob_endpoint: &str) -> Result<Work, MessageError>
         return Err(MessageError::BadBlobName);
     }
     Ok(Work::Submit(m))
+}
+
+/// A split file's step: its record key must be one (`container/name/etag.json`, no `..`, bounded).
+fn parse_step(value: serde_json::Value) -> Result<Work, MessageError> {
+    let step = WorkMessage::deserialize(value).map_err(|e| MessageError::NotAMessage(format!("not a step: {e}")))?;
+    let key = match &step {
+        WorkMessage::Split { split } => split,
+        WorkMessage::Merge { merge } => merge,
+    };
+    let usable = key.len() <= 1300
+        && key.ends_with(".json")
+        && key.split('/').count() >= 3
+        && !key.split('/').any(|s| s.is_empty() || s == "." || s == "..")
+        && !key.contains(['?', '#']);
+    if !usable {
+        return Err(MessageError::BadRecordKey);
+    }
+    Ok(match step {
+        WorkMessage::Split { split } => Work::Split(split),
+        WorkMessage::Merge { merge } => Work::Merge(merge),
+    })
 }
 
 fn validate_etag(etag: &str) -> Result<(), MessageError> {

@@ -10,7 +10,8 @@
 //! - [`message`]: the monitor queue's messages and batch id validation.
 //! - [`dead_letter`]: records of work that can never succeed, on `monitorjobs-poison`.
 //! - [`report`]: the final report line, with the first failed requests from the job's error file.
-//! - [`validate`]: pre-flight validation of an input file, streamed, with line numbers.
+//! - [`validate`]: pre-flight validation of an input file, streamed, with line numbers; [`plan`]: how it is cut.
+//! - [`parts`]: a file over one job's limits as several jobs, paced by the token quota, ending in one result.
 //! - [`events`]: the completion event announced on a queue when a blob's story ends.
 //! - [`overview`]: every job for the operators' page, from the records' listing; cancel and resubmit.
 
@@ -21,6 +22,8 @@ pub mod events;
 pub mod intake;
 pub mod message;
 pub mod overview;
+pub mod parts;
+pub mod plan;
 pub mod policy;
 pub mod record;
 pub mod records;
@@ -61,6 +64,8 @@ pub enum Outcome {
     DeadLettered { reason: String },
     /// The file failed pre-flight validation; no job was created, the record lists the problems.
     Rejected { reason: String },
+    /// The file is over one job's limits: it is being split into `parts` jobs.
+    Split { parts: usize },
     /// Nothing to do: a duplicate or superseded delivery, or a blob version already settled.
     Nothing { reason: String },
 }
@@ -78,6 +83,7 @@ impl Outcome {
             Outcome::Deferred { after, reason } => format!("deferred by {} s: {reason}", after.as_secs()),
             Outcome::DeadLettered { reason } => format!("dead-lettered: {reason}"),
             Outcome::Rejected { reason } => format!("rejected: {reason}"),
+            Outcome::Split { parts } => format!("split into {parts} parts"),
             Outcome::Nothing { reason } => reason.clone(),
         }
     }
@@ -134,6 +140,7 @@ pub async fn handle_message(jobs: &Jobs, text: &str, invocation_id: &str) -> Res
                 invocation_id,
                 deferrals: m.attempt,
                 host_retries: false,
+                parent: m.parent.as_deref(),
             };
             match submit::submit(jobs, &submission).await? {
                 // The queue trigger has no output binding: monitoring starts with a message put now.
@@ -144,6 +151,8 @@ pub async fn handle_message(jobs: &Jobs, text: &str, invocation_id: &str) -> Res
                 other => Ok(other),
             }
         }
+        Ok(Work::Split(key)) => parts::split(jobs, &key).await,
+        Ok(Work::Merge(key)) => parts::merge(jobs, &key).await,
         Err(refusal) => {
             let reason = refusal.to_string();
             error!(reason = %reason, "refusing a queue message; it never reaches the batch API");

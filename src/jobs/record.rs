@@ -93,6 +93,70 @@ pub struct JobRecord {
     /// Times an operator sent the blob version back to submission (each is a new story with new endings).
     #[serde(skip_serializing_if = "is_zero")]
     pub resubmissions: u32,
+    /// A file over one job's limits: its parts, in order, each a job of its own (its own record, `parent` naming
+    /// this one).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Part>,
+    /// A split file's token budget per part (the deployment's enqueued-token quota), when one is known: the parts
+    /// running at once stay within it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_budget: Option<u64>,
+    /// A split file an operator cancelled: no more of its parts are submitted.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub stopped: bool,
+    /// For a part: the record key of the file it is a part of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+}
+
+/// One part of a split file, as the file's record follows it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Part {
+    /// `container/name` of the part's blob (in `BATCH_PARTS_CONTAINER`).
+    pub blob: String,
+    /// The part blob's ETag, once it is written.
+    pub etag: Option<String>,
+    pub first_line: u64,
+    pub requests: u64,
+    /// The bytes `[start, end)` of the file that the part holds.
+    pub start: u64,
+    pub end: u64,
+    /// Estimated input tokens.
+    pub tokens: u64,
+    pub state: PartState,
+    pub batch_id: Option<String>,
+    /// The part job's terminal status, or why it was dead-lettered.
+    pub status: Option<String>,
+    pub request_counts: Option<RequestCounts>,
+    pub output_blob: Option<String>,
+    pub error_blob: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub usage: Option<Value>,
+}
+
+/// Where a part is in its life.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartState {
+    /// Planned; its blob is not written yet.
+    #[default]
+    Planned,
+    /// Written, waiting for its turn under the token budget.
+    Written,
+    /// Handed to submission: its job is being created or followed.
+    Submitted,
+    /// Its job ended (`status` says how).
+    Ended,
+    /// It can never end in a job (`status` says why).
+    DeadLettered,
+}
+
+impl Part {
+    /// Whether the part is done, one way or the other.
+    pub fn finished(&self) -> bool {
+        matches!(self.state, PartState::Ended | PartState::DeadLettered)
+    }
 }
 
 fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
@@ -164,6 +228,12 @@ pub struct Summary {
     /// Spare jobs that interrupted creates made for this blob version, cancelled.
     #[serde(skip_serializing_if = "is_zero")]
     pub spares: usize,
+    /// A split file: how many of its parts have ended, of how many.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<(usize, usize)>,
+    /// A part of a split file (the page shows the file, not its parts).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub is_part: bool,
 }
 
 impl Summary {
@@ -181,6 +251,8 @@ impl Summary {
             first_error: r.errors.first().map(|e| e.chars().take(REASON_CHARS).collect()),
             total_tokens: r.usage.as_ref().and_then(|u| u.get("total_tokens")).and_then(Value::as_u64),
             spares: r.spare_batch_ids.len(),
+            parts: (!r.parts.is_empty()).then(|| (r.parts.iter().filter(|p| p.finished()).count(), r.parts.len())),
+            is_part: r.parent.is_some(),
         }
     }
 

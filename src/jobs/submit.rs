@@ -47,6 +47,8 @@ pub struct Submission<'a> {
     pub deferrals: u32,
     /// Whether a transient failure may be left to the host's retries (BlobMonitor) rather than deferred.
     pub host_retries: bool,
+    /// For a part of a split file: the file's record key, kept in the part's record.
+    pub parent: Option<&'a str>,
 }
 
 fn unavailable(e: impl Into<anyhow::Error>, doing: &'static str) -> RetryNow {
@@ -62,6 +64,7 @@ pub async fn submit(jobs: &Jobs, s: &Submission<'_>) -> Result<Outcome, RetryNow
         blob_url: s.blob_url.to_string(),
         etag: s.etag.to_string(),
         started_at: unix_now(),
+        parent: s.parent.map(str::to_string),
         ..Default::default()
     };
     let created = jobs.records.create(&key, &fresh).await.map_err(|e| unavailable(e, "creating the job record"))?;
@@ -280,6 +283,7 @@ pub async fn defer_message(jobs: &Jobs, s: &Submission<'_>, delay: Duration) -> 
         blob: s.blob.to_string(),
         etag: s.etag.to_string(),
         attempt: s.deferrals + 1,
+        parent: s.parent.map(str::to_string),
     };
     jobs.enqueue(MONITOR_QUEUE, m.to_json().as_bytes(), delay)
         .await

@@ -163,6 +163,22 @@ impl StorageClient {
         }
     }
 
+    /// A blob's size in bytes; `None` if it does not exist.
+    pub async fn blob_size(&self, container: &str, name: &str) -> Result<Option<u64>, StorageError> {
+        let url = self.blob_url(&format!("{container}/{name}"));
+        match self.send(Method::HEAD, url, HeaderMap::new(), Bytes::new()).await {
+            Ok(r) => r
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .map(Some)
+                .ok_or_else(|| StorageError::Parse("the blob's properties carry no Content-Length".into())),
+            Err(StorageError::Status { status: StatusCode::NOT_FOUND, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Splits a blob URL of this account into (container, blob name), percent-decoded.
     pub fn split_blob_url(&self, url: &str) -> Option<(String, String)> {
         let root = self.account.blob_endpoint.as_str().trim_end_matches('/');

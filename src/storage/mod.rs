@@ -5,6 +5,7 @@
 //! the SAS token appended, or carries a managed identity's bearer token. Errors never carry the request URL, which may hold a SAS signature.
 
 pub mod blob;
+pub mod block;
 pub mod connection;
 pub mod queue;
 pub mod shared_key;

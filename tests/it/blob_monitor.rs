@@ -274,6 +274,7 @@ async fn a_refused_key_is_dead_lettered_after_the_allowed_failures_with_its_endi
             blob: record.blob.clone(),
             etag: record.etag.clone(),
             attempt: 1,
+            parent: None,
         };
         let second = app.invoke_queue(&submit.to_json(), 1).await;
         assert!(second.logs().contains("dead-lettered"), "{}", second.logs());

@@ -152,6 +152,7 @@ fn accept_work(text: &str) {
             assert!(validate_batch_id(&m.batch_id).is_ok() && !m.batch_id.contains(['/', '?', '#', ' ']))
         }
         Ok(Work::Submit(m)) => assert!(m.submit.starts_with("http://127.0.0.1:10000/devstoreaccount1/")),
+        Ok(Work::Split(key) | Work::Merge(key)) => assert!(key.ends_with(".json") && !key.contains("..")),
         Err(reason) => assert!(!reason.to_string().is_empty()),
     }
 }
@@ -193,9 +194,9 @@ const JSONL_SEEDS: &[&str] = &[
 ];
 
 fn validate(input: &[u8], chunking: usize) -> Vec<(u64, String)> {
-    let mut v = Validator::new();
+    let mut v = Validator::default();
     input.chunks(chunking.max(1)).for_each(|c| v.feed(c));
-    v.finish().into_iter().map(|p| (p.line, p.code)).collect()
+    v.finish().problems.into_iter().map(|p| (p.line, p.code)).collect()
 }
 
 /// The rules of azure-openai-batch.md §7 applied to a whole file at once with `serde_json::Value`: the oracle.

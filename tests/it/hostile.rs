@@ -92,8 +92,13 @@ async fn a_deferred_submission_of_a_blob_rewritten_meanwhile_ends_its_record_dea
         let old = app.record("moving.jsonl").await.expect("record");
         app.upload("moving.jsonl", sample_jsonl(2).as_bytes()).await;
         // The deferred submission as the app put it (it waits invisibly on the queue).
-        let submit =
-            SubmitMessage { submit: old.blob_url.clone(), blob: old.blob.clone(), etag: old.etag.clone(), attempt: 1 };
+        let submit = SubmitMessage {
+            submit: old.blob_url.clone(),
+            blob: old.blob.clone(),
+            etag: old.etag.clone(),
+            attempt: 1,
+            parent: None,
+        };
         let answer = app.invoke_queue(&submit.to_json(), 1).await;
         assert!(answer.logs().contains("was rewritten"), "{}", answer.logs());
         let after = app.record_of("moving.jsonl", &old.etag).await.expect("the old version's record");

@@ -15,4 +15,5 @@ mod load;
 mod queue_monitor;
 mod recovery;
 mod reliability;
+mod split;
 mod validation;

@@ -78,15 +78,21 @@ async fn each_problem_is_reported_with_its_code_and_line_and_no_job_is_created()
 }
 
 #[tokio::test]
-async fn a_file_of_100001_requests_is_too_many() {
+async fn a_file_of_100001_requests_is_split_into_two_parts_and_one_of_100000_is_one_job() {
     bounded(async {
         let app = spawn_app().await;
         let content = sample_jsonl(100_001);
-        assert_rejected(&app, "huge.jsonl", content.as_bytes(), "too_many_tasks", 100_001).await;
-        assert!(app.emulator.world.requests().is_empty());
-        // Exactly at the limit, the file passes.
+        let answer = app.invoke_blob("huge.jsonl", content.as_bytes()).await;
+        assert!(answer.logs().contains("split into 2 parts"), "{}", answer.logs());
+        assert!(app.emulator.world.requests().is_empty(), "no job before the parts are written");
+        let record = app.record("huge.jsonl").await.expect("the file's record");
+        let parts: Vec<(u64, u64)> = record.parts.iter().map(|p| (p.first_line, p.requests)).collect();
+        assert_eq!(parts, [(1, 100_000), (100_001, 1)]);
+        assert_eq!(record.parts[1].end, content.len() as u64);
+        // Exactly at the limit, the file is one job, read in place.
         let at_limit = app.invoke_blob("limit.jsonl", sample_jsonl(100_000).as_bytes()).await;
         assert!(at_limit.logs().contains("created batch"), "{}", at_limit.logs());
+        assert_eq!(app.emulator.world.jobs()[0].input_blob, app.blob_url("limit.jsonl"));
     })
     .await;
 }

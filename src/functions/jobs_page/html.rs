@@ -162,6 +162,7 @@ fn table_row(row: &Row, links: &Links<'_>) -> Markup {
             td {
                 span class={"badge " (row.shown)} { (row.shown) }
                 @if row.shown == "running" { @if let Some(status) = &s.status { " " span.mono { (status) } } }
+                @if let Some((ended, total)) = s.parts { br; (ended) " of " (total) " parts ended" }
             }
             td {
                 (completed) " / " (failed) " / " (total) " "
@@ -191,13 +192,14 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
         h1 { (v(&r.blob)) }
         @if let Some(notice) = notice { p { strong { (v(notice)) } } }
         p { "ETag " span.mono { (v(&r.etag)) } ", state " (format!("{:?}", r.state)) }
-        @if r.state == crate::jobs::record::RecordState::Submitted && r.batch_id.is_some() {
+        @if r.state == crate::jobs::record::RecordState::Submitted && (r.batch_id.is_some() || (!r.parts.is_empty() && !r.stopped)) {
             form.inline method="post" action=(links.job(&d.key, Some("cancel")))
                 data-confirm="Cancel this batch job? Requests not yet run are lost." {
                 button { "Cancel the job" }
             }
         }
-        @if r.state == crate::jobs::record::RecordState::DeadLettered {
+        @if r.state == crate::jobs::record::RecordState::DeadLettered
+            || r.parts.iter().any(|p| p.state == crate::jobs::record::PartState::DeadLettered) {
             form.inline method="post" action=(links.job(&d.key, Some("resubmit")))
                 data-confirm="Submit this blob again?" {
                 button { "Resubmit" }
@@ -214,6 +216,22 @@ pub fn detail_page(d: &Detail, links: &Links<'_>, notice: Option<&str>) -> Strin
             h2 { "Spare jobs" }
             p { (spares(r.spare_batch_ids.len())) ": interrupted creates made more than one job for this blob version;                 this record follows the earliest." }
             ul { @for id in &r.spare_batch_ids { li.mono { (id) } } }
+        }
+        @if !r.parts.is_empty() {
+            h2 { "Parts" }
+            p { "The file was over one job's limits, so it runs as " (r.parts.len()) " jobs"
+                @if let Some(budget) = r.token_budget { ", at most " (budget) " estimated tokens at once" }
+                "; their results are joined into one file when every part has ended." }
+            table {
+                tr { th { "Part" } th { "Lines from" } th { "Requests" } th { "Estimated tokens" } th { "State" } th { "Batch" } th { "Ending" } }
+                @for p in &r.parts {
+                    tr {
+                        td.mono { (v(&p.blob)) } td { (p.first_line) } td { (p.requests) } td { (p.tokens) }
+                        td { (format!("{:?}", p.state)) } td.mono { (p.batch_id.as_deref().unwrap_or("—")) }
+                        td { (v(p.status.as_deref().unwrap_or(""))) }
+                    }
+                }
+            }
         }
         @if !r.errors.is_empty() { h2 { "Job errors" } ul { @for e in &r.errors { li { (v(e)) } } } }
         @if !r.failed_requests.is_empty() {

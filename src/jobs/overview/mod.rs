@@ -111,6 +111,8 @@ fn row_of(item: BlobItem) -> Row {
 
 /// Counters over all rows, then the filtered rows newest first, cut to the requested page.
 pub fn build(mut rows: Vec<Row>, query: &Query) -> Overview {
+    // A split file is one row; its parts are on its own page.
+    rows.retain(|r| !r.summary.is_part);
     let mut counters = Counters { total: rows.len() as u64, ..Counters::default() };
     for row in &rows {
         *counters.by_state.entry(row.shown.clone()).or_default() += 1;
@@ -182,6 +184,9 @@ pub enum ActionError {
 pub async fn cancel(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
     let name = record_name(key);
     let record = jobs.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
+    if !record.parts.is_empty() {
+        return split_file::cancel(jobs, &name, &record).await;
+    }
     let (RecordState::Submitted, Some(batch_id)) = (record.state, record.batch_id.clone()) else {
         return Err(ActionError::NotNow(format!("{} has no running job ({:?})", record.blob, record.state)));
     };
@@ -202,13 +207,30 @@ pub async fn cancel(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
 /// makes it exactly once.
 pub async fn resubmit(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
     let name = record_name(key);
+    let record = jobs.records.read(&name).await?.ok_or_else(|| ActionError::NoRecord(key.into()))?.record;
+    if let Some(file) = &record.parent {
+        return Err(ActionError::NotNow(format!("a part is resubmitted with its file: open {file}")));
+    }
     let note = format!("an operator resubmitted it at {}", rfc3339(unix_now()));
-    // Whether this call's change is the one written: `update` writes under `If-Match` and calls `change` again after
-    // a lost race, so of concurrent resubmissions exactly one ends with `won` set.
+    if !record.parts.is_empty() {
+        return split_file::resubmit(jobs, &name, note).await;
+    }
+    let updated = reopen(jobs, &name, &note).await?;
+    let message =
+        SubmitMessage { submit: updated.blob_url, blob: updated.blob, etag: updated.etag, attempt: 0, parent: None };
+    jobs.enqueue(MONITOR_QUEUE, message.to_json().as_bytes(), std::time::Duration::ZERO).await?;
+    tracing::warn!(blob = %message.blob, "{note}");
+    Ok(note)
+}
+
+/// Turns the dead-lettered record `name` back to waiting for its job. Of concurrent calls exactly one succeeds:
+/// `update` writes under `If-Match` and calls `change` again after a lost race, so only the call whose change was
+/// written ends with `won` set.
+async fn reopen(jobs: &Jobs, name: &str, note: &str) -> Result<JobRecord, ActionError> {
     let mut won = false;
     let updated = jobs
         .records
-        .update(&name, None, |r| {
+        .update(name, None, |r| {
             won = r.state == RecordState::DeadLettered;
             if !won {
                 return false;
@@ -220,11 +242,11 @@ pub async fn resubmit(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
             r.failures = 0;
             r.event_id = None;
             r.resubmissions += 1;
-            r.reason = Some(note.clone());
+            r.reason = Some(note.to_string());
             true
         })
         .await?
-        .ok_or_else(|| ActionError::NoRecord(key.into()))?;
+        .ok_or_else(|| ActionError::NoRecord(name.into()))?;
     if !won {
         let why = if updated.resubmissions > 0 { "it was already resubmitted" } else { "it is not dead-lettered" };
         return Err(ActionError::NotNow(format!(
@@ -232,11 +254,10 @@ pub async fn resubmit(jobs: &Jobs, key: &str) -> Result<String, ActionError> {
             updated.state
         )));
     }
-    let message = SubmitMessage { submit: updated.blob_url, blob: updated.blob, etag: updated.etag, attempt: 0 };
-    jobs.enqueue(MONITOR_QUEUE, message.to_json().as_bytes(), std::time::Duration::ZERO).await?;
-    tracing::warn!(blob = %message.blob, "{note}");
-    Ok(note)
+    Ok(updated)
 }
+
+mod split_file;
 
 /// The record blob's name for a key as the page shows it.
 fn record_name(key: &str) -> String {

@@ -2,10 +2,10 @@
 //! of each problem (azure-openai-batch.md §7 lists the rules and Azure's codes).
 //!
 //! [`Validator`] is fed the decoded blob in chunks of any size and keeps only the line in progress, the first line's
-//! `url` and `body.model`, and one 128-bit hash per `custom_id` (about 40 bytes per request, 4 MB at the 100,000
-//! limit), so memory does not grow with the size of the file. It stops looking after [`MAX_PROBLEMS`].
-
-use std::collections::HashMap;
+//! `url` and `body.model`, one 128-bit hash and a line number per `custom_id` (24 bytes a request: 2.4 MB at 100,000
+//! requests, 24 MB at a million), and the plan of the file's parts ([`super::plan`]), which it builds in the same
+//! pass: where each part's lines begin and end. It stops looking after [`MAX_PROBLEMS`]. It does not care where the
+//! bytes come from: the invocation's body today, ranges read from storage for a larger file.
 
 use serde::{Deserialize, Serialize};
 
@@ -14,8 +14,6 @@ use siphasher::sip128::SipHasher13;
 
 /// Problems reported per file; reading stops after this many.
 pub const MAX_PROBLEMS: usize = 20;
-/// Requests per file Azure accepts.
-pub const MAX_REQUESTS: u64 = 100_000;
 /// A longer line is reported rather than held: no chat or responses request comes near it.
 pub const MAX_LINE: usize = 16 << 20;
 /// Deepest nesting of arrays and objects accepted in a line: serde_json's own limit for a full parse. The service
@@ -27,7 +25,8 @@ pub const MAX_DEPTH: usize = 128;
 pub struct Problem {
     pub line: u64,
     /// Azure's code where it has one: `bom`, `empty_file`, `invalid_json_line`, `missing_custom_id`,
-    /// `duplicate_custom_id`, `invalid_method`, `url_mismatch`, `invalid_request`, `model_mismatch`, `too_many_tasks`.
+    /// `duplicate_custom_id`, `invalid_method`, `url_mismatch`, `invalid_request`, `model_mismatch`; and the app's own
+    /// `request_over_token_budget` and `request_over_size_limit` for a request no part can hold.
     pub code: String,
     pub message: String,
     /// For `duplicate_custom_id`: the line where the id was first used.
@@ -38,6 +37,15 @@ pub struct Problem {
 mod line;
 
 use line::{Body, Line};
+
+use super::plan::{Limits, Plan, Planner, TooBig};
+
+/// What a file's check found: its problems (none: it can be submitted) and how it is cut into jobs.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Checked {
+    pub problems: Vec<Problem>,
+    pub plan: Plan,
+}
 
 /// The streaming validator. Feed with [`Validator::feed`], then call [`Validator::finish`].
 #[derive(Default)]
@@ -51,19 +59,22 @@ pub struct Validator {
     /// The file's first bytes, held until there are three (a BOM may straddle chunks).
     head: Vec<u8>,
     started: bool,
+    /// Bytes of the file read so far, and where the line in progress began.
+    read: u64,
+    line_start: u64,
     requests: u64,
     first_url: Option<String>,
     first_model: Option<String>,
-    ids: HashMap<u128, u64>,
+    /// Every `custom_id`'s hash and line; duplicates are found by sorting, when the file ends.
+    ids: Vec<([u64; 2], u32)>,
     problems: Vec<Problem>,
+    planner: Planner,
 }
 
 impl Validator {
-    pub fn new() -> Self {
-        // Sized once for the most requests a file may hold: a table that doubled its way there would leave each
-        // smaller one behind as freed memory the allocator keeps, raising the large file's peak. Only the pages that
-        // ids land in are touched.
-        Validator { ids: HashMap::with_capacity(MAX_REQUESTS as usize + 1), ..Validator::default() }
+    /// A validator that cuts files by `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Validator { planner: Planner::new(limits), ..Validator::default() }
     }
 
     /// Whether enough problems were found: the caller may stop feeding.
@@ -96,6 +107,7 @@ impl Validator {
                     "bom",
                     "the file starts with a UTF-8 byte-order mark; save it as UTF-8 without BOM".into(),
                 );
+                (self.read, self.line_start) = (3, 3);
                 self.split(rest);
             }
             None => self.split(&head),
@@ -108,11 +120,14 @@ impl Validator {
                 // A whole line in this piece: checked where it is, without a copy.
                 Some(end) if self.line.is_empty() && !self.overlong => {
                     self.line_no += 1;
+                    self.read += end as u64 + 1;
                     self.check_line(&bytes[..end]);
+                    self.line_start = self.read;
                     bytes = &bytes[end + 1..];
                 }
                 Some(end) => {
                     self.push(&bytes[..end]);
+                    self.read += 1;
                     self.end_line();
                     bytes = &bytes[end + 1..];
                 }
@@ -125,6 +140,7 @@ impl Validator {
     }
 
     fn push(&mut self, bytes: &[u8]) {
+        self.read += bytes.len() as u64;
         if self.overlong {
             return;
         }
@@ -140,6 +156,7 @@ impl Validator {
         self.line_no += 1;
         let line = std::mem::take(&mut self.line);
         self.check_line(&line);
+        self.line_start = self.read;
         // The buffer is reused unless one long line made it large.
         if line.capacity() <= 1 << 20 {
             self.line = line;
@@ -148,22 +165,23 @@ impl Validator {
         self.overlong = false;
     }
 
-    /// Ready for another file, keeping the id table's memory (a long-lived checker reuses one validator).
-    pub fn reset(&mut self) {
+    /// Ready for another file, cut by `limits`, keeping the buffers' memory (a long-lived checker reuses one
+    /// validator).
+    pub fn reset(&mut self, limits: Limits) {
         let mut ids = std::mem::take(&mut self.ids);
         ids.clear();
         let mut line = std::mem::take(&mut self.line);
         line.clear();
-        *self = Validator { ids, line, ..Validator::default() };
+        *self = Validator { ids, line, planner: Planner::new(limits), ..Validator::default() };
     }
 
-    /// The file has ended: the problems found, in line order (at most [`MAX_PROBLEMS`]).
-    pub fn finish(mut self) -> Vec<Problem> {
+    /// The file has ended: the problems found, in line order (at most [`MAX_PROBLEMS`]), and its plan.
+    pub fn finish(mut self) -> Checked {
         self.finish_file()
     }
 
     /// [`Validator::finish`] for a validator that goes on to the next file after [`Validator::reset`].
-    pub fn finish_file(&mut self) -> Vec<Problem> {
+    pub fn finish_file(&mut self) -> Checked {
         if !self.started {
             self.start();
         }
@@ -172,11 +190,42 @@ impl Validator {
             self.line_no += 1;
             self.check_line(&line);
         }
+        self.report_duplicates();
         if self.requests == 0 && self.problems.iter().all(|p| p.code == "bom") {
             let line = self.line_no.max(1);
             self.report(line, "empty_file", "the file holds no request (it is empty or only blank lines)".into());
         }
-        std::mem::take(&mut self.problems)
+        let planner = std::mem::take(&mut self.planner);
+        Checked { problems: std::mem::take(&mut self.problems), plan: planner.finish(self.read) }
+    }
+
+    /// Each `custom_id` used before, at the line that used it again (with the first line), merged into the other
+    /// problems in line order: on one line, a duplicate comes before the rules checked after the id.
+    fn report_duplicates(&mut self) {
+        self.ids.sort_unstable();
+        let mut duplicates = Vec::new();
+        for pair in self.ids.windows(2) {
+            let (first, again) = (pair[0], pair[1]);
+            if first.0 == again.0 {
+                let original = self.ids.partition_point(|e| e.0 < first.0);
+                let first_line = u64::from(self.ids[original].1);
+                let message = format!("this `custom_id` was already used on line {first_line}");
+                let line = u64::from(again.1);
+                duplicates.push(Problem {
+                    line,
+                    code: "duplicate_custom_id".into(),
+                    message,
+                    first_line: Some(first_line),
+                });
+            }
+        }
+        if duplicates.is_empty() {
+            return;
+        }
+        let rank = |p: &Problem| (p.line, u8::from(p.code != "bom") + u8::from(p.code != "duplicate_custom_id"));
+        self.problems.extend(duplicates);
+        self.problems.sort_by_key(rank);
+        self.problems.truncate(MAX_PROBLEMS);
     }
 
     fn report(&mut self, line: u64, code: &str, message: String) {
@@ -200,9 +249,6 @@ impl Validator {
             return;
         }
         self.requests += 1;
-        if self.requests == MAX_REQUESTS + 1 {
-            self.report(n, "too_many_tasks", format!("more than {MAX_REQUESTS} requests in one file"));
-        }
         // serde would also read a struct from a JSON array.
         if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return self.report(n, "invalid_json_line", "the line is not a JSON object".into());
@@ -238,13 +284,37 @@ impl Validator {
         };
         match (model.and_then(|m| string_of(Some(m))), &self.first_model) {
             (None, _) => self.report(n, "invalid_request", "`body.model` (the deployment name) is missing".into()),
-            (Some(model), None) => self.first_model = Some(model),
+            (Some(model), None) => {
+                self.planner.deployment(&model);
+                self.first_model = Some(model);
+            }
             (Some(model), Some(first)) if &model != first => {
                 let message =
                     format!("`body.model` is {model:?} where the first line has {first:?}; one deployment per file");
                 self.report(n, "model_mismatch", message);
             }
             _ => {}
+        }
+        self.plan_request(n);
+    }
+
+    /// Puts the request just checked into a part, or says why no part can hold it.
+    fn plan_request(&mut self, n: u64) {
+        match self.planner.request(n, self.line_start, self.read) {
+            Ok(()) => {}
+            Err(TooBig::Tokens { tokens, budget }) => self.report(
+                n,
+                "request_over_token_budget",
+                format!(
+                    "the request is estimated at {tokens} tokens, more than the deployment's whole enqueued-token \
+                     quota ({budget}, BATCH_TOKEN_QUOTA): no job can hold it"
+                ),
+            ),
+            Err(TooBig::Bytes { bytes, max }) => self.report(
+                n,
+                "request_over_size_limit",
+                format!("the request's line is {bytes} bytes, more than a job may hold (BATCH_MAX_BYTES = {max})"),
+            ),
         }
     }
 
@@ -254,15 +324,12 @@ impl Validator {
             _ => return self.report(n, "missing_custom_id", "`custom_id` must be a non-empty string".into()),
         };
         let hash = SipHasher13::new().hash(id.as_bytes()).as_u128();
-        let first = *self.ids.entry(hash).or_insert(n);
-        if first != n {
-            let message = format!("`custom_id` {id:?} was already used on line {first}");
-            self.record(Problem { line: n, code: "duplicate_custom_id".into(), message, first_line: Some(first) });
-        }
+        // Line numbers fit: a line takes at least two bytes, and no file reaches 8 GB.
+        let line = u32::try_from(n).unwrap_or(u32::MAX);
+        self.ids.push(([(hash >> 64) as u64, hash as u64], line));
     }
 }
 
-/// A raw JSON value as a string, if it is one.
 /// Whether valid JSON `text` nests arrays and objects deeper than `limit`. Fewer opening brackets than the limit
 /// cannot nest deeper, which settles almost every line with one vectorised count; the rest are walked, skipping
 /// strings.
@@ -289,6 +356,7 @@ fn nests_deeper_than(text: &[u8], limit: usize) -> bool {
     false
 }
 
+/// A raw JSON value as a string, if it is one.
 fn string_of(raw: Option<&RawValue>) -> Option<String> {
     serde_json::from_str::<String>(raw?.get()).ok()
 }

@@ -1,6 +1,7 @@
 //! Each rule on a small file, the shapes that must pass, and chunking at every size.
 
 use super::*;
+use crate::jobs::plan::TokenQuota;
 
 fn line(id: &str, url: &str, model: &str) -> String {
     format!(
@@ -14,11 +15,11 @@ fn good(id: &str) -> String {
 
 /// The problems of `file` fed in chunks of `chunk` bytes.
 fn check_in_chunks(file: &[u8], chunk: usize) -> Vec<Problem> {
-    let mut v = Validator::new();
+    let mut v = Validator::default();
     for c in file.chunks(chunk.max(1)) {
         v.feed(c);
     }
-    v.finish()
+    v.finish().problems
 }
 
 fn check(file: &str) -> Vec<Problem> {
@@ -106,22 +107,64 @@ fn a_duplicate_names_the_first_line_too() {
 }
 
 #[test]
-fn more_than_100000_requests_are_too_many() {
-    let mut v = Validator::new();
-    for i in 0..=MAX_REQUESTS {
-        v.feed(good(&format!("task-{i}")).as_bytes());
-        v.feed(b"\n");
+fn more_than_100000_requests_are_cut_into_parts_not_refused() {
+    let mut v = Validator::new(Limits::default());
+    let mut bytes = 0u64;
+    for i in 0..=100_000 {
+        let line = format!("{}\n", good(&format!("task-{i}")));
+        bytes += line.len() as u64;
+        v.feed(line.as_bytes());
     }
-    assert_eq!(codes(&v.finish()), [(100_001, "too_many_tasks")]);
+    let checked = v.finish();
+    assert_eq!(checked.problems, []);
+    let parts: Vec<(u64, u64)> = checked.plan.parts.iter().map(|p| (p.first_line, p.requests)).collect();
+    assert_eq!(parts, [(1, 100_000), (100_001, 1)]);
+    assert_eq!(checked.plan.parts[1].end, bytes);
+    assert_eq!(checked.plan.parts[0].end, checked.plan.parts[1].start);
+}
+
+#[test]
+fn part_boundaries_fall_on_line_starts_at_any_chunking() {
+    let lines: Vec<String> = (0..25).map(|i| format!("{}\n", good(&format!("t{i}")))).collect();
+    let file = lines.concat();
+    let limits = Limits { max_requests: 10, ..Limits::default() };
+    for chunk in [1, 7, 64, file.len()] {
+        let mut v = Validator::new(limits.clone());
+        file.as_bytes().chunks(chunk).for_each(|c| v.feed(c));
+        let plan = v.finish().plan;
+        let cuts: Vec<(u64, u64)> = plan.parts.iter().map(|p| (p.start, p.end)).collect();
+        let at = |line: usize| lines[..line].iter().map(|l| l.len() as u64).sum::<u64>();
+        assert_eq!(cuts, [(0, at(10)), (at(10), at(20)), (at(20), at(25))], "chunks of {chunk}");
+    }
+}
+
+#[test]
+fn a_request_over_the_token_budget_is_a_problem_with_its_line() {
+    let quota = TokenQuota { default: Some(100), ..TokenQuota::default() };
+    let mut v = Validator::new(Limits { quota, ..Limits::default() });
+    let big = good("big").replace("Hi", &"x".repeat(400));
+    v.feed(format!("{}\n{big}\n", good("a")).as_bytes());
+    let checked = v.finish();
+    assert_eq!(codes(&checked.problems), [(2, "request_over_token_budget")]);
+}
+
+#[test]
+fn a_custom_id_repeated_in_another_part_is_a_duplicate() {
+    let file = format!("{}\n{}\n{}\n", good("a"), good("b"), good("a"));
+    let mut v = Validator::new(Limits { max_requests: 1, ..Limits::default() });
+    v.feed(file.as_bytes());
+    let checked = v.finish();
+    assert_eq!(checked.plan.parts.len(), 3);
+    assert_eq!(codes(&checked.problems), [(3, "duplicate_custom_id")]);
 }
 
 #[test]
 fn reading_stops_after_twenty_problems() {
     let file: String = (0..50).map(|_| "garbage\n").collect();
-    let mut v = Validator::new();
+    let mut v = Validator::default();
     v.feed(file.as_bytes());
     assert!(v.is_done());
-    let problems = v.finish();
+    let problems = v.finish().problems;
     assert_eq!(problems.len(), MAX_PROBLEMS);
     assert_eq!(problems.last().map(|p| p.line), Some(20));
 }

@@ -97,6 +97,8 @@ pub struct TestOptions {
     pub deadlines: blob_batch_monitor::serve::Deadlines,
     /// Point the handler's queue endpoint at a closed port, so that every Put Message fails.
     pub unreachable_queues: bool,
+    /// More app settings (`BATCH_MAX_REQUESTS`, …).
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl TestOptions {
@@ -120,6 +122,7 @@ impl Default for TestOptions {
             completed_queue: "batch-completed".into(),
             deadlines: Default::default(),
             unreachable_queues: false,
+            settings: Vec::new(),
         }
     }
 }
@@ -177,6 +180,7 @@ pub async fn spawn_app_with(options: TestOptions) -> TestApp {
     ]
     .into_iter()
     .chain(credential)
+    .chain(options.settings.iter().map(|(k, v)| (*k, v.clone())))
     .collect::<Vec<_>>();
     let config = Config::from_lookup(
         |k| settings.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()),

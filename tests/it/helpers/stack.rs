@@ -21,6 +21,8 @@ pub struct StackOptions {
     pub connection: Option<String>,
     /// `BATCH_VALIDATE_INPUT`: off for tests of what the batch service itself does with a bad file.
     pub validate_input: bool,
+    /// More app settings for the handler (`BATCH_MAX_REQUESTS`, …).
+    pub settings: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
@@ -30,6 +32,7 @@ impl Default for StackOptions {
             retry_delay_secs: 1,
             connection: None,
             validate_input: true,
+            settings: Vec::new(),
         }
     }
 }
@@ -86,6 +89,8 @@ impl Stack {
             ("BATCH_BACKOFF_CAP".into(), "4".into()),
             ("BATCH_VALIDATE_INPUT".into(), options.validate_input.to_string()),
         ];
+        let settings: Vec<(String, String)> =
+            settings.into_iter().chain(options.settings.iter().map(|(k, v)| (k.to_string(), v.clone()))).collect();
         let app_dir = app_dir();
         let mut host_options = HostOptions::new(app_dir.clone(), settings);
         host_options.executable = Some(PathBuf::from(env!("CARGO_BIN_EXE_handler")));

@@ -53,7 +53,25 @@ pub struct EmulatorConfig {
     pub accounts: Vec<StorageAccount>,
     /// Azure's limit is 100,000 requests per file.
     pub max_tasks: usize,
+    /// The largest input accepted, in bytes (blob input is documented up to 1 GB).
+    pub max_bytes: u64,
+    /// Each deployment's enqueued-token quota (`None`: unlimited). A job's input counts, estimated from its size,
+    /// from its create until it ends.
+    pub token_quota: Option<u64>,
+    /// How a job over the quota is refused: at create (the ten regions that fail fast), or by failing it after
+    /// validation (the others).
+    pub quota_mode: QuotaMode,
     pub faults: Faults,
+}
+
+/// Where the service refuses a job over the enqueued-token quota (azure-openai-batch.md §9.3).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum QuotaMode {
+    /// HTTP 400 `token_limit_exceeded` at create.
+    #[default]
+    AtCreate,
+    /// The job is created, then fails after validation with `token_limit_exceeded`.
+    AfterValidation,
 }
 
 impl EmulatorConfig {
@@ -65,6 +83,9 @@ impl EmulatorConfig {
             timings,
             accounts,
             max_tasks: 100_000,
+            max_bytes: 1_000_000_000,
+            token_quota: None,
+            quota_mode: QuotaMode::AtCreate,
             faults: Faults::default(),
         }
     }
@@ -87,6 +108,9 @@ pub struct Job {
     pub output_blob: String,
     pub error_blob: String,
     pub cancel_requested: bool,
+    /// The deployment its input names and its estimated input tokens, counted against the quota until it ends.
+    pub deployment: String,
+    pub tokens: u64,
 }
 
 impl Job {
@@ -107,6 +131,8 @@ impl Job {
             output_blob: String::new(),
             error_blob: String::new(),
             cancel_requested: false,
+            deployment: String::new(),
+            tokens: 0,
         }
     }
 
@@ -177,6 +203,9 @@ pub struct World {
     order: Mutex<Vec<String>>,
     requests: Mutex<Vec<Recorded>>,
     pub(crate) storage: Vec<StorageClient>,
+    /// Estimated input tokens of the running jobs, by deployment, and the most there ever were.
+    enqueued: Mutex<BTreeMap<String, u64>>,
+    peak_enqueued: Mutex<BTreeMap<String, u64>>,
     /// While `true`, a create that has registered its job waits before answering ([`World::hold_creates`]).
     create_gate: tokio::sync::watch::Sender<bool>,
 }
@@ -225,17 +254,41 @@ impl World {
 
     /// Forces a job into `status` (e.g. `expired`), as the service might on its own.
     pub fn force_status(&self, id: &str, status: &str) -> bool {
-        match lock(&self.jobs).get_mut(id) {
-            Some(job) => {
-                job.set_status(status);
-                true
-            }
-            None => false,
-        }
+        self.update(id, |job| job.set_status(status)).is_some()
     }
 
+    /// Changes a job; a job that ends gives its tokens back to its deployment's quota.
     pub(crate) fn update<R>(&self, id: &str, f: impl FnOnce(&mut Job) -> R) -> Option<R> {
-        lock(&self.jobs).get_mut(id).map(f)
+        let mut jobs = lock(&self.jobs);
+        let job = jobs.get_mut(id)?;
+        let running = !job.is_terminal();
+        let result = f(job);
+        if running && job.is_terminal() && job.tokens > 0 {
+            let mut enqueued = lock(&self.enqueued);
+            if let Some(n) = enqueued.get_mut(&job.deployment) {
+                *n = n.saturating_sub(job.tokens);
+            }
+        }
+        Some(result)
+    }
+
+    /// Counts `tokens` of `deployment` as enqueued if the quota holds them; `false` if it does not.
+    pub(crate) fn enqueue_tokens(&self, deployment: &str, tokens: u64, quota: u64) -> bool {
+        let mut enqueued = lock(&self.enqueued);
+        let now = enqueued.entry(deployment.to_string()).or_default();
+        if *now + tokens > quota {
+            return false;
+        }
+        *now += tokens;
+        let mut peak = lock(&self.peak_enqueued);
+        let top = peak.entry(deployment.to_string()).or_default();
+        *top = (*top).max(*now);
+        true
+    }
+
+    /// The most tokens `deployment` ever had enqueued at once.
+    pub fn peak_enqueued(&self, deployment: &str) -> u64 {
+        lock(&self.peak_enqueued).get(deployment).copied().unwrap_or(0)
     }
 
     /// Holds every create after its job exists and before it answers, until the returned guard is dropped: a test
@@ -322,6 +375,8 @@ impl BatchEmulator {
             requests: Mutex::default(),
             storage,
             create_gate: tokio::sync::watch::Sender::new(false),
+            enqueued: Mutex::default(),
+            peak_enqueued: Mutex::default(),
         });
         let addr = listener.local_addr()?;
         let app = routes::router(world.clone());

@@ -160,17 +160,46 @@ async fn create(State(ctx): State<Ctx>, uri: Uri, body: Bytes) -> Response {
     if input_blob.is_empty() || output_folder.is_empty() {
         return bad("'input_blob' and 'output_folder.url' are required in blob storage mode.");
     }
-    let job = Job::new(ctx.world.next_id(), &input_blob, &output_folder, &field("endpoint"), unix_now());
+    let mut job = Job::new(ctx.world.next_id(), &input_blob, &output_folder, &field("endpoint"), unix_now());
+    let (quota, mode) = {
+        let c = ctx.world.config.lock().unwrap_or_else(|e| e.into_inner());
+        (c.token_quota, c.quota_mode)
+    };
+    let mut over_quota = false;
+    if let Some(quota) = quota {
+        let (deployment, tokens) = estimate(&ctx.world, &input_blob).await;
+        if ctx.world.enqueue_tokens(&deployment, tokens, quota) {
+            (job.deployment, job.tokens) = (deployment, tokens);
+        } else if mode == super::QuotaMode::AtCreate {
+            return error(ctx.surface, StatusCode::BAD_REQUEST, "token_limit_exceeded",
+                &format!("Enqueued token limit reached for deployment {deployment} ({quota} tokens; this job needs about {tokens}) (token_limit_exceeded). Retry after existing jobs complete."));
+        } else {
+            over_quota = true;
+        }
+    }
     // Blob mode accepts any completion window at create time and fails the job later (azure-openai-batch.md §3).
     let bad_window = field("completion_window") != "24h";
     let body = job.to_json();
     ctx.world.insert(job.clone());
-    tokio::spawn(runner::run(ctx.world.clone(), job.id, bad_window, token_limit_later));
+    tokio::spawn(runner::run(ctx.world.clone(), job.id, bad_window, token_limit_later || over_quota));
     if hold > 0 {
         tokio::time::sleep(std::time::Duration::from_millis(hold)).await;
     }
     ctx.world.create_gate().await;
     ok(if ctx.surface == Surface::Dated { StatusCode::CREATED } else { StatusCode::OK }, body)
+}
+
+/// A job input's deployment (its first line's `body.model`) and estimated tokens: a quarter of its bytes, as the
+/// service estimates from characters. An input that cannot be read counts as nothing here; validation fails it.
+async fn estimate(world: &World, input_blob: &str) -> (String, u64) {
+    let Some((storage, container, name)) = world.storage_for(input_blob) else { return (String::new(), 0) };
+    let Ok(Some(blob)) = storage.get_blob(&container, &name).await else { return (String::new(), 0) };
+    let first = blob.content.split(|b| *b == b'\n').next().unwrap_or_default();
+    let deployment = serde_json::from_slice::<Value>(first)
+        .ok()
+        .and_then(|l| l.pointer("/body/model").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default();
+    (deployment, (blob.content.len() as u64).div_ceil(4))
 }
 
 async fn retrieve(State(ctx): State<Ctx>, Path(id): Path<String>) -> Response {

@@ -166,7 +166,15 @@ async fn read_and_validate(world: &World, url: &str) -> Result<Vec<super::valida
         .await
         .map_err(|e| no_access(format!("reading {url} failed: {e}")))?
         .ok_or_else(|| no_access(format!("the input blob {url} does not exist")))?;
-    let max_tasks = world.config.lock().unwrap_or_else(|e| e.into_inner()).max_tasks;
+    let (max_tasks, max_bytes) = {
+        let c = world.config.lock().unwrap_or_else(|e| e.into_inner());
+        (c.max_tasks, c.max_bytes)
+    };
+    if blob.content.len() as u64 > max_bytes {
+        let message =
+            format!("the input file is {} bytes, more than the {max_bytes} a job may read", blob.content.len());
+        return Err(Invalid { code: "invalid_request", message, line: None });
+    }
     validate(&blob.content, max_tasks)
 }
 
