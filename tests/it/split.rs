@@ -126,3 +126,108 @@ async fn a_duplicate_across_parts_and_a_request_over_the_budget_are_refused_with
     })
     .await;
 }
+
+/// A front to Azurite that passes every request on and records it, but answers Put Block From URL 501, as a storage
+/// service without it does (Azurite before 3.37, some Azure Stack versions).
+async fn refusing_front(
+    azurite: blob_batch_monitor::storage::StorageClient,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use axum::extract::{Request, State};
+    use axum::response::{IntoResponse, Response};
+    type Log = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+    async fn front(State((base, log)): State<(url::Url, Log)>, request: Request) -> Response {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+        let copy = parts.headers.contains_key("x-ms-copy-source");
+        log.lock().expect("log").push(format!(
+            "{} {}{}",
+            parts.method,
+            parts.uri.path(),
+            if copy { " (copy)" } else { "" }
+        ));
+        if copy {
+            return (reqwest::StatusCode::NOT_IMPLEMENTED, [("x-ms-error-code", "NotImplemented")]).into_response();
+        }
+        let origin = format!("http://{}:{}", base.host_str().unwrap_or(""), base.port().unwrap_or(80));
+        let mut forwarded = reqwest::Client::new().request(parts.method, format!("{origin}{}", parts.uri)).body(body);
+        for (k, v) in parts.headers.iter().filter(|(k, _)| *k != "host") {
+            forwarded = forwarded.header(k, v);
+        }
+        let answer = match forwarded.send().await {
+            Ok(a) => a,
+            Err(e) => return (reqwest::StatusCode::BAD_GATEWAY, format!("front: {e:?}")).into_response(),
+        };
+        let mut response = Response::builder().status(answer.status());
+        let hop = |k: &str| matches!(k, "content-length" | "transfer-encoding" | "connection");
+        for (k, v) in answer.headers().iter().filter(|(k, _)| !hop(k.as_str())) {
+            response = response.header(k, v);
+        }
+        response.body(axum::body::Body::from(answer.bytes().await.unwrap_or_default())).expect("response")
+    }
+    let log: Log = Default::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    let base = azurite.account().blob_endpoint.clone();
+    let app = axum::Router::new().fallback(front).with_state((base.clone(), log.clone()));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (format!("http://{address}{}", base.path().trim_end_matches('/')), log)
+}
+
+#[tokio::test]
+async fn blocks_are_copied_by_the_service_where_it_can_and_through_the_handler_where_it_answers_501() {
+    use blob_batch_monitor::storage::block::Copier;
+    bounded(async {
+        let app = spawn_app_with(TestOptions::default()).await;
+        let content: String = sample_jsonl(2_000);
+        app.upload("source.jsonl", content.as_bytes()).await;
+        let (start, end) = (100u64, content.len() as u64 - 100);
+        // Azurite copies the blocks itself (Put Block From URL, the source authorised by a service SAS): the copier
+        // never falls back, so it never reads a byte of the source.
+        let copier = Copier::default();
+        let ids = copier
+            .copy_range(&app.storage, ("batch-input", "copied.jsonl"), ("batch-input", "source.jsonl"), (start, end), 0)
+            .await
+            .expect("copied");
+        app.storage.put_block_list("batch-input", "copied.jsonl", &ids, "application/jsonl").await.expect("committed");
+        assert!(!copier.streams(), "the service copied");
+        // The service SAS that authorises the source is one Azurite accepts on its own (and a wrong one it refuses).
+        let name = app.account.blob_endpoint.path().trim_matches('/').to_string();
+        let key = base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            blob_batch_monitor::storage::connection::DEVSTORE_KEY,
+        )
+        .expect("key");
+        let expiry = blob_batch_monitor::clock::unix_now() + 600;
+        let sas = blob_batch_monitor::storage::block::service_sas(&name, &key, "batch-input/source.jsonl", expiry);
+        let url = format!("{}?{sas}", app.blob_url("source.jsonl"));
+        let read = reqwest::Client::new().get(&url).header("x-ms-version", "2025-11-05").send().await.expect("read");
+        assert_eq!(read.status(), reqwest::StatusCode::OK, "{:?}", read.text().await);
+        let forged = url.replace("sp=r", "sp=rw");
+        let refused =
+            reqwest::Client::new().get(&forged).header("x-ms-version", "2025-11-05").send().await.expect("read");
+        assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+        // The same account behind a front that answers 501: one refused copy, then every block through the handler.
+        let (front, log) = refusing_front(app.storage.clone()).await;
+        let mut account = app.account.clone();
+        account.blob_endpoint = front.parse().expect("url");
+        let client = blob_batch_monitor::storage::StorageClient::new(
+            blob_batch_monitor::http_client::HttpClient::new(64 << 20, &Default::default()).expect("client"),
+            account,
+        );
+        let copier = Copier::default();
+        let ids = copier
+            .copy_range(&client, ("batch-input", "streamed.jsonl"), ("batch-input", "source.jsonl"), (start, end), 0)
+            .await
+            .expect("copied");
+        client.put_block_list("batch-input", "streamed.jsonl", &ids, "application/jsonl").await.expect("committed");
+        let asked = log.lock().expect("log").clone();
+        assert!(copier.streams(), "{asked:?}");
+        assert_eq!(asked.iter().filter(|l| l.ends_with("(copy)")).count(), 1, "asked once: {asked:?}");
+        assert_eq!(asked.iter().filter(|l| l.starts_with("GET")).count(), ids.len(), "{asked:?}");
+        for name in ["copied.jsonl", "streamed.jsonl"] {
+            let blob = app.storage.get_blob("batch-input", name).await.expect("read").expect("written");
+            assert_eq!(blob.content.as_ref(), &content.as_bytes()[start as usize..end as usize], "{name}");
+        }
+    })
+    .await;
+}
