@@ -138,11 +138,16 @@ async fn counts_in_a_check_message_are_checked_against_the_record() {
 #[tokio::test]
 async fn control_and_bidi_characters_reach_the_logs_escaped() {
     bounded(async {
-        let app = spawn_app().await;
+        let app = spawn_app_with(TestOptions::quick_jobs()).await;
+        // A request without `messages` passes the pre-flight check and fails at the service: the final report
+        // quotes its custom_id, as the error file gives it.
         let id = json_escaped("evil\nINFO forged line\r\u{1b}[31m\u{0}\u{202e}gnp");
-        // The same custom_id twice: the problem quotes it.
-        let file = sample_jsonl(1).replace("task-0", &id).repeat(2);
-        let answer = app.invoke_blob("rtl-\u{202e}gnp.jsonl", file.as_bytes()).await;
+        let line = format!(
+            "{{\"custom_id\":\"{id}\",\"method\":\"POST\",\"url\":\"/chat/completions\",\"body\":{{\"model\":\"gpt-4o-batch\"}}}}\n"
+        );
+        let message = app.submit("rtl-\u{202e}gnp.jsonl", line.as_bytes()).await;
+        app.wait_until_ended(&message.batch_id).await;
+        let answer = app.invoke_queue(&message.to_json(), 1).await;
         let logs = answer.body["Logs"].as_array().expect("logs").clone();
         assert!(!logs.is_empty());
         for entry in &logs {
@@ -150,7 +155,7 @@ async fn control_and_bidi_characters_reach_the_logs_escaped() {
             assert!(!entry.chars().any(|c| c.is_control() || c == '\u{202e}'), "{entry:?}");
         }
         let all = answer.logs();
-        assert!(all.contains("\\n") && all.contains("\\u{202e}"), "{all}");
+        assert!(all.contains("evil\\nINFO forged line\\r\\u{1b}[31m\\u{0}\\u{202e}gnp"), "{all}");
     })
     .await;
 }

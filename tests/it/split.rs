@@ -231,3 +231,149 @@ async fn blocks_are_copied_by_the_service_where_it_can_and_through_the_handler_w
     })
     .await;
 }
+
+#[tokio::test]
+async fn kills_during_the_split_a_part_submission_and_the_merge_lose_nothing_and_double_nothing() {
+    bounded_for(Duration::from_secs(240), async {
+        let stack = stack(10, Vec::new()).await;
+        let worker = stack.host.worker();
+        let kill = |what: &'static str| {
+            let starts = worker.starts.load(std::sync::atomic::Ordering::SeqCst);
+            worker.kill_handler();
+            async move {
+                wait_for(&format!("a restart after the kill {what}"), Duration::from_secs(30), || async {
+                    (worker.starts.load(std::sync::atomic::Ordering::SeqCst) > starts).then_some(())
+                })
+                .await;
+            }
+        };
+        // Part creates are held, so that the split's end can be told apart from the submissions.
+        let held = stack.emulator.world.hold_creates();
+        stack.drop_blob("killed.jsonl", sample_jsonl(400).as_bytes()).await;
+        // 1. During the split: some of the 40 parts are written, not all.
+        wait_for("a split under way", Duration::from_secs(60), || async {
+            let written = stack
+                .records()
+                .await
+                .iter()
+                .find(|r| r.parts.len() == 40)
+                .map(|r| r.parts.iter().filter(|p| p.etag.is_some()).count());
+            written.filter(|n| (2..40).contains(n)).map(|_| ())
+        })
+        .await;
+        kill("during the split").await;
+        // 2. During a part's submission: its create is held after the job exists.
+        wait_for("a part's create under way", Duration::from_secs(60), || async {
+            (!stack.emulator.world.jobs().is_empty()).then_some(())
+        })
+        .await;
+        kill("during a part's submission").await;
+        drop(held);
+        // 3. Around the merge: as soon as every part has ended.
+        wait_for("every part ended", Duration::from_secs(150), || async {
+            let file = stack.records().await.into_iter().find(|r| r.parts.len() == 40)?;
+            file.parts.iter().all(|p| p.state == PartState::Ended).then_some(())
+        })
+        .await;
+        kill("around the merge").await;
+        file_report(&stack, "killed.jsonl", Duration::from_secs(60)).await;
+        assert_merged(&stack, "killed.jsonl", 400, 40).await;
+        stack.assert_no_poison().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_part_the_service_fails_for_the_quota_waits_and_is_retried_without_holding_the_others_back() {
+    bounded_for(Duration::from_secs(120), async {
+        // No quota known to the app: all three parts go at once. The service's quota holds two; the third is
+        // accepted and then failed after validation, as regions outside the fail-fast list do.
+        let stack = stack(10, Vec::new()).await;
+        {
+            let mut config = stack.emulator.world.config.lock().expect("config");
+            config.token_quota = Some(1100);
+            config.quota_mode = devstack::batch_emulator::QuotaMode::AfterValidation;
+        }
+        stack.drop_blob("quota.jsonl", sample_jsonl(30).as_bytes()).await;
+        let report = file_report(&stack, "quota.jsonl", Duration::from_secs(90)).await;
+        assert!(report.contains("ended completed in 3 parts"), "{report}");
+        let jobs = stack.emulator.world.jobs();
+        let failed: Vec<_> = jobs.iter().filter(|j| j.status == "failed").collect();
+        assert!(!failed.is_empty(), "the quota failed a part: {jobs:#?}");
+        assert!(failed.iter().all(|j| j.errors.iter().any(|e| e["code"] == "token_limit_exceeded")));
+        // Every part completed once; the failed attempt was replaced, not counted.
+        let completed = jobs.iter().filter(|j| j.status == "completed").count();
+        assert_eq!(completed, 3);
+        let ids =
+            ids_in(&stack, file_record(&stack, "quota.jsonl").await.output_blob.as_deref().expect("merged")).await;
+        assert!(ids.len() == 30 && ids.values().all(|c| *c == 1), "{ids:?}");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_page_shows_a_split_file_as_one_row_and_resubmits_only_its_dead_lettered_part() {
+    bounded_for(Duration::from_secs(150), async {
+        let stack = stack(10, Vec::new()).await;
+        stack.drop_blob("lost.jsonl", sample_jsonl(30).as_bytes()).await;
+        // The service loses one part's batch: that part is dead-lettered, the others complete, the file ends.
+        let lost = wait_for("a part's job", Duration::from_secs(60), || async {
+            stack.emulator.world.jobs().first().cloned()
+        })
+        .await;
+        assert!(stack.emulator.world.forget(&lost.id));
+        let first = file_report(&stack, "lost.jsonl", Duration::from_secs(90)).await;
+        assert!(first.contains("ended dead-lettered in 3 parts"), "{first}");
+        let address = stack.host.http_address().expect("the page");
+        let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let page: Value = serde_json::from_slice(
+            &client
+                .get(format!("http://{address}/api/jobs?format=json"))
+                .send()
+                .await
+                .expect("page")
+                .bytes()
+                .await
+                .expect("body"),
+        )
+        .expect("json");
+        assert_eq!(page["counters"]["total"], 1, "the parts are not rows of their own: {page}");
+        assert_eq!(page["rows"][0]["parts"], serde_json::json!([3, 3]));
+        let key = page["rows"][0]["key"].as_str().expect("key").to_string();
+        let html = client
+            .get(format!("http://{address}/api/jobs/{key}"))
+            .send()
+            .await
+            .expect("page")
+            .text()
+            .await
+            .expect("html");
+        assert!(html.contains("Parts") && html.contains("part-00003.jsonl") && html.contains("Resubmit"), "{html}");
+        // Resubmit: only the dead-lettered part runs again; the file ends anew, completed, with a second event.
+        let answer = client
+            .post(format!("http://{address}/api/jobs/{key}/resubmit"))
+            .header("origin", format!("http://{address}"))
+            .send()
+            .await
+            .expect("answer");
+        assert_eq!(answer.status(), reqwest::StatusCode::SEE_OTHER);
+        wait_for("the file completed", Duration::from_secs(60), || async {
+            stack.final_reports().into_iter().find(|l| l.contains("batch-input/lost.jsonl ended completed in 3 parts"))
+        })
+        .await;
+        let creates =
+            stack.emulator.world.requests().iter().filter(|r| r.method == "POST" && r.path == "/batches").count();
+        assert_eq!(creates, 4, "three parts, the lost one twice");
+        let ids = ids_in(&stack, file_record(&stack, "lost.jsonl").await.output_blob.as_deref().expect("merged")).await;
+        assert!(ids.len() == 30 && ids.values().all(|c| *c == 1), "{ids:?}");
+        let events = crate::helpers::queues::peek(&stack.storage, "batch-completed").await;
+        let statuses: Vec<String> = events
+            .iter()
+            .map(|e| serde_json::from_str::<Value>(e).expect("json"))
+            .filter(|e| e["blob"] == "batch-input/lost.jsonl")
+            .map(|e| e["status"].as_str().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(statuses, ["dead-lettered", "completed"]);
+    })
+    .await;
+}
