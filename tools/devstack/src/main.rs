@@ -29,22 +29,13 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Start the whole local stack and keep it running until Ctrl-C.
-    Up {
-        /// Port of the batch API emulator (the example settings point at 7301).
-        #[arg(long, default_value_t = 7301)]
-        batch_port: u16,
-        /// Seconds each job phase (validating, in_progress, finalizing) lasts in the emulator.
-        #[arg(long, default_value_t = 3)]
-        phase_secs: u64,
-        /// Use an Azurite that is already listening on 10000/10001 instead of starting one.
-        #[arg(long)]
-        external_azurite: bool,
-        /// Build and run the handler in release mode.
-        #[arg(long)]
-        release: bool,
-        /// BATCH_RETRY_DELAY for the local run, in seconds (overrides the settings file when the emulator is used).
-        #[arg(long, default_value_t = 5)]
-        retry_delay: u64,
+    Up(UpArgs),
+    /// Print a valid input file of N chat requests (to try a split: `sample 2500 > big.jsonl`).
+    Sample {
+        requests: usize,
+        /// The deployment every line names.
+        #[arg(long, default_value = "gpt-4o-batch")]
+        model: String,
     },
     /// Run only the Functions host emulator against the app in APP_DIR with settings from a local.settings.json.
     Host {
@@ -98,8 +89,16 @@ async fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .init();
     match Cli::parse().command {
-        Command::Up { batch_port, phase_secs, external_azurite, release, retry_delay } => {
-            up(batch_port, phase_secs, external_azurite, release, retry_delay).await
+        Command::Up(args) => up(args).await,
+        Command::Sample { requests, model } => {
+            use std::io::Write;
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for i in 0..requests {
+                let line = serde_json::json!({"custom_id": format!("task-{i}"), "method": "POST", "url": "/chat/completions",
+                    "body": {"model": model, "messages": [{"role": "user", "content": format!("Question {i}")}]}});
+                writeln!(out, "{line}")?;
+            }
+            Ok(())
         }
         Command::Host { app_dir, settings, executable, scan_secs } => {
             let settings = read_settings(&settings)?;
@@ -183,13 +182,31 @@ fn read_settings(path: &std::path::Path) -> anyhow::Result<Vec<(String, String)>
     Ok(values.iter().map(|(k, v)| (k.clone(), v.as_str().map_or_else(|| v.to_string(), str::to_string))).collect())
 }
 
-async fn up(
+/// Options of `up`.
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Port of the batch API emulator (the example settings point at 7301).
+    #[arg(long, default_value_t = 7301)]
     batch_port: u16,
+    /// Seconds each job phase (validating, in_progress, finalizing) lasts in the emulator.
+    #[arg(long, default_value_t = 3)]
     phase_secs: u64,
+    /// Use an Azurite that is already listening on 10000/10001 instead of starting one.
+    #[arg(long)]
     external_azurite: bool,
+    /// Build and run the handler in release mode.
+    #[arg(long)]
     release: bool,
+    /// BATCH_RETRY_DELAY for the local run, in seconds (overrides the settings file when the emulator is used).
+    #[arg(long, default_value_t = 5)]
     retry_delay: u64,
-) -> anyhow::Result<()> {
+    /// An app setting for this run, over the settings file (repeat: `--set BATCH_MAX_REQUESTS=1000`).
+    #[arg(long = "set", value_name = "NAME=VALUE")]
+    set: Vec<String>,
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let UpArgs { batch_port, phase_secs, external_azurite, release, retry_delay, set } = args;
     let root =
         project_root(&std::env::current_dir()?).context("run devstack from inside the blob-batch-monitor checkout")?;
     let profile = if release { "release" } else { "debug" };
@@ -250,6 +267,11 @@ async fn up(
         None
     };
 
+    for pair in &set {
+        let (name, value) = pair.split_once('=').with_context(|| format!("--set {pair}: write NAME=VALUE"))?;
+        settings.retain(|(k, _)| k != name);
+        settings.push((name.to_string(), value.to_string()));
+    }
     let mut options = HostOptions::new(root.clone(), settings);
     options.executable = Some(executable);
     options.blob_scan_interval = Duration::from_secs(2);
