@@ -33,6 +33,8 @@ fn the_benchmark_harness_runs_end_to_end() {
         "Chunked",
         "ContentLength",
         "Deploy size",
+        "Split (",
+        "Merge of the",
     ] {
         assert!(names.iter().any(|n| n.contains(expected)), "no `{expected}` row in {names:#?}");
     }

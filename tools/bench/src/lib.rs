@@ -13,6 +13,7 @@ mod nginx;
 mod page;
 pub mod procs;
 mod scenarios;
+mod split;
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -45,6 +46,8 @@ pub struct BenchOptions {
     pub musl_binary: Option<PathBuf>,
     /// Job records behind the operators' page measurement.
     pub page_records: usize,
+    /// Requests in the file that is split into parts.
+    pub split_requests: u64,
     /// A Python with the `openai` package (bench/requirements.txt), to run the original app's check beside the
     /// handler's; skipped when `None`.
     pub python: Option<PathBuf>,
@@ -67,6 +70,8 @@ pub enum Part {
     LargeBlob,
     /// The operators' page over job records in Azurite.
     Page,
+    /// A file far over one job's limits: split and merged.
+    Split,
     /// The binary's size.
     Size,
 }
@@ -90,6 +95,7 @@ impl BenchOptions {
             blob_bytes: 200 << 20,
             starts: 21,
             page_records: 10_000,
+            split_requests: 1_000_000,
             musl_binary: None,
             python: None,
             only: Vec::new(),
@@ -109,6 +115,7 @@ impl BenchOptions {
             blob_bytes: 4 << 20,
             starts: 3,
             page_records: 300,
+            split_requests: 20_000,
             musl_binary: None,
             python: None,
             only: Vec::new(),

@@ -54,6 +54,9 @@ pub fn run(o: &BenchOptions) -> anyhow::Result<Report> {
     if o.runs_part(Part::Page) {
         super::page::page(o, &nginx, &runtime, &mut report)?;
     }
+    if o.runs_part(Part::Split) {
+        super::split::split(o, &nginx, &runtime, &mut report)?;
+    }
     if o.runs_part(Part::Size) {
         deploy_size(o, &mut report)?;
     }
@@ -104,6 +107,21 @@ pub(super) fn handler_with(
     let proc = spawn(command(cpu, &o.handler, &[]), &settings)?;
     wait_ready(port, Duration::from_secs(10)).context("the handler did not start")?;
     Ok((proc, port))
+}
+
+/// Invokes QueueMonitor on `port` with message `text` and waits for its answer, which must be a success.
+pub(super) async fn post_queue(port: u16, text: &str) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(600)).build()?;
+    let answer = client
+        .post(format!("http://127.0.0.1:{port}/QueueMonitor"))
+        .header("content-type", "application/json")
+        .body(queue_body(text))
+        .send()
+        .await?;
+    let status = answer.status();
+    let body = answer.text().await?;
+    anyhow::ensure!(status.is_success(), "QueueMonitor answered {status}: {body}");
+    Ok(())
 }
 
 /// A QueueMonitor envelope for `text`, as the host sends it.
