@@ -165,40 +165,69 @@ impl Copier {
         (start, end): (u64, u64),
         first_block: u64,
     ) -> Result<Vec<String>, StorageError> {
-        let mut ids = Vec::new();
-        let mut at = start;
-        while at < end {
-            let to = (at + COPY_BLOCK).min(end);
-            let id = block_id(first_block + ids.len() as u64);
-            self.copy_block(client, (container, name), source, (at, to), &id).await?;
-            ids.push(id);
-            at = to;
+        let ranges: Vec<(u64, u64)> =
+            (start..end).step_by(COPY_BLOCK as usize).map(|at| (at, (at + COPY_BLOCK).min(end))).collect();
+        let ids: Vec<String> = (0..ranges.len() as u64).map(|i| block_id(first_block + i)).collect();
+        let mut next = 0;
+        while next < ranges.len() && !self.streams() {
+            if !self.copy_by_service(client, (container, name), source, ranges[next], &ids[next]).await? {
+                break;
+            }
+            next += 1;
         }
+        self.stream(client, (container, name), source, &ranges[next..], &ids[next..]).await?;
         Ok(ids)
     }
 
-    async fn copy_block(
+    /// Asks the service to copy one block; `false` (and streaming from now on) if it says it cannot.
+    async fn copy_by_service(
         &self,
         client: &StorageClient,
         (container, name): (&str, &str),
         (source_container, source_name): (&str, &str),
         range: (u64, u64),
         id: &str,
-    ) -> Result<(), StorageError> {
-        if !self.streams() {
-            let source = format!("{source_container}/{source_name}");
-            match client.put_block_from_url(container, name, id, &source, range).await {
-                Ok(()) => return Ok(()),
-                Err(StorageError::Status { status, code }) if cannot_copy(status) => {
-                    tracing::info!(status = status.as_u16(), code = %code,
-                        "the storage service does not copy blocks from a URL here; copying through the handler");
-                    self.streamed.store(true, Ordering::Relaxed);
-                }
-                Err(e) => return Err(e),
+    ) -> Result<bool, StorageError> {
+        let source = format!("{source_container}/{source_name}");
+        match client.put_block_from_url(container, name, id, &source, range).await {
+            Ok(()) => Ok(true),
+            Err(StorageError::Status { status, code }) if cannot_copy(status) => {
+                tracing::info!(status = status.as_u16(), code = %code,
+                    "the storage service does not copy blocks from a URL here; copying through the handler");
+                self.streamed.store(true, Ordering::Relaxed);
+                Ok(false)
             }
+            Err(e) => Err(e),
         }
-        let bytes = client.get_range(source_container, source_name, range.0, range.1).await?;
-        client.put_block(container, name, id, bytes).await
+    }
+
+    /// Copies blocks through the handler, reading the next block while the last one is written: two blocks in
+    /// memory at most.
+    async fn stream(
+        &self,
+        client: &StorageClient,
+        (container, name): (&str, &str),
+        (source_container, source_name): (&str, &str),
+        ranges: &[(u64, u64)],
+        ids: &[String],
+    ) -> Result<(), StorageError> {
+        let read = |(from, to): (u64, u64)| client.get_range(source_container, source_name, from, to);
+        let mut pending: Option<(&String, Bytes)> = None;
+        for (range, id) in ranges.iter().zip(ids) {
+            let bytes = match pending.take() {
+                Some((last, bytes)) => {
+                    let (got, put) = tokio::join!(read(*range), client.put_block(container, name, last, bytes));
+                    put?;
+                    got?
+                }
+                None => read(*range).await?,
+            };
+            pending = Some((id, bytes));
+        }
+        if let Some((last, bytes)) = pending {
+            client.put_block(container, name, last, bytes).await?;
+        }
+        Ok(())
     }
 }
 

@@ -46,7 +46,11 @@ pub fn split(
     let plan = plan(requests, limits);
     let size = format!("{requests} requests, {:.2} GB", bytes as f64 / 1e9);
     for streamed in [false, true] {
-        let way = if streamed { "copied through the handler" } else { "copied by the storage service" };
+        let way = if streamed {
+            "copied through the handler (behind a front that refuses copies)"
+        } else {
+            "copied by the storage service"
+        };
         let front = streamed.then(|| runtime.block_on(refusing_front(&account))).transpose()?;
         let blob_endpoint = front.as_deref().unwrap_or(account.blob_endpoint.as_str()).to_string();
         let handler_conn =
@@ -67,7 +71,7 @@ pub fn split(
         );
         report.add(&format!("Split, {way}: handler peak memory (VmHWM)"), peak, "MB", Some(("<", 64.0)), "");
         // The merge joins the parts as if they were the parts' results: the same bytes.
-        runtime.block_on(ended_parts(&storage, &account, &key))?;
+        runtime.block_on(ended_parts(&storage, &blob_endpoint, &key))?;
         let baseline = runtime.block_on(streamed_copy(&storage, &key))?;
         let (proc, port) = handler_with(
             o,
@@ -183,10 +187,11 @@ async fn planned_record(
     Ok(key)
 }
 
-/// Marks every part ended with its own blob as its results, for the merge.
-async fn ended_parts(storage: &StorageClient, account: &StorageAccount, key: &str) -> anyhow::Result<()> {
+/// Marks every part ended with its own blob as its results, for the merge (URLs at the blob endpoint the handler
+/// is given).
+async fn ended_parts(storage: &StorageClient, blob_endpoint: &str, key: &str) -> anyhow::Result<()> {
     let store = RecordStore::new(storage.clone(), "batch-records".into());
-    let root = account.blob_endpoint.as_str().trim_end_matches('/').to_string();
+    let root = blob_endpoint.trim_end_matches('/').to_string();
     store
         .update(key, None, |r| {
             r.state = RecordState::Submitted;

@@ -30,6 +30,16 @@ struct Cli {
 enum Command {
     /// Start the whole local stack and keep it running until Ctrl-C.
     Up(UpArgs),
+    /// Write the function app as it is published (host.json, the function folders, the handler) into OUT.
+    Package {
+        out: PathBuf,
+        /// Feed the blob trigger by Event Grid (`"source": "EventGrid"`), as Flex Consumption requires.
+        #[arg(long)]
+        event_grid: bool,
+        /// The handler executable to put in the package.
+        #[arg(long)]
+        handler: Option<PathBuf>,
+    },
     /// Print a valid input file of N chat requests (to try a split: `sample 2500 > big.jsonl`).
     Sample {
         requests: usize,
@@ -90,6 +100,13 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
+        Command::Package { out, event_grid, handler } => {
+            let root = project_root(&std::env::current_dir()?).context("run devstack from inside the checkout")?;
+            devstack::package::write(&root, &out, event_grid, handler.as_deref())?;
+            let source = if event_grid { "Event Grid" } else { "polling" };
+            println!("wrote the app ({source} blob source) into {}", out.display());
+            Ok(())
+        }
         Command::Sample { requests, model } => {
             use std::io::Write;
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -203,10 +220,18 @@ struct UpArgs {
     /// An app setting for this run, over the settings file (repeat: `--set BATCH_MAX_REQUESTS=1000`).
     #[arg(long = "set", value_name = "NAME=VALUE")]
     set: Vec<String>,
+    /// Run as on Flex Consumption: the blob trigger fed by Event Grid (each new blob posted to the host's webhook as a
+    /// `BlobCreated` event, as a subscription would) instead of container scans.
+    #[arg(long)]
+    event_grid: bool,
+    /// With `--event-grid`: post every event twice, as Event Grid may.
+    #[arg(long, requires = "event_grid")]
+    duplicate_events: bool,
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    let UpArgs { batch_port, phase_secs, external_azurite, release, retry_delay, set } = args;
+    let UpArgs { batch_port, phase_secs, external_azurite, release, retry_delay, set, event_grid, duplicate_events } =
+        args;
     let root =
         project_root(&std::env::current_dir()?).context("run devstack from inside the blob-batch-monitor checkout")?;
     let profile = if release { "release" } else { "debug" };
@@ -272,12 +297,30 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         settings.retain(|(k, _)| k != name);
         settings.push((name.to_string(), value.to_string()));
     }
-    let mut options = HostOptions::new(root.clone(), settings);
+    // With Event Grid, the app as the Flex package has it: the same folders, the blob trigger's source switched.
+    let app_root = if event_grid {
+        let dir = root.join(".devstack/app-event-grid");
+        devstack::package::write(&root, &dir, true, None)?;
+        dir
+    } else {
+        root.clone()
+    };
+    let mut options = HostOptions::new(app_root, settings);
     options.executable = Some(executable);
+    options.flex = event_grid;
     options.blob_scan_interval = Duration::from_secs(2);
     // Where `func start` serves HTTP triggers.
     options.http_port = Some(7071);
     let host = FunctionsHost::start(options).await?;
+    let _watcher = match (event_grid, host.http_address()) {
+        (true, Some(addr)) => {
+            let webhook = format!("http://{addr}/runtime/webhooks/blobs?functionName=Host.Functions.BlobMonitor");
+            let copies = if duplicate_events { 2 } else { 1 };
+            let watch = devstack::event_grid_watcher::watch(storage.clone(), "batch-input".into(), webhook, copies);
+            Some(AbortOnDrop(tokio::spawn(watch)))
+        }
+        _ => None,
+    };
 
     println!();
     println!("blob-batch-monitor is running locally (settings from {}):", settings_file.display());
@@ -286,6 +329,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         println!("  batch emulator  {} (jobs: {}/_emulator/batches)", e.uri(), e.uri());
     }
     println!("  handler         {}", host.worker().base_url());
+    if event_grid {
+        println!(
+            "  blob source     Event Grid: each upload is posted to /runtime/webhooks/blobs as BlobCreated{}",
+            if duplicate_events { ", twice" } else { "" }
+        );
+    }
     if let Some(addr) = host.http_address() {
         println!("  jobs page       http://{addr}/api/jobs");
     }
@@ -303,4 +352,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         a.stop().await;
     }
     Ok(())
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

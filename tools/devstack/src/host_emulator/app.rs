@@ -39,6 +39,15 @@ pub struct Binding {
     pub route: Option<String>,
     /// An `httpTrigger`'s methods, lower case (empty: any).
     pub methods: Vec<String>,
+    /// A `blobTrigger`'s source: `EventGrid`, or polling when absent (`LogsAndContainerScan`).
+    pub source: Option<String>,
+}
+
+impl Binding {
+    /// Whether a blob trigger is fed by Event Grid rather than by container scans.
+    pub fn event_grid(&self) -> bool {
+        self.source.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("EventGrid"))
+    }
 }
 
 /// A function: its folder name (= route) and bindings.
@@ -159,6 +168,7 @@ impl App {
                             .filter(|c| !c.is_empty())
                             .unwrap_or_else(|| "AzureWebJobsStorage".into()),
                         data_type: s("dataType"),
+                        source: s("source"),
                     }
                 })
                 .collect();

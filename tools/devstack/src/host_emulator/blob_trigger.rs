@@ -29,14 +29,29 @@ pub(super) fn spawn(ctx: Arc<Ctx>, function: Function, trigger: Binding) -> anyh
     let (container, pattern) =
         path.split_once('/').map(|(c, p)| (c.to_string(), p.to_string())).unwrap_or((path.clone(), "{name}".into()));
     let account = ctx.account(&trigger.connection)?.clone();
-    let internal = format!("azure-webjobs-blobtrigger-{}", ctx.options.host_id);
-    let scan =
-        tokio::spawn(scanner(ctx.clone(), function.clone(), account.clone(), container, pattern, internal.clone()));
-    let run = tokio::spawn(executor(ctx, function, trigger, account, internal));
-    Ok(vec![scan, run])
+    let internal = internal_queue(&ctx);
+    let mut tasks = Vec::new();
+    // An Event Grid source is fed by its webhook (`event_grid`), not by container scans.
+    if !trigger.event_grid() {
+        tasks.push(tokio::spawn(scanner(
+            ctx.clone(),
+            function.clone(),
+            account.clone(),
+            container,
+            pattern,
+            internal.clone(),
+        )));
+    }
+    tasks.push(tokio::spawn(executor(ctx, function, trigger, account, internal)));
+    Ok(tasks)
 }
 
-fn function_id(f: &Function) -> String {
+/// The host's internal queue of blob work, `azure-webjobs-blobtrigger-<hostId>`.
+pub(super) fn internal_queue(ctx: &Ctx) -> String {
+    format!("azure-webjobs-blobtrigger-{}", ctx.options.host_id)
+}
+
+pub(super) fn function_id(f: &Function) -> String {
     format!("Host.Functions.{}", f.name)
 }
 
@@ -204,8 +219,10 @@ async fn execute(
             return;
         }
     };
-    if unquote_etag(&blob.etag) != unquote_etag(&etag) {
-        return done().await; // changed since: the scanner will pick up the new version
+    // Polling work names a version: a blob changed since is the scanner's to pick up again. Event Grid work is run
+    // for the blob as it is now, and again for every event, even of the same version (no receipts).
+    if s("Source") != "EventGrid" && unquote_etag(&blob.etag) != unquote_etag(&etag) {
+        return done().await;
     }
     let url = format!(
         "{}/{container}/{}",

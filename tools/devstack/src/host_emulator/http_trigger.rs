@@ -37,17 +37,25 @@ pub fn prefixes(functions: &[Function]) -> Vec<(String, Function)> {
 
 /// Serves the HTTP triggers on `listener` until the task is aborted.
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<Ctx>) {
-    let app = Router::new().fallback(forward).with_state(ctx);
+    let app = Router::new()
+        .route("/runtime/webhooks/blobs", axum::routing::post(super::event_grid::webhook))
+        .fallback(forward)
+        .layer(axum::middleware::from_fn(loopback_only))
+        .with_state(ctx);
     if let Err(e) = axum::serve(listener, app).await {
         tracing::error!(target: "host", "the HTTP trigger listener stopped: {e}");
     }
 }
 
-async fn forward(State(ctx): State<Arc<Ctx>>, request: Request) -> Response {
+/// A page on another site whose name was rebound to 127.0.0.1 sends its own name: only loopback names are served.
+async fn loopback_only(request: Request, next: axum::middleware::Next) -> Response {
     if !loopback_host(request.headers()) {
-        // A page on another site whose name was rebound to 127.0.0.1 sends its own name: refuse it.
         return (StatusCode::FORBIDDEN, "only loopback host names are served locally").into_response();
     }
+    next.run(request).await
+}
+
+async fn forward(State(ctx): State<Arc<Ctx>>, request: Request) -> Response {
     // The host resolves `.` and `..` (also percent-encoded) before routing, so only `/api/<route>` reaches a function.
     let Some(path) = normalised(request.uri().path()) else {
         return (StatusCode::BAD_REQUEST, "not a request path").into_response();

@@ -8,6 +8,7 @@
 pub mod app;
 mod blob_trigger;
 pub mod envelope;
+mod event_grid;
 pub mod http_trigger;
 mod outputs;
 mod queue_trigger;
@@ -42,8 +43,11 @@ pub struct HostOptions {
     pub lease: Duration,
     /// Names receipts and the internal blob-trigger queue.
     pub host_id: String,
-    /// Where HTTP triggers are served (`func start` uses 7071; 0 picks a free port); `None`: not served.
+    /// Where HTTP triggers and the Event Grid blob webhook are served (`func start` uses 7071; 0 picks a free
+    /// port); `None`: not served.
     pub http_port: Option<u16>,
+    /// Behave as on Flex Consumption: refuse to start with a polling blob trigger, as the host does.
+    pub flex: bool,
 }
 
 impl HostOptions {
@@ -57,6 +61,7 @@ impl HostOptions {
             lease: Duration::from_secs(600),
             host_id: "devstack".into(),
             http_port: None,
+            flex: false,
         }
     }
 }
@@ -198,9 +203,15 @@ impl FunctionsHost {
             records: Mutex::default(),
             http: forwarder,
         });
+        if ctx.options.flex {
+            flex_check(&ctx.app.functions)?;
+        }
         let mut tasks = Vec::new();
         let mut http_address = None;
-        if let Some(port) = ctx.options.http_port.filter(|_| !http_trigger::prefixes(&ctx.app.functions).is_empty()) {
+        let event_grid =
+            ctx.app.functions.iter().any(|f| f.trigger().is_some_and(|t| t.kind == "blobTrigger" && t.event_grid()));
+        let serves_http = !http_trigger::prefixes(&ctx.app.functions).is_empty() || event_grid;
+        if let Some(port) = ctx.options.http_port.filter(|_| serves_http) {
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
             http_address = Some(listener.local_addr()?);
             tasks.push(tokio::spawn(http_trigger::serve(listener, ctx.clone())));
@@ -257,4 +268,17 @@ impl Drop for FunctionsHost {
         }
         self.ctx.worker.stop();
     }
+}
+
+/// The host on Flex Consumption refuses a blob trigger that polls, at start-up, with this message.
+fn flex_check(functions: &[Function]) -> anyhow::Result<()> {
+    let polling = functions.iter().find(|f| f.trigger().is_some_and(|t| t.kind == "blobTrigger" && !t.event_grid()));
+    if let Some(f) = polling {
+        anyhow::bail!(
+            "The Flex Consumption SKU only supports EventGrid as the source for BlobTrigger functions. Please update \
+             function '{}' to use EventGrid. For more information see https://aka.ms/flexblobtrigger.",
+            f.name
+        );
+    }
+    Ok(())
 }
