@@ -29,7 +29,7 @@ use super::record::{JobRecord, Part, PartState, RecordState};
 use super::records::RecordStore;
 use super::{Outcome, RetryNow};
 
-pub use copy::{merge, split};
+pub use copy::{file_id, merge, split};
 
 /// Starts a split file: its record with the plan, and the message that writes its parts. A repeated trigger finds
 /// the record and only sends that message again, which does nothing once the parts are written.

@@ -6,7 +6,10 @@
 
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
+
 use blob_batch_monitor::http_client::HttpClient;
+use blob_batch_monitor::jobs::parts::file_id;
 use blob_batch_monitor::jobs::plan::{Limits, Plan};
 use blob_batch_monitor::jobs::record::{JobRecord, Part, PartState, RecordState};
 use blob_batch_monitor::jobs::records::RecordStore;
@@ -85,6 +88,7 @@ pub fn split(
         let took = started.elapsed();
         let peak = status_kb(proc.pid(), "VmHWM").unwrap_or(0) as f64 / 1024.0;
         drop(proc);
+        runtime.block_on(merged_whole(&storage, &key, bytes)).with_context(|| format!("the merge {way}"))?;
         report.add(
             &format!("Merge of the {PARTS} parts' results ({size}), {way}: time ÷ a plain streamed copy"),
             ratio(took, baseline),
@@ -206,6 +210,17 @@ async fn ended_parts(storage: &StorageClient, blob_endpoint: &str, key: &str) ->
     Ok(())
 }
 
+/// Checks that the merge ended the file with one result of all `bytes`: a figure is only worth what it measured.
+async fn merged_whole(storage: &StorageClient, key: &str, bytes: u64) -> anyhow::Result<()> {
+    let record = RecordStore::new(storage.clone(), "batch-records".into()).read(key).await?.map(|v| v.record);
+    let record = record.context("the record is gone")?;
+    anyhow::ensure!(record.state == RecordState::Ended, "the merge did not end the file: {:?}", record.state);
+    anyhow::ensure!(record.output_blob.is_some(), "the merge wrote no result");
+    let size = storage.blob_size("batch-output", &format!("{}/results.jsonl", file_id(key))).await?.unwrap_or(0);
+    anyhow::ensure!(size == bytes, "the merged result has {size} bytes, not {bytes}");
+    Ok(())
+}
+
 /// The baseline of the merge: the bench reads every part and writes them into one blob, 8 MB at a time.
 async fn streamed_copy(storage: &StorageClient, key: &str) -> anyhow::Result<Duration> {
     let record = RecordStore::new(storage.clone(), "batch-records".into())
@@ -244,13 +259,15 @@ async fn refusing_front(account: &StorageAccount) -> anyhow::Result<String> {
             return (reqwest::StatusCode::NOT_IMPLEMENTED, [("x-ms-error-code", "NotImplemented")]).into_response();
         }
         let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
-        let mut forwarded = reqwest::Client::new().request(parts.method, format!("{origin}{}", parts.uri)).body(body);
+        let mut forwarded = reqwest::Client::new().request(parts.method.clone(), format!("{origin}{}", parts.uri)).body(body);
         for (k, v) in parts.headers.iter().filter(|(k, _)| *k != "host") {
             forwarded = forwarded.header(k, v);
         }
+        let head = parts.method == axum::http::Method::HEAD;
         let Ok(answer) = forwarded.send().await else { return reqwest::StatusCode::BAD_GATEWAY.into_response() };
         let mut response = Response::builder().status(answer.status());
-        let hop = |k: &str| matches!(k, "content-length" | "transfer-encoding" | "connection");
+        // A HEAD answer's Content-Length is the blob's size, not this body's: it must pass.
+        let hop = |k: &str| matches!(k, "transfer-encoding" | "connection") || (k == "content-length" && !head);
         for (k, v) in answer.headers().iter().filter(|(k, _)| !hop(k.as_str())) {
             response = response.header(k, v);
         }
