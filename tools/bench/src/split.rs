@@ -259,7 +259,8 @@ async fn refusing_front(account: &StorageAccount) -> anyhow::Result<String> {
             return (reqwest::StatusCode::NOT_IMPLEMENTED, [("x-ms-error-code", "NotImplemented")]).into_response();
         }
         let body = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
-        let mut forwarded = reqwest::Client::new().request(parts.method.clone(), format!("{origin}{}", parts.uri)).body(body);
+        let mut forwarded =
+            reqwest::Client::new().request(parts.method.clone(), format!("{origin}{}", parts.uri)).body(body);
         for (k, v) in parts.headers.iter().filter(|(k, _)| *k != "host") {
             forwarded = forwarded.header(k, v);
         }
