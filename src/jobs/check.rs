@@ -97,7 +97,7 @@ async fn ended(
     let ending =
         PartEnding { state: PartState::Ended, status: batch.status.to_string(), batch_id: Some(batch.id.clone()) };
     let sent = announce(jobs, &ended, ending, Some(batch)).await?;
-    record(jobs, message, known, |r| {
+    let ours = record(jobs, message, known, |r| {
         r.observe(batch);
         r.state = RecordState::Ended;
         r.failures = 0;
@@ -106,6 +106,15 @@ async fn ended(
         r.event_id = sent.clone();
     })
     .await?;
+    if !ours {
+        // The event just sent carries the ending's id, as the other check's does: consumers see one ending.
+        let reason = format!(
+            "dropped a superseded check of {}: another check recorded its ending first, or another chain follows it",
+            batch.id
+        );
+        info!("{reason}");
+        return Ok(Outcome::Nothing { reason });
+    }
     if clean {
         info!("{line}");
     } else {
@@ -251,26 +260,32 @@ pub async fn requeue(jobs: &Jobs, next: &MonitorMessage, delay: Duration) -> Res
 }
 
 /// Applies `change` to the job's record (if the message names one) and counts `message.attempt` as the newest check.
-/// `known` is the version this invocation read first, if any.
+/// `known` is the version this invocation read first, if any. `false`: the record has since moved on, and was left
+/// alone: to another batch, to another chain of checks (monitoring was handed over again during this check), or to
+/// the job's end (a duplicate check, one an interrupted invocation put twice, ended it first). The record's ETag
+/// makes this the one place where two concurrent checks of a job are told apart.
 async fn record(
     jobs: &Jobs,
     message: &MonitorMessage,
     known: Option<Versioned>,
     mut change: impl FnMut(&mut JobRecord),
-) -> Result<(), RetryNow> {
-    let Some(key) = message.record_key() else { return Ok(()) };
+) -> Result<bool, RetryNow> {
+    let Some(key) = message.record_key() else { return Ok(true) };
+    let mut ours = true;
     jobs.records
         .update(&key, known, |r| {
-            if r.batch_id.as_deref() != Some(message.batch_id.as_str()) {
-                return false;
+            let other_chain = message.chain.is_some() && r.chain.is_some() && message.chain != r.chain;
+            let over = matches!(r.state, RecordState::Ended | RecordState::DeadLettered);
+            ours = r.batch_id.as_deref() == Some(message.batch_id.as_str()) && !other_chain && !over;
+            if ours {
+                r.checks = r.checks.max(message.attempt);
+                change(r);
             }
-            r.checks = r.checks.max(message.attempt);
-            change(r);
-            true
+            ours
         })
         .await
-        .map(|_| ())
-        .map_err(|e| RetryNow::because(e, "updating the job record"))
+        .map_err(|e| RetryNow::because(e, "updating the job record"))?;
+    Ok(ours)
 }
 
 /// Dead-letters a queue message with the reason.

@@ -35,6 +35,10 @@ pub struct MonitorMessage {
     /// Consecutive status checks that failed (0 after any successful check).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub failures: u32,
+    /// The chain of checks this message belongs to: a token drawn when the job was handed to monitoring and carried
+    /// by every follow-up. The job record names the one chain that follows the job; any other is dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -44,7 +48,7 @@ fn is_zero(n: &u32) -> bool {
 impl MonitorMessage {
     /// The first check of a newly created job.
     pub fn new(batch_id: String, blob: Option<String>) -> Self {
-        MonitorMessage { batch_id, blob, etag: None, attempt: 0, failures: 0 }
+        MonitorMessage { batch_id, blob, etag: None, attempt: 0, failures: 0, chain: None }
     }
 
     /// The job record's key, when the message names one.

@@ -68,6 +68,11 @@ pub struct JobRecord {
     pub spare_batch_ids: Vec<String>,
     /// The `attempt` of the newest monitor message put for this job.
     pub checks: u32,
+    /// The chain of checks that follows the job (see `MonitorMessage::chain`). A blob version's trigger may fire
+    /// again while its first check is on the queue (Event Grid delivers events more than once, and keeps no
+    /// receipts); monitoring handed over again gets a new chain, and the old one's checks are dropped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<String>,
     /// Consecutive failures of the current step (create or status check).
     pub failures: u32,
     /// Unix seconds.

@@ -69,7 +69,7 @@ pub async fn submit(jobs: &Jobs, s: &Submission<'_>) -> Result<Outcome, RetryNow
     };
     let created = jobs.records.create(&key, &fresh).await.map_err(|e| unavailable(e, "creating the job record"))?;
     if created.is_none() {
-        if let RecordSays::Settled(done) = read(jobs, &key, s).await? {
+        if let RecordSays::Settled(done) = read(jobs, &key).await? {
             return Ok(done);
         }
     }
@@ -91,37 +91,55 @@ pub async fn submit(jobs: &Jobs, s: &Submission<'_>) -> Result<Outcome, RetryNow
 enum RecordSays {
     /// The blob version is settled already; this is the submission's outcome.
     Settled(Outcome),
+    /// The job exists, and its monitoring may never have started: hand it over again, under the lease.
+    Unwatched(Box<JobRecord>),
     /// It still needs its job: the record as read.
     Pending(Box<JobRecord>),
     /// There is no record.
     Missing,
 }
 
-async fn read(jobs: &Jobs, key: &str, s: &Submission<'_>) -> Result<RecordSays, RetryNow> {
+async fn read(jobs: &Jobs, key: &str) -> Result<RecordSays, RetryNow> {
     let record = jobs.records.read(key).await.map_err(|e| unavailable(e, "reading the job record"))?.map(|v| v.record);
     let Some(record) = record else { return Ok(RecordSays::Missing) };
     Ok(match policy::settled(&record) {
-        Some(Settled::Restart { batch_id }) => {
-            info!(batch_id = %batch_id, "the job already exists; (re)starting its monitoring");
-            RecordSays::Settled(Outcome::HandOver { message: monitor_message(&batch_id, s), created: false })
-        }
+        Some(Settled::Restart { .. }) => RecordSays::Unwatched(Box::new(record)),
         Some(Settled::Done { reason }) => RecordSays::Settled(Outcome::Nothing { reason }),
         None => RecordSays::Pending(Box::new(record)),
     })
 }
 
+/// The first check of `batch_id`, on a new chain of checks (which the record must name before it is handed over),
+/// named after this invocation: each run of a trigger is a new invocation id, and the logs then tell which run
+/// handed the job over.
 fn monitor_message(batch_id: &str, s: &Submission<'_>) -> MonitorMessage {
     MonitorMessage {
         etag: Some(s.etag.to_string()),
+        chain: Some(s.invocation_id.to_string()).filter(|id| !id.is_empty()),
         ..MonitorMessage::new(batch_id.to_string(), Some(s.blob.to_string()))
     }
+}
+
+/// Hands an existing job over to monitoring again, as a new chain of checks: the record names it first, so that
+/// the checks of an earlier hand-over, if it did reach the queue, are dropped (one chain of checks per job).
+async fn restart(held: &Held<'_>, s: &Submission<'_>, mut record: JobRecord) -> Result<Outcome, RetryNow> {
+    let Some(batch_id) = record.batch_id.clone() else {
+        return Err(RetryNow(anyhow::anyhow!("restart() called without a job")));
+    };
+    super::log_job(None, Some(&batch_id));
+    let message = monitor_message(&batch_id, s);
+    record.chain = message.chain.clone();
+    held.write(&record).await?;
+    info!("the job already exists; (re)starting its monitoring");
+    Ok(Outcome::HandOver { message, created: false })
 }
 
 /// The submission proper, under the record's lease.
 async fn locked(held: &Held<'_>, s: &Submission<'_>) -> Result<Outcome, RetryNow> {
     let (jobs, key) = (held.jobs, held.lease.key());
-    let mut record = match read(jobs, key, s).await? {
+    let mut record = match read(jobs, key).await? {
         RecordSays::Settled(done) => return Ok(done),
+        RecordSays::Unwatched(r) => return restart(held, s, *r).await,
         RecordSays::Pending(r) => *r,
         RecordSays::Missing => return Err(RetryNow(anyhow::anyhow!("the job record {key} disappeared"))),
     };
@@ -216,8 +234,10 @@ async fn follow(
     record.state = RecordState::Submitted;
     record.creates_in_doubt = Some(Vec::new());
     record.observe(batch);
+    let message = monitor_message(&batch.id, s);
+    record.chain = message.chain.clone();
     held.write(&record).await?;
-    Ok(Outcome::HandOver { message: monitor_message(&batch.id, s), created: true })
+    Ok(Outcome::HandOver { message, created: true })
 }
 
 /// A record under our lease.

@@ -148,6 +148,9 @@ pub fn superseded(r: &JobRecord, m: &MonitorMessage) -> Option<String> {
     if matches!(r.state, RecordState::Ended | RecordState::DeadLettered) {
         return Some(format!("the job is already {:?}", r.state));
     }
+    if m.chain.is_some() && r.chain.is_some() && m.chain != r.chain {
+        return Some("another chain of checks follows the job (its monitoring was handed over again)".into());
+    }
     if m.attempt > r.checks.saturating_add(1) {
         return Some(format!(
             "check {} is ahead of the record's check {}: not a check this app put",
@@ -161,7 +164,7 @@ pub fn superseded(r: &JobRecord, m: &MonitorMessage) -> Option<String> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Settled {
     /// The job exists but its monitoring may never have started (the creating invocation died before answering):
-    /// start it again. Duplicate first checks are dropped through the record's `checks`.
+    /// start it again, as a new chain of checks (the record's `chain`), so that the old one, if it exists, stops.
     Restart { batch_id: String },
     /// Nothing to do.
     Done { reason: String },

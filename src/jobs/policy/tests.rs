@@ -161,6 +161,25 @@ fn superseded_checks_are_recognised() {
 }
 
 #[test]
+fn only_the_chain_the_record_names_goes_on() {
+    let on = |record_chain: Option<&str>, message_chain: Option<&str>| {
+        let r = JobRecord {
+            state: RecordState::Submitted,
+            batch_id: Some("batch_1".into()),
+            chain: record_chain.map(str::to_string),
+            ..JobRecord::default()
+        };
+        let m = MonitorMessage { chain: message_chain.map(str::to_string), ..check(0, 0) };
+        superseded(&r, &m)
+    };
+    assert_eq!(on(Some("run-2"), Some("run-2")), None, "the current chain");
+    let old = on(Some("run-2"), Some("run-1"));
+    assert!(old.is_some_and(|why| why.contains("another chain")), "monitoring was handed over again");
+    assert_eq!(on(None, Some("run-1")), None, "a record from before chains");
+    assert_eq!(on(Some("run-2"), None), None, "a message from before chains (or the original app's)");
+}
+
+#[test]
 fn a_settled_record_restarts_monitoring_only_before_the_first_check() {
     let mut r = JobRecord { blob: "batch-input/a.jsonl".into(), ..JobRecord::default() };
     assert_eq!(settled(&r), None, "a fresh record needs a job");

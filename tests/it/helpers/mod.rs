@@ -6,6 +6,7 @@ pub mod queues;
 pub mod stack;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 
@@ -241,13 +242,15 @@ impl Answer {
 }
 
 impl TestApp {
-    /// POSTs raw bytes to `/<function>` with the host's headers.
+    /// POSTs raw bytes to `/<function>` with the host's headers: each call is a new invocation, with its own id.
     pub async fn post(&self, function: &str, body: impl Into<reqwest::Body>) -> Answer {
+        static INVOCATIONS: AtomicU64 = AtomicU64::new(1);
+        let invocation = format!("00000000-0000-4000-8000-{:012x}", INVOCATIONS.fetch_add(1, Ordering::Relaxed));
         let r = self
             .http
             .post(format!("http://{}/{function}", self.addr))
             .header("content-type", "application/json; charset=utf-8")
-            .header("x-azure-functions-invocationid", "00000000-0000-4000-8000-000000000001")
+            .header("x-azure-functions-invocationid", invocation)
             .body(body)
             .send()
             .await
