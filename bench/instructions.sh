@@ -33,7 +33,7 @@ total() { awk '/^(summary|totals):/{print $2; exit}' "$1"; }
 # Prints "<requests> <instructions>" for one handler run with `$1` seconds of load (0: start and stop only).
 measure_handler() {
   FUNCTIONS_CUSTOMHANDLER_PORT=42199 OPENAI_ENDPOINT="http://127.0.0.1:$port" OPENAI_API_KEY=bench-key \
-    BATCH_OUTPUT_CONTAINER=batch-output BlobStorageConnection="$account" BATCH_COMPLETED_QUEUE= \
+    BATCH_OUTPUT_CONTAINER=batch-output BlobStorageConnection="$account" BATCH_COMPLETED_QUEUE='' \
     valgrind --tool=callgrind --callgrind-out-file="$out/cg" "$handler" >/dev/null 2>"$out/valgrind.log" &
   local pid=$! n=0
   for _ in $(seq 200); do curl -s -o /dev/null http://127.0.0.1:42199/ && break; sleep 0.1; done

@@ -43,10 +43,10 @@ if ! "$venv/bin/python" -c 'import openai, azure.storage.queue' 2>/dev/null; the
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt -r tests/requirements.txt
 fi
 
-# The tests that load the machine (1,000 and 200 blobs through the whole stack, the benchmark smoke pass, 10,000
+# The tests that load the machine (1,000, 300 and 200 blobs through the whole stack, the benchmark smoke pass, 10,000
 # records) run on their own, one at a time, after the rest: beside timing-sensitive tests on two cores they would
 # make those flaky, and each other slower.
-heavy=(load:: bench_smoke:: ten_thousand_records)
+heavy=(load:: bench_smoke:: ten_thousand_records events_for_300_blobs)
 skips=()
 for t in "${heavy[@]}"; do skips+=(--skip "$t"); done
 

@@ -3,7 +3,9 @@
 mod bench_smoke;
 mod blob_monitor;
 mod browser;
+mod deploy;
 mod e2e;
+mod event_grid;
 mod events;
 mod fuzz;
 mod helpers;

@@ -23,6 +23,9 @@ pub struct StackOptions {
     pub validate_input: bool,
     /// More app settings for the handler (`BATCH_MAX_REQUESTS`, …).
     pub settings: Vec<(&'static str, String)>,
+    /// Run as the Flex package does: the blob trigger's source is Event Grid (events come to the host's blobs webhook,
+    /// see [`Stack::blob_created`]) and the host refuses a polling trigger.
+    pub event_grid: bool,
 }
 
 impl Default for StackOptions {
@@ -33,6 +36,7 @@ impl Default for StackOptions {
             connection: None,
             validate_input: true,
             settings: Vec::new(),
+            event_grid: false,
         }
     }
 }
@@ -48,7 +52,7 @@ pub struct Stack {
 static APPS: AtomicUsize = AtomicUsize::new(0);
 
 /// A copy of the app folder with test-speed host.json settings.
-fn app_dir() -> PathBuf {
+fn app_dir(event_grid: bool) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
         "app-{}-{}",
@@ -58,6 +62,13 @@ fn app_dir() -> PathBuf {
     for f in ["BlobMonitor", "QueueMonitor", "Jobs"] {
         std::fs::create_dir_all(dir.join(f)).expect("mkdir");
         std::fs::copy(src.join(f).join("function.json"), dir.join(f).join("function.json")).expect("copy");
+    }
+    if event_grid {
+        // What `devstack package --event-grid` (and so scripts/build-azure.sh --event-grid) writes.
+        let path = dir.join("BlobMonitor/function.json");
+        let mut function = serde_json::from_str(&std::fs::read_to_string(&path).expect("read")).expect("json");
+        devstack::package::event_grid_source(&mut function);
+        std::fs::write(&path, function.to_string()).expect("write");
     }
     let mut host: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(src.join("host.json")).expect("host.json")).expect("json");
@@ -91,11 +102,12 @@ impl Stack {
         ];
         let settings: Vec<(String, String)> =
             settings.into_iter().chain(options.settings.iter().map(|(k, v)| (k.to_string(), v.clone()))).collect();
-        let app_dir = app_dir();
+        let app_dir = app_dir(options.event_grid);
         let mut host_options = HostOptions::new(app_dir.clone(), settings);
         host_options.executable = Some(PathBuf::from(env!("CARGO_BIN_EXE_handler")));
         host_options.blob_scan_interval = Duration::from_millis(300);
         host_options.lease = Duration::from_secs(30);
+        host_options.flex = options.event_grid;
         // HTTP triggers on a free port (`func start` uses 7071).
         host_options.http_port = Some(0);
         let host = FunctionsHost::start(host_options).await.expect("host starts");
@@ -105,6 +117,24 @@ impl Stack {
     /// Drops a blob into batch-input.
     pub async fn drop_blob(&self, name: &str, content: &[u8]) {
         super::upload(&self.storage, name, content).await;
+    }
+
+    /// The `Microsoft.Storage.BlobCreated` event Event Grid would send for this version of `batch-input/<name>`.
+    pub fn blob_created(&self, name: &str, etag: &str) -> serde_json::Value {
+        devstack::event_grid_watcher::blob_created(&self.storage, "batch-input", name, etag)
+    }
+
+    /// Posts `body` to the host's blobs webhook for `function` with `aeg-event-type: <kind>`, as Event Grid does.
+    pub async fn post_events(&self, function: &str, kind: &str, body: &serde_json::Value) -> reqwest::Response {
+        let addr = self.host.http_address().expect("the host serves HTTP");
+        reqwest::Client::new()
+            .post(format!("http://{addr}/runtime/webhooks/blobs?functionName=Host.Functions.{function}"))
+            .header("aeg-event-type", kind)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("the webhook answers")
     }
 
     /// The final report lines QueueMonitor logged so far.
@@ -126,6 +156,22 @@ impl Stack {
     /// The job records, parsed.
     pub async fn records(&self) -> Vec<blob_batch_monitor::jobs::record::JobRecord> {
         super::queues::records(&self.storage).await
+    }
+
+    /// Waits until `n` job records have ended and returns the records. Under kills this is the check to make, not
+    /// the final log lines: an invocation killed after it wrote the ending loses its logs, and its redelivery finds
+    /// the job ended.
+    pub async fn wait_for_endings(
+        &self,
+        n: usize,
+        limit: Duration,
+    ) -> Vec<blob_batch_monitor::jobs::record::JobRecord> {
+        use blob_batch_monitor::jobs::record::RecordState;
+        super::wait_for(&format!("{n} jobs to end"), limit, || async {
+            let records = self.records().await;
+            (records.iter().filter(|r| r.state == RecordState::Ended).count() >= n).then_some(records)
+        })
+        .await
     }
 
     /// Names of blobs under `container`.

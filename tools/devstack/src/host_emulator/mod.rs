@@ -165,6 +165,10 @@ impl FunctionsHost {
     /// Loads the app, starts the handler and the trigger listeners.
     pub async fn start(options: HostOptions) -> anyhow::Result<Self> {
         let app = App::load(&options.app_root)?;
+        // The function index is checked before the worker starts, so a refused app starts nothing.
+        if options.flex {
+            flex_check(&app.functions)?;
+        }
         let http = HttpClient::new(crate::TOOL_BODY_LIMIT, &Default::default())?;
         let mut accounts = HashMap::new();
         for (k, v) in &options.settings {
@@ -203,9 +207,6 @@ impl FunctionsHost {
             records: Mutex::default(),
             http: forwarder,
         });
-        if ctx.options.flex {
-            flex_check(&ctx.app.functions)?;
-        }
         let mut tasks = Vec::new();
         let mut http_address = None;
         let event_grid =
