@@ -21,7 +21,7 @@ use super::context::Jobs;
 use crate::batch_api::{Batch, BatchError};
 
 use super::dead_letter::{self, DeadLetter};
-use super::events::{self, CompletionEvent};
+use super::events;
 use super::message::{MonitorMessage, MONITOR_QUEUE};
 use super::parts::{self, PartEnding};
 use super::policy::{self, AfterCheck};
@@ -199,7 +199,7 @@ async fn announce(
         return Ok(None);
     }
     let status = if ending.state == PartState::DeadLettered { "dead-lettered" } else { ending.status.as_str() };
-    events::announce(jobs, &CompletionEvent::of(record, status, batch)).await
+    events::announce(jobs, record, status, batch).await
 }
 
 /// The job's record as this check read it, or what the message says of the job when it names no record (a plain

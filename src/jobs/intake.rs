@@ -11,7 +11,7 @@ use crate::storage::blob::{account_name, unquote_etag};
 
 use super::check;
 use super::dead_letter::{self, DeadLetter};
-use super::events::{self, CompletionEvent};
+use super::events;
 use super::message::SubmitMessage;
 use super::parts;
 use super::record::{JobRecord, RecordState};
@@ -111,7 +111,7 @@ async fn gone(jobs: &Jobs, blob: &NewBlob<'_>, name: &str, reason: String) -> Re
         reason: Some(reason.clone()),
         ..JobRecord::default()
     };
-    events::announce(jobs, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
+    events::announce(jobs, &record, "dead-lettered", None).await?;
     Ok(Outcome::DeadLettered { reason: format!("no batch job for {name}: {reason}") })
 }
 
@@ -154,7 +154,7 @@ async fn reject(jobs: &Jobs, url: &Url, name: &str, etag: &str, problems: Vec<Pr
         }
     };
     warn!(blob = %name, problems = current.problems.len(), "rejected before submission: {reason}");
-    if let Some(id) = events::announce(jobs, &CompletionEvent::of(&current, "rejected", None)).await? {
+    if let Some(id) = events::announce(jobs, &current, "rejected", None).await? {
         jobs.records
             .update(&key, None, |r| {
                 r.event_id = Some(id.clone());
@@ -229,7 +229,7 @@ pub async fn refuse_submission(
         let mut dead =
             JobRecord { state: RecordState::DeadLettered, reason: Some(reason.clone()), ..known.record.clone() };
         // The event first: a crash before the record says it was sent sends the same event again.
-        dead.event_id = events::announce(jobs, &CompletionEvent::of(&dead, "dead-lettered", None)).await?;
+        dead.event_id = events::announce(jobs, &dead, "dead-lettered", None).await?;
         jobs.records
             .update(&key, Some(known), |r| {
                 if !waiting(r) {

@@ -16,7 +16,7 @@ use crate::batch_api::{Batch, BatchError, CreateBatch, OutputFolder};
 use crate::storage::blob::account_root;
 
 use super::dead_letter::{self, DeadLetter};
-use super::events::{self, CompletionEvent};
+use super::events;
 use super::message::{MonitorMessage, SubmitMessage, MONITOR_QUEUE};
 use super::policy::{self, AfterRefusal, Settled};
 use crate::clock::unix_now;
@@ -275,7 +275,7 @@ async fn refused(
             };
             dead_letter::put(jobs, letter).await.map_err(|e| unavailable(e, "dead-lettering the blob"))?;
             record.state = RecordState::DeadLettered;
-            record.event_id = events::announce(jobs, &CompletionEvent::of(&record, "dead-lettered", None)).await?;
+            record.event_id = events::announce(jobs, &record, "dead-lettered", None).await?;
             held.write(&record).await?;
             Ok(Outcome::DeadLettered { reason: format!("no batch job for {}: {reason}", s.blob) })
         }

@@ -22,7 +22,7 @@ use tracing::info;
 use url::Url;
 
 use super::context::Jobs;
-use super::events::{self, CompletionEvent};
+use super::events;
 use super::message::{SubmitMessage, WorkMessage, MONITOR_QUEUE};
 use super::plan::Plan;
 use super::record::{JobRecord, Part, PartState, RecordState};
@@ -188,8 +188,7 @@ pub fn file_status(parts: &[Part]) -> &'static str {
 
 /// Announces the file's ending (one event, with its parts) before the record says it was sent.
 async fn announce(jobs: &Jobs, record: &JobRecord, status: &str) -> Result<Option<String>, RetryNow> {
-    let event = CompletionEvent::of(record, status, None);
-    events::announce(jobs, &event).await
+    events::announce(jobs, record, status, None).await
 }
 
 async fn enqueue(jobs: &Jobs, work: &WorkMessage) -> Result<(), RetryNow> {
