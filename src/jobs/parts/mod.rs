@@ -24,31 +24,33 @@ use url::Url;
 use super::context::Jobs;
 use super::events;
 use super::message::{SubmitMessage, WorkMessage, MONITOR_QUEUE};
-use super::plan::Plan;
+use super::plan::{Plan, PlannedPart};
 use super::record::{JobRecord, Part, PartState, RecordState};
 use super::records::RecordStore;
 use super::{Outcome, RetryNow};
 
 pub use copy::{file_id, merge, split};
 
+/// The parts `plan` cuts a blob version into, not yet written: each named where it goes in `container`
+/// (`<container>/<blob>/<etag>/part-00001.jsonl`).
+pub fn planned(container: &str, blob: &str, etag: &str, plan: &Plan) -> Vec<Part> {
+    let part = |(i, p): (usize, &PlannedPart)| Part {
+        blob: format!("{container}/{blob}/{etag}/part-{:05}.jsonl", i + 1),
+        first_line: p.first_line,
+        requests: p.requests,
+        start: p.start,
+        end: p.end,
+        tokens: p.tokens,
+        ..Part::default()
+    };
+    plan.parts.iter().enumerate().map(part).collect()
+}
+
 /// Starts a split file: its record with the plan, and the message that writes its parts. A repeated trigger finds
 /// the record and only sends that message again, which does nothing once the parts are written.
 pub async fn start(jobs: &Jobs, url: &Url, blob: &str, etag: &str, plan: Plan) -> Result<Outcome, RetryNow> {
     let key = RecordStore::key(blob, etag);
-    let parts: Vec<Part> = plan
-        .parts
-        .iter()
-        .enumerate()
-        .map(|(i, p)| Part {
-            blob: format!("{}/{blob}/{etag}/part-{:05}.jsonl", jobs.settings.parts_container, i + 1),
-            first_line: p.first_line,
-            requests: p.requests,
-            start: p.start,
-            end: p.end,
-            tokens: p.tokens,
-            ..Part::default()
-        })
-        .collect();
+    let parts = planned(&jobs.settings.parts_container, blob, etag, &plan);
     let count = parts.len();
     let fresh = JobRecord {
         blob: blob.to_string(),

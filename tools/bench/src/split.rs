@@ -9,9 +9,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use blob_batch_monitor::http_client::HttpClient;
-use blob_batch_monitor::jobs::parts::file_id;
+use blob_batch_monitor::jobs::parts::{file_id, planned};
 use blob_batch_monitor::jobs::plan::{Limits, Plan};
-use blob_batch_monitor::jobs::record::{JobRecord, Part, PartState, RecordState};
+use blob_batch_monitor::jobs::record::{JobRecord, PartState, RecordState};
 use blob_batch_monitor::jobs::records::RecordStore;
 use blob_batch_monitor::jobs::validate::Validator;
 use blob_batch_monitor::storage::blob::Condition;
@@ -169,22 +169,14 @@ async fn planned_record(
 ) -> anyhow::Result<String> {
     let blob = format!("batch-input/million{}.jsonl", if streamed { "-streamed" } else { "" });
     let key = RecordStore::key(&blob, etag);
-    let parts = plan.parts.iter().enumerate().map(|(i, p)| Part {
-        blob: format!("batch-parts/{blob}/{etag}/part-{:05}.jsonl", i + 1),
-        first_line: p.first_line,
-        requests: p.requests,
-        start: p.start,
-        end: p.end,
-        tokens: p.tokens,
-        ..Part::default()
-    });
+    let parts = planned("batch-parts", &blob, etag, plan);
     let record = JobRecord {
         // Both records split the one uploaded file.
         blob: "batch-input/million.jsonl".into(),
         blob_url: format!("{}/batch-input/million.jsonl", account.blob_endpoint.as_str().trim_end_matches('/')),
         etag: etag.to_string(),
         state: RecordState::Submitting,
-        parts: parts.collect(),
+        parts,
         ..JobRecord::default()
     };
     RecordStore::new(storage.clone(), "batch-records".into()).put(&key, &record, Condition::None).await?;
