@@ -169,6 +169,14 @@ fn is_zero<T: Default + PartialEq>(n: &T) -> bool {
 }
 
 impl JobRecord {
+    /// An operator sent the blob version (or some of its parts) back: its story ends anew, with a new event id
+    /// (`resubmissions` is part of it), and `note` says who did what until the next step writes its own reason.
+    pub fn resubmitted(&mut self, note: &str) {
+        self.event_id = None;
+        self.resubmissions += 1;
+        self.reason = Some(note.to_string());
+    }
+
     /// Copies what a status check learned.
     pub fn observe(&mut self, batch: &Batch) {
         self.status = Some(batch.status.to_string());

@@ -240,9 +240,7 @@ async fn reopen(jobs: &Jobs, name: &str, note: &str) -> Result<JobRecord, Action
             }
             r.state = RecordState::Deferred;
             r.failures = 0;
-            r.event_id = None;
-            r.resubmissions += 1;
-            r.reason = Some(note.to_string());
+            r.resubmitted(note);
             true
         })
         .await?

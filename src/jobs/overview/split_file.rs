@@ -68,9 +68,7 @@ pub(super) async fn resubmit(jobs: &Jobs, name: &str, note: String) -> Result<St
                 r.parts[i].status = None;
             }
             r.state = RecordState::Submitted;
-            r.event_id = None;
-            r.resubmissions += 1;
-            r.reason = Some(note.clone());
+            r.resubmitted(&note);
             true
         })
         .await?
