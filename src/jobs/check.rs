@@ -274,7 +274,7 @@ async fn record(
     let mut ours = true;
     jobs.records
         .update(&key, known, |r| {
-            let other_chain = message.chain.is_some() && r.chain.is_some() && message.chain != r.chain;
+            let other_chain = policy::on_another_chain(r, message);
             let over = matches!(r.state, RecordState::Ended | RecordState::DeadLettered);
             ours = r.batch_id.as_deref() == Some(message.batch_id.as_str()) && !other_chain && !over;
             if ours {

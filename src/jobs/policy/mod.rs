@@ -137,6 +137,12 @@ pub fn after_refusal(policy: &Policy, failures: u32, e: &BatchError, host_retrie
     }
 }
 
+/// Whether the record names another chain of checks than the message's: monitoring was handed over again, and only
+/// the newest hand-over's checks go on. Records and messages from before chains name none, and match any.
+pub fn on_another_chain(r: &JobRecord, m: &MonitorMessage) -> bool {
+    m.chain.is_some() && r.chain.is_some() && m.chain != r.chain
+}
+
 /// Why the record shows this delivered check superseded, if it does: the record follows another batch, the job has
 /// ended, or a later check of the same job was already put (a duplicate delivery). A check more than one ahead of the
 /// record was never put by this app (each follow-up is put before the record counts it, so at most one can be ahead):
@@ -148,7 +154,7 @@ pub fn superseded(r: &JobRecord, m: &MonitorMessage) -> Option<String> {
     if matches!(r.state, RecordState::Ended | RecordState::DeadLettered) {
         return Some(format!("the job is already {:?}", r.state));
     }
-    if m.chain.is_some() && r.chain.is_some() && m.chain != r.chain {
+    if on_another_chain(r, m) {
         return Some("another chain of checks follows the job (its monitoring was handed over again)".into());
     }
     if m.attempt > r.checks.saturating_add(1) {
